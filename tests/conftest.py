@@ -1,0 +1,46 @@
+"""Shared fixtures: a throw-away Prefect API, MLflow store and warehouse per test session.
+
+Real parts only: flows run against Prefect's test harness (a real, temporary API server),
+MLflow against a SQLite registry in a temp dir, the warehouse in a real DuckDB file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="aftersales-tests-"))
+os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+os.environ.setdefault("DISABLE_PANDERA_IMPORT_WARNING", "True")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("AFTERSALES_CONFIG", None)
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """One real temporary Prefect API for every test that runs a flow."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Settings pointing every path at a fresh temp folder (warehouse, MLflow, reports)."""
+    from schemas.settings import Settings, reset_settings_cache
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("AFTERSALES_PATHS__HOME", str(tmp_path / "home"))
+    reset_settings_cache()
+    yield Settings()
+    reset_settings_cache()
