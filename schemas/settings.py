@@ -64,6 +64,12 @@ class LabelSettings(BaseModel):
     negative_review_max_score: int = 2
     churn_activity_days: int = 180
     churn_horizon_days: int = 90
+    return_population_days: int = Field(
+        14, description="return model scores orders delivered this recently (must be < return window)"
+    )
+    review_population_days: int = Field(
+        14, description="negative-review model scores orders delivered this recently, not yet reviewed"
+    )
 
 
 class SplitSettings(BaseModel):
