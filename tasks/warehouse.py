@@ -134,9 +134,7 @@ class Warehouse:
                 self.con.execute(f'DELETE FROM "{table}" WHERE {clause}', list(where.values()))
             elif self.has_table(table):
                 self.con.execute(f'DELETE FROM "{table}"')
-            if len(df):
-                self.append(table, df)
-            elif not self.has_table(table):
+            if len(df) or not self.has_table(table):
                 self.append(table, df)
 
     def replace_table(self, table: str, df: pd.DataFrame) -> None:

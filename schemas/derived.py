@@ -1,0 +1,284 @@
+"""Contracts of the derived tables built from the warehouse: feature frames and training sets.
+
+These pandera models are also the feature registry: every feature is declared once, here, with
+its plain-English description and the source tables it reads (``metadata``). The feature code in
+``tasks/features.py`` must produce exactly these columns (the models are strict and ordered), and
+``schemas/defaults/feature_catalogue.csv`` is generated from them.
+
+Every numeric feature is a float so that "unknown" is NaN everywhere (XGBoost reads it as
+missing): a feature whose optional source (returns, tickets, reviews, events) has no rows at the
+cutoff is NaN rather than a misleading 0. ``needs`` names the optional sources without which a
+feature is unknown; it defaults to the optional sources among ``sources``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing.pandas import Series
+
+from schemas.sources import TABLES
+
+ModelName = Literal["return", "negative_review", "churn"]
+Entity = Literal["order", "customer"]
+FeatureKind = Literal["count", "rate", "flag", "days", "numeric", "money", "categorical"]
+
+MODEL_ENTITY: dict[str, Entity] = {"return": "order", "negative_review": "order", "churn": "customer"}
+ENTITY_KEY: dict[Entity, str] = {"order": "order_id", "customer": "customer_id"}
+UNKNOWN = "unknown"  # the category level of a missing or unseen value
+CUTOFF = "cutoff"
+LABEL = "label"
+
+
+def _meta(kind: FeatureKind, sources: tuple[str, ...], needs: tuple[str, ...] | None) -> dict[str, Any]:
+    unknown = [s for s in sources if s not in TABLES]
+    if unknown:
+        raise ValueError(f"unknown source tables {unknown}")
+    if needs is None:
+        needs = tuple(s for s in sources if TABLES[s].optional_source)
+    return {"kind": kind, "sources": sources, "needs": needs}
+
+
+def count(description: str, *sources: str, needs: tuple[str, ...] | None = None) -> Any:
+    """A non-negative count."""
+    return pa.Field(nullable=True, ge=0, description=description, metadata=_meta("count", sources, needs))
+
+
+def rate(description: str, *sources: str, needs: tuple[str, ...] | None = None) -> Any:
+    """A share or probability in [0, 1]."""
+    return pa.Field(
+        nullable=True, ge=0, le=1, description=description, metadata=_meta("rate", sources, needs)
+    )
+
+
+def flag(description: str, *sources: str, needs: tuple[str, ...] | None = None) -> Any:
+    """A yes/no fact as 0/1."""
+    return pa.Field(nullable=True, isin=[0, 1], description=description, metadata=_meta("flag", sources, needs))
+
+
+def days(description: str, *sources: str, signed: bool = False, needs: tuple[str, ...] | None = None) -> Any:
+    """A duration in (fractional) days; non-negative unless ``signed``."""
+    checks: dict[str, Any] = {} if signed else {"ge": 0}
+    return pa.Field(nullable=True, description=description, metadata=_meta("days", sources, needs), **checks)
+
+
+def money(description: str, *sources: str, needs: tuple[str, ...] | None = None) -> Any:
+    """A non-negative amount in the shop's currency."""
+    return pa.Field(nullable=True, ge=0, description=description, metadata=_meta("money", sources, needs))
+
+
+def numeric(description: str, *sources: str, needs: tuple[str, ...] | None = None, **checks: Any) -> Any:
+    """Any other number (a difference, a score, hours)."""
+    return pa.Field(nullable=True, description=description, metadata=_meta("numeric", sources, needs), **checks)
+
+
+def categorical(description: str, *sources: str) -> Any:
+    """A pandas ``category`` with sorted levels including ``unknown``; never null."""
+    return pa.Field(nullable=False, description=description, metadata=_meta("categorical", sources, ()))
+
+
+def key(description: str) -> Any:
+    return pa.Field(nullable=False, str_length={"min_value": 1}, description=description)
+
+
+class _Derived(pa.DataFrameModel):
+    class Config:
+        coerce = True
+        strict = True
+        ordered = True
+
+
+class OrderFeatures(_Derived):
+    """One row per order placed by the cutoff; every value as known at the cutoff."""
+
+    order_id: Series[str] = key("the order")
+    customer_id: Series[str] = key("who placed it")
+    # the order itself
+    order_value: Series[float] = money("total amount paid for the order", "orders")
+    discount_share: Series[float] = rate(
+        "discount as a share of the pre-discount order value (order discount, else the sum of line "
+        "discounts)", "orders", "order_items")
+    shipping_fee: Series[float] = money("shipping fee charged", "orders")
+    n_items: Series[float] = count("units bought (sum of line quantities)", "order_items")
+    n_lines: Series[float] = count("order lines", "order_items")
+    mean_unit_price: Series[float] = money("unit price averaged over units", "order_items")
+    max_unit_price: Series[float] = money("highest unit price in the order", "order_items")
+    size_bracketing: Series[float] = count(
+        "products bought in more than one size in the same order (buy several, keep one)", "order_items")
+    size_sensitive_share: Series[float] = rate(
+        "share of units whose product is size-sensitive", "order_items", "products")
+    max_product_return_rate: Series[float] = rate(
+        "highest historical return rate among the order's products: returned lines over lines of orders "
+        "delivered by the cutoff, returns requested by the cutoff, smoothed towards the category rate",
+        "orders", "order_items", "products", "returns")
+    mean_product_return_rate: Series[float] = rate(
+        "mean of the smoothed product return rates over the order's lines",
+        "orders", "order_items", "products", "returns")
+    max_category_return_rate: Series[float] = rate(
+        "highest historical return rate among the order's categories, smoothed towards the shop rate",
+        "orders", "order_items", "products", "returns")
+    mean_category_return_rate: Series[float] = rate(
+        "mean of the smoothed category return rates over the order's lines",
+        "orders", "order_items", "products", "returns")
+    main_category: Series[pd.CategoricalDtype] = categorical(
+        "category holding most of the order's value", "order_items", "products")
+    payment_type: Series[pd.CategoricalDtype] = categorical("how the order was paid", "orders")
+    region: Series[pd.CategoricalDtype] = categorical(
+        "delivery region (the customer's region when the order has none)", "orders", "customers")
+    carrier: Series[pd.CategoricalDtype] = categorical("carrier delivering the order", "orders")
+    # delivery as known at the cutoff
+    days_since_order: Series[float] = days("days from placing the order to the cutoff", "orders")
+    promised_days: Series[float] = days("delivery time promised at purchase, in days", "orders")
+    is_delivered: Series[float] = flag("delivered by the cutoff", "orders")
+    days_since_delivery: Series[float] = days(
+        "days from delivery to the cutoff; empty when not delivered by then", "orders")
+    days_late: Series[float] = days(
+        "days delivered after the promised date (negative: early); for an order still undelivered at "
+        "the cutoff, days overdue so far (0 before the promised date)", "orders", signed=True)
+    is_late: Series[float] = flag("delivered after its promised date, or overdue at the cutoff", "orders")
+    carrier_late_rate: Series[float] = rate(
+        "share of the carrier's orders delivered late or overdue as known at the cutoff, smoothed "
+        "towards the shop's late rate", "orders")
+    # behaviour around the purchase
+    size_chart_views_before: Series[float] = count(
+        "size-chart views by the customer in the days before purchase", "orders", "events")
+    return_policy_views_before: Series[float] = count(
+        "return-policy views by the customer in the days before purchase", "orders", "events")
+    size_chart_views_after: Series[float] = count(
+        "size-chart views by the customer after purchase, up to the cutoff", "orders", "events")
+    return_policy_views_after: Series[float] = count(
+        "return-policy views by the customer after purchase, up to the cutoff", "orders", "events")
+    size_sensitive_items_unviewed: Series[float] = count(
+        "size-sensitive units bought without viewing that product's size chart in the days before "
+        "purchase", "orders", "order_items", "products", "events")
+    cart_adds_before: Series[float] = count(
+        "add-to-cart events by the customer in the days before purchase", "orders", "events")
+    cart_removes_before: Series[float] = count(
+        "remove-from-cart events by the customer in the days before purchase", "orders", "events")
+    support_contacts_after: Series[float] = count(
+        "contact-support events by the customer after purchase, up to the cutoff", "orders", "events")
+    # service on this order
+    order_tickets: Series[float] = count("tickets about this order opened by the cutoff", "tickets")
+    order_unresolved_tickets: Series[float] = count(
+        "tickets about this order still unresolved at the cutoff", "tickets")
+    order_ticket_wait_hours: Series[float] = numeric(
+        "longest wait for a first response among this order's tickets, counting a still-unanswered "
+        "ticket up to the cutoff; empty without tickets", "tickets", ge=0)
+    order_review_score: Series[float] = numeric(
+        "lowest score of this order's reviews written by the cutoff; empty without a review",
+        "reviews", ge=1, le=5)
+    # the customer's history as known at the cutoff (other orders only)
+    customer_prior_orders: Series[float] = count(
+        "orders the customer placed before this one", "orders")
+    customer_past_returns: Series[float] = count(
+        "the customer's other orders delivered by the cutoff with a return requested by the cutoff",
+        "orders", "returns")
+    customer_return_rate: Series[float] = rate(
+        "share of the customer's other delivered orders with a return; empty without such orders",
+        "orders", "returns")
+    customer_tickets: Series[float] = count("tickets the customer opened by the cutoff", "tickets")
+    customer_complaints: Series[float] = count(
+        "of those, complaints (delivery, product defect or service complaint)", "tickets")
+    customer_escalated_tickets: Series[float] = count(
+        "the customer's tickets known to be escalated at the cutoff", "tickets")
+    customer_unresolved_tickets: Series[float] = count(
+        "the customer's tickets unresolved at the cutoff", "tickets")
+    customer_reviews: Series[float] = count(
+        "reviews on the customer's orders written by the cutoff", "orders", "reviews")
+    customer_bad_reviews: Series[float] = count(
+        "of those, bad reviews (score at or below the negative-review threshold)", "orders", "reviews")
+    customer_tenure_days: Series[float] = days(
+        "days from sign-up (or first order) to the cutoff", "customers", "orders")
+
+
+class CustomerFeatures(_Derived):
+    """One row per customer with an order placed by the cutoff; every value as known at the cutoff."""
+
+    customer_id: Series[str] = key("the customer")
+    recency_days: Series[float] = days("days since the customer's last order", "orders")
+    orders_total: Series[float] = count("orders placed by the cutoff", "orders")
+    orders_30d: Series[float] = count("orders placed in the 30 days before the cutoff", "orders")
+    orders_90d: Series[float] = count("orders placed in the 90 days before the cutoff", "orders")
+    orders_180d: Series[float] = count("orders placed in the 180 days before the cutoff", "orders")
+    orders_365d: Series[float] = count("orders placed in the 365 days before the cutoff", "orders")
+    order_trend_90d: Series[float] = numeric(
+        "orders in the last 90 days minus orders in the 90 days before those", "orders")
+    value_90d: Series[float] = money("amount spent in the 90 days before the cutoff", "orders")
+    value_365d: Series[float] = money("amount spent in the 365 days before the cutoff", "orders")
+    avg_order_value: Series[float] = money("mean order amount", "orders")
+    mean_days_between_orders: Series[float] = days(
+        "mean gap between consecutive orders; empty for a one-time buyer", "orders")
+    avg_discount_share: Series[float] = rate("mean discount share of the customer's orders", "orders")
+    late_deliveries: Series[float] = count(
+        "orders delivered late, or overdue at the cutoff", "orders")
+    late_delivery_rate: Series[float] = rate(
+        "late deliveries over orders delivered or overdue at the cutoff", "orders")
+    returns_total: Series[float] = count(
+        "delivered orders with a return requested by the cutoff", "orders", "returns")
+    return_rate: Series[float] = rate(
+        "share of orders delivered by the cutoff with a return; empty without a delivered order",
+        "orders", "returns")
+    tickets_total: Series[float] = count("tickets opened by the cutoff", "tickets")
+    tickets_90d: Series[float] = count("tickets opened in the 90 days before the cutoff", "tickets")
+    complaints_total: Series[float] = count(
+        "complaint tickets (delivery, product defect or service complaint)", "tickets")
+    unresolved_tickets: Series[float] = count("tickets unresolved at the cutoff", "tickets")
+    escalated_tickets: Series[float] = count("tickets known to be escalated at the cutoff", "tickets")
+    mean_satisfaction: Series[float] = numeric(
+        "mean satisfaction (1-5) of tickets resolved and rated by the cutoff", "tickets", ge=1, le=5)
+    mean_first_response_hours: Series[float] = numeric(
+        "mean hours to a first response over tickets answered by the cutoff", "tickets", ge=0)
+    reviews_total: Series[float] = count("reviews written by the cutoff", "orders", "reviews")
+    mean_review_score: Series[float] = numeric(
+        "mean review score (1-5); empty without reviews", "orders", "reviews", ge=1, le=5)
+    bad_reviews: Series[float] = count(
+        "reviews at or below the negative-review threshold", "orders", "reviews")
+    days_since_bad_experience: Series[float] = days(
+        "days since the latest late or overdue delivery, bad review or escalated ticket; empty if "
+        "none (uses whichever of reviews and tickets exist)", "orders", "reviews", "tickets", needs=())
+    sessions_30d: Series[float] = count("browsing sessions in the 30 days before the cutoff", "events")
+    events_30d: Series[float] = count("behaviour events in the 30 days before the cutoff", "events")
+    cart_adds_30d: Series[float] = count("add-to-cart events in the 30 days before the cutoff", "events")
+    abandoned_carts_30d: Series[float] = count(
+        "sessions in the last 30 days with an add-to-cart but no checkout", "events")
+    tenure_days: Series[float] = days("days from sign-up (or first order) to the cutoff", "customers", "orders")
+    is_one_time_buyer: Series[float] = flag("exactly one order placed by the cutoff", "orders")
+    region: Series[pd.CategoricalDtype] = categorical(
+        "region of the latest order (else the customer's region)", "orders", "customers")
+    payment_type: Series[pd.CategoricalDtype] = categorical("payment type of the latest order", "orders")
+
+
+FEATURE_MODELS: dict[Entity, type[_Derived]] = {"order": OrderFeatures, "customer": CustomerFeatures}
+
+
+class _Labelled(pa.DataFrameModel):
+    """The columns a training set adds to the feature frame."""
+
+    cutoff: Series[pd.Timestamp] = pa.Field(nullable=False, description="as-of date of the features")
+    label: Series[int] = pa.Field(isin=[0, 1], description="outcome after the cutoff")
+
+
+def _with_cutoff(entity: Entity, with_label: bool) -> pa.DataFrameSchema:
+    """Keys, cutoff, features (and label) in that order."""
+    features = FEATURE_MODELS[entity].to_schema()
+    extra = _Labelled.to_schema().columns
+    keys = [c for c, col in features.columns.items() if not (col.metadata or {}).get("kind")]
+    columns = {c: features.columns[c] for c in keys}
+    columns[CUTOFF] = extra[CUTOFF]
+    columns.update({c: col for c, col in features.columns.items() if c not in keys})
+    if with_label:
+        columns[LABEL] = extra[LABEL]
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, coerce=True,
+                              name=f"{entity}_{'training' if with_label else 'scoring'}_set")
+
+
+def training_set_schema(model: ModelName) -> pa.DataFrameSchema:
+    """Keys, ``cutoff``, the model's features and ``label`` in {0, 1}."""
+    return _with_cutoff(MODEL_ENTITY[model], with_label=True)
+
+
+def scoring_frame_schema(model: ModelName) -> pa.DataFrameSchema:
+    """The training-set columns without ``label``: what the scoring flow feeds the model."""
+    return _with_cutoff(MODEL_ENTITY[model], with_label=False)
