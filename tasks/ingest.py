@@ -38,7 +38,8 @@ QUARANTINE_TABLE = "quarantine"
 LEDGER_TABLE = "ingest_ledger"
 TRUE_WORDS = {"true", "t", "1", "yes", "y", "是", "1.0"}
 FALSE_WORDS = {"false", "f", "0", "no", "n", "否", "0.0"}
-NUMBER_NOISE = re.compile(r"[\s,$€£¥￥]")  # thousands separators and currency signs in exports
+CURRENCY_NOISE = re.compile(r"[\s$€£¥￥]|USD|EUR|GBP|CNY|RMB")
+THOUSANDS_GROUPED = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
 
 
 class IngestError(RuntimeError):
@@ -127,9 +128,14 @@ def discover_files(data_dir: Path, mapping: Mapping) -> list[tuple[str, Path]]:
         for pattern in tm.files:
             for hit in sorted(glob.glob(str(data_dir / pattern), recursive=True)):
                 claimed[Path(hit)] = table
+    ignored = {Path(hit) for pattern in mapping.ignore for hit in glob.glob(str(data_dir / pattern), recursive=True)}
+    ignored |= set(sql_input_files(data_dir, mapping))
+    sql_tables = {t for t, tm in mapping.tables.items() if tm.sql}
     found: list[tuple[str, Path]] = []
     for path in sorted(data_dir.rglob("*")):
         if not path.is_file() or path.name.startswith((".", "_")) or not path.name.endswith(DATA_SUFFIXES):
+            continue
+        if path in ignored or (path not in claimed and table_for_file(path) in sql_tables):
             continue
         table = claimed.get(path) or table_for_file(path)
         if table is None:
@@ -139,6 +145,16 @@ def discover_files(data_dir: Path, mapping: Mapping) -> list[tuple[str, Path]]:
             )
         found.append((table, path))
     return found
+
+
+SQL_INPUT = re.compile(r"\{data_dir\}/([^'\"]+)")
+
+
+def sql_input_files(data_dir: Path, mapping: Mapping) -> list[Path]:
+    """Files that the mapping's SQL reads (``'{data_dir}/name*.csv'``): inputs, not tables."""
+    texts = [*mapping.setup, *(tm.sql for tm in mapping.tables.values() if tm.sql)]
+    patterns = {m for text in texts for m in SQL_INPUT.findall(text)}
+    return sorted({Path(hit) for p in patterns for hit in glob.glob(str(data_dir / p), recursive=True)})
 
 
 def read_header(path: Path, tm: TableMapping) -> list[str]:
@@ -189,7 +205,10 @@ def preflight(data_dir: Path, mapping: Mapping, wh: Warehouse) -> list[SourceFil
         except Exception as exc:  # duckdb raises many kinds; all mean the same to the user
             raise IngestError(f"mapping sql for table {table!r} failed: {exc}") from exc
         check_required_columns(TABLES[table], set(columns), f"sql:{table}")
-        digest = hashlib.sha256(sql.encode()).hexdigest()
+        digest = hashlib.sha256("\n".join([*mapping.setup, sql]).encode())
+        for path in sql_input_files(data_dir, mapping):  # same query over changed files is a new batch
+            digest.update(file_sha256(path).encode())
+        digest = digest.hexdigest()
         sources.append(SourceFile(table, None, f"sql:{table}", digest, columns))
     if not sources:
         raise IngestError(f"{data_dir}: no data files found (expected e.g. orders.csv or orders.parquet)")
@@ -214,8 +233,13 @@ def _iter_arrow(source: SourceFile, tm: TableMapping, wh: Warehouse, chunk_rows:
                 data_dir: Path) -> Iterator[pyarrow_lib.RecordBatch]:
     if source.path is None:
         sql = (tm.sql or "").replace("{data_dir}", str(data_dir))
-        reader = wh.con.execute(sql).fetch_record_batch(chunk_rows)
-        yield from reader
+        wh.con.execute(f"CREATE OR REPLACE TEMP TABLE _sql_source AS {sql}")  # frees the connection
+        total = int(wh.scalar("SELECT count(*) FROM _sql_source"))
+        for start in range(0, total, chunk_rows):
+            yield from wh.con.sql(
+                f"SELECT * FROM _sql_source ORDER BY rowid LIMIT {chunk_rows} OFFSET {start}"
+            ).to_arrow_table().to_batches(max_chunksize=chunk_rows)
+        wh.con.execute("DROP TABLE _sql_source")
         return
     path = source.path
     if path.name.endswith((".parquet", ".pq")):
@@ -243,12 +267,8 @@ def _parse_timestamps(raw: pd.Series, fmt: str | None, timezone: str | None) -> 
         if fmt:
             parsed = pd.to_datetime(text, format=fmt, errors="coerce")
         else:
+            # ISO 8601 only: guessing "03.01.2026" would silently swap days and months
             parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=timezone is None)
-            if parsed.isna().sum() > text.isna().sum():  # mixed formats: a slower second pass
-                retry = pd.to_datetime(text[parsed.isna()], format="mixed", errors="coerce",
-                                       utc=timezone is None)
-                parsed = parsed.copy()
-                parsed[retry.index] = retry
     if getattr(parsed.dt, "tz", None) is not None:
         return parsed.dt.tz_convert("UTC").dt.tz_localize(None)
     if timezone:
@@ -257,10 +277,16 @@ def _parse_timestamps(raw: pd.Series, fmt: str | None, timezone: str | None) -> 
     return parsed
 
 
-def _parse_numbers(raw: pd.Series) -> pd.Series:
+def _parse_numbers(raw: pd.Series, decimal_comma: bool = False) -> pd.Series:
+    """Numbers as exports write them: currency signs, spaces and thousands groups allowed."""
     if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
         return raw.astype("float64")
-    text = raw.astype("string").str.replace(NUMBER_NOISE, "", regex=True)
+    text = raw.astype("string").str.replace(CURRENCY_NOISE, "", regex=True)
+    if decimal_comma:
+        text = text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
+    else:  # "1,234.50" is a thousands group; "1,5" is ambiguous and stays a failure
+        grouped = text.str.fullmatch(THOUSANDS_GROUPED).fillna(False)
+        text = text.where(~grouped, text.str.replace(",", "", regex=False))
     return pd.to_numeric(text, errors="coerce").astype("float64")
 
 
@@ -291,11 +317,11 @@ def parse_types(frame: pd.DataFrame, spec: TableSpec, tm: TableMapping) -> tuple
         elif "bool" in kind:
             value = _parse_booleans(raw)
         elif "int" in kind:
-            number = _parse_numbers(raw)
+            number = _parse_numbers(raw, tm.decimal_comma)
             integral = number.isna() | (number == number.round())
             value = number.where(integral)
         elif "float" in kind:
-            value = _parse_numbers(raw)
+            value = _parse_numbers(raw, tm.decimal_comma)
         else:
             value = raw.astype("string").str.strip().astype("str")
             value = value.where(~raw_missing, None)
@@ -532,6 +558,17 @@ def quarantine_orphans(wh: Warehouse, spec: TableSpec, batch_id: str, staged_tab
     return counts
 
 
+def prepare_sql_sources(wh: Warehouse, mapping: Mapping, data_dir: Path) -> None:
+    """Attach the user's databases and create the shared views SQL mappings read from."""
+    for attach in mapping.attach:
+        wh.con.execute(f"ATTACH IF NOT EXISTS {attach.replace('{data_dir}', str(data_dir))}")
+    for statement in mapping.setup:
+        try:
+            wh.con.execute(statement.replace("{data_dir}", str(data_dir)))
+        except Exception as exc:  # duckdb raises many kinds; all mean the same to the user
+            raise IngestError(f"mapping setup sql failed: {exc}\n{statement.strip()[:300]}") from exc
+
+
 def batch_identity(sources: list[SourceFile], mapping: Mapping) -> str:
     digest = hashlib.sha256(mapping_fingerprint(mapping).encode())
     for source in sorted(sources, key=lambda s: (s.table, s.file_hash)):
@@ -556,8 +593,7 @@ def ingest_batch(data_dir: Path, wh: Warehouse, settings: Settings, mapping_file
     started = time.perf_counter()
     data_dir = Path(data_dir)
     mapping = load_mapping(mapping_file)
-    for attach in mapping.attach:
-        wh.con.execute(f"ATTACH IF NOT EXISTS {attach.replace('{data_dir}', str(data_dir))}")
+    prepare_sql_sources(wh, mapping, data_dir)
     sources = preflight(data_dir, mapping, wh)
     batch_time = read_batch_time(data_dir, as_of)
     not_after = batch_time + pd.Timedelta(hours=settings.ingest.max_future_skew_hours)

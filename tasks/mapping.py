@@ -33,6 +33,7 @@ class TableMapping(BaseModel):
     defaults: dict[str, Any] = Field(default_factory=dict, description="constant for a missing column")
     sql: str | None = Field(None, description="DuckDB query producing canonical columns")
     csv_delimiter: str | None = None
+    decimal_comma: bool = Field(False, description="numbers written 1.234,50")
     encoding: str | None = None
 
     @model_validator(mode="after")
@@ -47,6 +48,10 @@ class Mapping(BaseModel):
         default_factory=list,
         description="DuckDB ATTACH targets, e.g. \"'shop.sqlite' AS shop (TYPE sqlite)\"",
     )
+    setup: list[str] = Field(
+        default_factory=list, description="SQL run once before the tables' queries (e.g. shared views)"
+    )
+    ignore: list[str] = Field(default_factory=list, description="glob patterns of files that are not tables")
     timezone: str | None = None
     tables: dict[str, TableMapping] = Field(default_factory=dict)
 

@@ -65,15 +65,15 @@ class Warehouse:
 
     # ---- reading -------------------------------------------------------------------------
     def has_table(self, name: str) -> bool:
-        row = self.con.execute(
+        rows = self.con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-        ).fetchone()
-        return bool(row and row[0])
+        ).fetchall()
+        return bool(rows and rows[0][0])
 
     def row_count(self, name: str) -> int:
         if not self.has_table(name):
             return 0
-        return int(self.con.execute(f'SELECT count(*) FROM "{name}"').fetchone()[0])
+        return int(self.con.execute(f'SELECT count(*) FROM "{name}"').fetchall()[0][0])
 
     def has_rows(self, name: str) -> bool:
         return self.row_count(name) > 0
@@ -82,8 +82,8 @@ class Warehouse:
         return self.con.execute(sql, params or []).df()
 
     def scalar(self, sql: str, params: Sequence[Any] | None = None) -> Any:
-        row = self.con.execute(sql, params or []).fetchone()
-        return row[0] if row else None
+        rows = self.con.execute(sql, params or []).fetchall()  # drain: duckdb 2 refuses open results
+        return rows[0][0] if rows else None
 
     def table(self, name: str, columns: Sequence[str] | None = None) -> pd.DataFrame:
         cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
