@@ -13,6 +13,7 @@ feature is unknown; it defaults to the optional sources among ``sources``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pandas as pd
@@ -30,6 +31,26 @@ ENTITY_KEY: dict[Entity, str] = {"order": "order_id", "customer": "customer_id"}
 UNKNOWN = "unknown"  # the category level of a missing or unseen value
 CUTOFF = "cutoff"
 LABEL = "label"
+
+
+@dataclass(frozen=True)
+class FeatureWindows:
+    """The look-back windows and smoothing that define what a feature means.
+
+    Why here and not in ``Settings``: a window is part of a feature's definition (``orders_90d``
+    names it) and a trained model depends on it, so changing one is a new feature, recorded in the
+    catalogue, not a run-time knob that silently shifts a champion's inputs.
+    """
+
+    pre_purchase_days: int = 7  # behaviour "before purchase"
+    activity_days: int = 30  # sessions, events, cart adds "lately"
+    recent_days: int = 90  # tickets / trend windows
+    frequency_days: tuple[int, ...] = (30, 90, 180, 365)  # orders_<n>d
+    monetary_days: tuple[int, ...] = (90, 365)  # value_<n>d
+    smoothing_strength: float = 20.0  # pseudo-observations pulling a small product towards its category
+
+
+WINDOWS = FeatureWindows()
 
 
 def _meta(kind: FeatureKind, sources: tuple[str, ...], needs: tuple[str, ...] | None) -> dict[str, Any]:
@@ -83,6 +104,9 @@ def key(description: str) -> Any:
     return pa.Field(nullable=False, str_length={"min_value": 1}, description=description)
 
 
+PRE = WINDOWS.pre_purchase_days
+
+
 class _Derived(pa.DataFrameModel):
     class Config:
         coerce = True
@@ -111,7 +135,8 @@ class OrderFeatures(_Derived):
         "share of units whose product is size-sensitive", "order_items", "products")
     max_product_return_rate: Series[float] = rate(
         "highest historical return rate among the order's products: returned lines over lines of orders "
-        "delivered by the cutoff, returns requested by the cutoff, smoothed towards the category rate",
+        f"delivered by the cutoff, returns requested by the cutoff, smoothed towards the category rate "
+        f"with {WINDOWS.smoothing_strength:g} pseudo-lines",
         "orders", "order_items", "products", "returns")
     mean_product_return_rate: Series[float] = rate(
         "mean of the smoothed product return rates over the order's lines",
@@ -143,20 +168,20 @@ class OrderFeatures(_Derived):
         "towards the shop's late rate", "orders")
     # behaviour around the purchase
     size_chart_views_before: Series[float] = count(
-        "size-chart views by the customer in the days before purchase", "orders", "events")
+        f"size-chart views by the customer in the {PRE} days before purchase", "orders", "events")
     return_policy_views_before: Series[float] = count(
-        "return-policy views by the customer in the days before purchase", "orders", "events")
+        f"return-policy views by the customer in the {PRE} days before purchase", "orders", "events")
     size_chart_views_after: Series[float] = count(
         "size-chart views by the customer after purchase, up to the cutoff", "orders", "events")
     return_policy_views_after: Series[float] = count(
         "return-policy views by the customer after purchase, up to the cutoff", "orders", "events")
     size_sensitive_items_unviewed: Series[float] = count(
-        "size-sensitive units bought without viewing that product's size chart in the days before "
-        "purchase", "orders", "order_items", "products", "events")
+        f"size-sensitive units bought without viewing that product's size chart in the {PRE} days "
+        "before purchase", "orders", "order_items", "products", "events")
     cart_adds_before: Series[float] = count(
-        "add-to-cart events by the customer in the days before purchase", "orders", "events")
+        f"add-to-cart events by the customer in the {PRE} days before purchase", "orders", "events")
     cart_removes_before: Series[float] = count(
-        "remove-from-cart events by the customer in the days before purchase", "orders", "events")
+        f"remove-from-cart events by the customer in the {PRE} days before purchase", "orders", "events")
     support_contacts_after: Series[float] = count(
         "contact-support events by the customer after purchase, up to the cutoff", "orders", "events")
     # service on this order
@@ -251,6 +276,21 @@ class CustomerFeatures(_Derived):
 
 
 FEATURE_MODELS: dict[Entity, type[_Derived]] = {"order": OrderFeatures, "customer": CustomerFeatures}
+
+
+def _check_window_names(w: FeatureWindows) -> None:
+    """Feature names that spell a window (``orders_90d``) must agree with ``WINDOWS``."""
+    names = set(CustomerFeatures.to_schema().columns)
+    expected = {f"orders_{d}d" for d in w.frequency_days} | {f"value_{d}d" for d in w.monetary_days}
+    expected |= {f"tickets_{w.recent_days}d", f"order_trend_{w.recent_days}d", f"sessions_{w.activity_days}d",
+                 f"events_{w.activity_days}d", f"cart_adds_{w.activity_days}d",
+                 f"abandoned_carts_{w.activity_days}d"}
+    missing = expected - names
+    if missing or w.recent_days not in w.frequency_days:
+        raise ValueError(f"feature windows and names disagree: {sorted(missing)}")
+
+
+_check_window_names(WINDOWS)
 
 
 class _Labelled(pa.DataFrameModel):

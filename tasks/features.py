@@ -1,0 +1,539 @@
+"""Point-in-time features of orders and customers, strictly as of a cutoff.
+
+Nothing dated after the cutoff may move any value. Every source row is filtered by its own
+timestamp, and the facts that arrive later on a row that already existed are masked: an order
+counts as delivered only if ``delivered_at <= cutoff``, as cancelled only if the row was updated
+to ``cancelled`` by then; a ticket is unresolved unless ``resolved_at <= cutoff``, its first
+response and satisfaction count only once known, its escalation only when the row was last
+touched (or resolved) by the cutoff. Historical rates (product, category, carrier) are built from
+the same as-of view, so they too are what a care agent could have known that morning.
+
+One DuckDB query per entity does the work (millions of orders in seconds); pandas only nulls the
+features whose optional source had no rows by the cutoff, sets categorical levels and validates
+against the contract in ``schemas/derived.py`` — which is also the feature registry behind
+``schemas/defaults/feature_catalogue.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from schemas.derived import (
+    ENTITY_KEY,
+    FEATURE_MODELS,
+    UNKNOWN,
+    WINDOWS,
+    Entity,
+    FeatureWindows,
+)
+from schemas.settings import DEFAULTS_DIR, Settings, get_settings
+from schemas.sources import PAYMENT_TYPES, Events, Returns, Reviews, Tickets
+from tasks.warehouse import Warehouse
+
+CATALOGUE_PATH = DEFAULTS_DIR / "feature_catalogue.csv"
+CATALOGUE_COLUMNS = ["name", "entity", "kind", "description", "sources", "null_without"]
+COMPLAINT_CATEGORIES = ("delivery", "product_defect", "complaint_service")
+US_PER_DAY = 86_400_000_000
+US_PER_HOUR = 3_600_000_000
+
+# the timestamp that dates each row of an optional source (what "known by the cutoff" means)
+OPTIONAL_SOURCE_TIME = {
+    "returns": Returns.requested_at,
+    "tickets": Tickets.opened_at,
+    "reviews": Reviews.created_at,
+    "events": Events.occurred_at,
+}
+# categorical features with a closed vocabulary keep every level even when unseen
+FIXED_LEVELS = {"payment_type": PAYMENT_TYPES}
+
+
+
+
+# ---- registry and catalogue ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    entity: Entity
+    kind: str
+    description: str
+    sources: tuple[str, ...]
+    needs: tuple[str, ...]  # optional sources without which the value is unknown (NaN)
+
+
+def feature_registry(entity: Entity | None = None) -> list[Feature]:
+    """Every feature, read from the pandera contracts where each is declared once."""
+    entities: list[Entity] = [entity] if entity else list(FEATURE_MODELS)
+    out = []
+    for ent in entities:
+        for name, col in FEATURE_MODELS[ent].to_schema().columns.items():
+            meta = col.metadata or {}
+            if "kind" not in meta:
+                continue  # key column
+            out.append(Feature(name, ent, meta["kind"], col.description or "", tuple(meta["sources"]),
+                               tuple(meta["needs"])))
+    return out
+
+
+def feature_names(entity: Entity) -> list[str]:
+    return [f.name for f in feature_registry(entity)]
+
+
+def categorical_features(entity: Entity) -> list[str]:
+    return [f.name for f in feature_registry(entity) if f.kind == "categorical"]
+
+
+def feature_catalogue() -> pd.DataFrame:
+    """The catalogue as a frame, lists ``;``-separated.
+
+    ``sources``: every table the feature reads; ``null_without``: the optional sources whose
+    absence (no rows by the cutoff) makes the feature unknown (NaN).
+    """
+    rows = [
+        {"name": f.name, "entity": f.entity, "kind": f.kind, "description": f.description,
+         "sources": ";".join(f.sources), "null_without": ";".join(f.needs)}
+        for f in feature_registry()
+    ]
+    return pd.DataFrame(rows, columns=CATALOGUE_COLUMNS)
+
+
+def write_feature_catalogue(path: Path | str = CATALOGUE_PATH) -> Path:
+    """Write the catalogue CSV from the registry (a test keeps the shipped file in sync)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    feature_catalogue().to_csv(path, index=False, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    return path
+
+
+# ---- SQL helpers -----------------------------------------------------------------------------
+def as_timestamp(value: Any) -> pd.Timestamp:
+    """A naive-UTC timestamp (the warehouse stores naive UTC)."""
+    ts = pd.Timestamp(value)
+    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo else ts
+
+
+def _py(ts: pd.Timestamp) -> datetime:
+    return as_timestamp(ts).to_pydatetime()
+
+
+def days_between(start: str, end: str) -> str:
+    """SQL for fractional days from ``start`` to ``end``."""
+    return f"(date_diff('microsecond', {start}, {end}) / {US_PER_DAY}.0)"
+
+
+def hours_between(start: str, end: str) -> str:
+    return f"(date_diff('microsecond', {start}, {end}) / {US_PER_HOUR}.0)"
+
+
+def ago(days: int, anchor: str = "$cutoff") -> str:
+    return f"({anchor} - INTERVAL {int(days)} DAY)"
+
+
+def numeric_as_double(sql: str, text_columns: Sequence[str]) -> str:
+    """Cast all but ``text_columns`` to DOUBLE, rows ordered by the first text column (the key).
+
+    Why: DuckDB sums are HUGEINT, which pandas reads slowly as Python objects.
+    """
+    keep = ", ".join(f'"{c}"' for c in text_columns)
+    return f"SELECT {keep}, CAST(COLUMNS(* EXCLUDE ({keep})) AS DOUBLE) FROM ({sql}) ORDER BY 1"
+
+
+def run_sql(wh: Warehouse, sql: str, params: dict[str, Any]) -> pd.DataFrame:
+    """Run with only the named parameters the SQL uses (DuckDB rejects extra ones)."""
+    used = set(re.findall(r"\$(\w+)", sql))
+    values = {k: (_py(v) if isinstance(v, pd.Timestamp) else v) for k, v in params.items() if k in used}
+    return wh.query(sql, values)
+
+
+def orders_as_of_sql() -> str:
+    """Orders placed by ``$cutoff``, with delivery and cancellation as known at ``$cutoff``.
+
+    ``overdue``: not delivered, not cancelled, past its promised date. ``late``: delivered after
+    the promise or overdue; NULL when that cannot be told (no promise, or still within it).
+    """
+    return """
+    SELECT order_id, customer_id, ordered_at, promised_at, total_amount, discount_amount, shipping_fee,
+           payment_type, region, carrier, delivered_at, cancelled,
+           (delivered_at IS NULL AND NOT cancelled AND promised_at < $cutoff) AS overdue,
+           CASE WHEN delivered_at IS NOT NULL AND promised_at IS NOT NULL THEN delivered_at > promised_at
+                WHEN delivered_at IS NULL AND NOT cancelled AND promised_at < $cutoff THEN TRUE END AS late
+    FROM (
+        SELECT order_id, customer_id, ordered_at, promised_at, total_amount, discount_amount, shipping_fee,
+               payment_type, region, carrier,
+               CASE WHEN delivered_at <= $cutoff THEN delivered_at END AS delivered_at,
+               coalesce(status = 'cancelled' AND updated_at <= $cutoff, FALSE) AS cancelled
+        FROM orders WHERE ordered_at <= $cutoff
+    )"""
+
+
+def _tickets_as_of_sql() -> str:
+    """Tickets opened by ``$cutoff``, each later-arriving fact masked until it is known."""
+    complaints = ", ".join(f"'{c}'" for c in COMPLAINT_CATEGORIES)
+    return f"""
+    SELECT ticket_id, customer_id, order_id, opened_at,
+           (resolved_at IS NULL OR resolved_at > $cutoff) AS unresolved,
+           coalesce(escalated AND (updated_at <= $cutoff OR resolved_at <= $cutoff), FALSE) AS escalated,
+           coalesce(category IN ({complaints}), FALSE) AS complaint,
+           CASE WHEN first_response_at <= $cutoff THEN first_response_at END AS first_response_at,
+           CASE WHEN resolved_at <= $cutoff AND coalesce(updated_at, resolved_at) <= $cutoff
+                THEN satisfaction END AS satisfaction
+    FROM tickets WHERE opened_at <= $cutoff"""
+
+
+def available_sources(wh: Warehouse, cutoff: pd.Timestamp) -> dict[str, bool]:
+    """Which optional sources had any row by the cutoff (point-in-time, so later loads change nothing)."""
+    out = {}
+    for table, column in OPTIONAL_SOURCE_TIME.items():
+        out[table] = bool(run_sql(wh, f'SELECT EXISTS (SELECT 1 FROM "{table}" WHERE "{column}" <= $cutoff) AS x',
+                                  {"cutoff": cutoff})["x"].iloc[0])
+    return out
+
+
+@contextmanager
+def _subset_view(wh: Warehouse, ids: str | pd.DataFrame | Sequence[str] | None, key: str) -> Iterator[str | None]:
+    """A SQL relation of the requested entity ids, or None for all entities."""
+    if ids is None:
+        yield None
+        return
+    if isinstance(ids, str):
+        yield f"({ids})"
+        return
+    frame = ids[[key]] if isinstance(ids, pd.DataFrame) else pd.DataFrame({key: list(ids)})
+    name = f"_subset_{uuid.uuid4().hex}"
+    wh.register(name, frame.astype({key: str}))
+    try:
+        yield f'(SELECT DISTINCT "{key}" FROM "{name}")'
+    finally:
+        wh.unregister(name)
+
+
+# ---- order features --------------------------------------------------------------------------
+def _order_features_sql(subset: str | None, w: FeatureWindows) -> str:
+    pre = ago(w.pre_purchase_days, "t.ordered_at")
+    subset_filter = f"WHERE order_id IN (SELECT order_id FROM {subset})" if subset else ""
+    return f"""
+    WITH ord AS ({orders_as_of_sql()}),
+    tgt AS (SELECT * FROM ord {subset_filter}),
+    items AS (
+        SELECT i.order_id, i.product_id, i.quantity, i.unit_price, i.discount_amount, i.size,
+               coalesce(p.category, '{UNKNOWN}') AS category, coalesce(p.size_sensitive, FALSE) AS size_sensitive
+        FROM order_items i JOIN ord o ON o.order_id = i.order_id
+        LEFT JOIN products p ON p.product_id = i.product_id),
+    ret AS (SELECT order_id, product_id FROM returns WHERE requested_at <= $cutoff),
+    ret_order AS (SELECT DISTINCT order_id FROM ret),
+    ret_whole AS (SELECT DISTINCT order_id FROM ret WHERE product_id IS NULL),
+    ret_line AS (SELECT DISTINCT order_id, product_id FROM ret WHERE product_id IS NOT NULL),
+    hist AS (  -- lines of orders delivered by the cutoff, flagged if returned by then
+        SELECT it.product_id, it.category,
+               (rw.order_id IS NOT NULL OR rl.order_id IS NOT NULL)::INTEGER AS returned
+        FROM items it JOIN ord o ON o.order_id = it.order_id AND o.delivered_at IS NOT NULL
+        LEFT JOIN ret_whole rw ON rw.order_id = it.order_id
+        LEFT JOIN ret_line rl ON rl.order_id = it.order_id AND rl.product_id = it.product_id),
+    shop AS (SELECT avg(returned) AS rate FROM hist),
+    cat AS (SELECT h.category, (sum(h.returned) + $m * any_value(s.rate)) / (count(*) + $m) AS rate
+            FROM hist h CROSS JOIN shop s GROUP BY h.category),
+    prod AS (SELECT product_id, sum(returned) AS n_ret, count(*) AS n FROM hist GROUP BY product_id),
+    lines AS (
+        SELECT it.*, coalesce(c.rate, s.rate) AS cat_rate,
+               (coalesce(p.n_ret, 0) + $m * coalesce(c.rate, s.rate)) / (coalesce(p.n, 0) + $m) AS prod_rate
+        FROM items it JOIN tgt t ON t.order_id = it.order_id
+        LEFT JOIN prod p ON p.product_id = it.product_id
+        LEFT JOIN cat c ON c.category = it.category
+        CROSS JOIN shop s),
+    item_agg AS (
+        SELECT order_id, sum(quantity) AS n_items, count(*) AS n_lines,
+               sum(quantity * unit_price) / nullif(sum(quantity), 0) AS mean_unit_price,
+               max(unit_price) AS max_unit_price, sum(coalesce(discount_amount, 0)) AS line_discount,
+               sum(CASE WHEN size_sensitive THEN quantity ELSE 0 END) / nullif(sum(quantity), 0)
+                   AS size_sensitive_share,
+               max(prod_rate) AS max_product_return_rate, avg(prod_rate) AS mean_product_return_rate,
+               max(cat_rate) AS max_category_return_rate, avg(cat_rate) AS mean_category_return_rate
+        FROM lines GROUP BY order_id),
+    main_cat AS (
+        SELECT order_id, first(category ORDER BY v DESC, category) AS main_category
+        FROM (SELECT order_id, category, sum(quantity * unit_price) AS v FROM lines GROUP BY ALL)
+        GROUP BY order_id),
+    bracket AS (
+        SELECT order_id, count(*) AS size_bracketing
+        FROM (SELECT order_id, product_id FROM lines WHERE size IS NOT NULL
+              GROUP BY ALL HAVING count(DISTINCT size) > 1)
+        GROUP BY order_id),
+    carrier_hist AS (
+        SELECT carrier, count(*) AS n, sum(late::INTEGER) AS n_late FROM ord
+        WHERE late IS NOT NULL AND carrier IS NOT NULL GROUP BY carrier),
+    shop_late AS (SELECT sum(n_late) / nullif(sum(n), 0) AS rate FROM carrier_hist),
+    ev AS (SELECT customer_id, event_type, product_id, occurred_at FROM events
+           WHERE occurred_at <= $cutoff AND customer_id IS NOT NULL),
+    ev_ord AS (
+        SELECT t.order_id,
+            count(*) FILTER (WHERE e.event_type = 'view_size_chart' AND e.occurred_at <= t.ordered_at) AS scb,
+            count(*) FILTER (WHERE e.event_type = 'view_return_policy' AND e.occurred_at <= t.ordered_at) AS rpb,
+            count(*) FILTER (WHERE e.event_type = 'view_size_chart' AND e.occurred_at > t.ordered_at) AS sca,
+            count(*) FILTER (WHERE e.event_type = 'view_return_policy' AND e.occurred_at > t.ordered_at) AS rpa,
+            count(*) FILTER (WHERE e.event_type = 'add_to_cart' AND e.occurred_at <= t.ordered_at) AS cab,
+            count(*) FILTER (WHERE e.event_type = 'remove_from_cart' AND e.occurred_at <= t.ordered_at) AS crb,
+            count(*) FILTER (WHERE e.event_type = 'contact_support' AND e.occurred_at > t.ordered_at) AS csa
+        FROM tgt t JOIN ev e ON e.customer_id = t.customer_id AND e.occurred_at >= {pre}
+        GROUP BY t.order_id),
+    chart AS (  -- size charts seen before purchase; a chart without product covers every product
+        SELECT DISTINCT t.order_id, e.product_id
+        FROM tgt t JOIN ev e ON e.customer_id = t.customer_id AND e.event_type = 'view_size_chart'
+             AND e.occurred_at >= {pre} AND e.occurred_at <= t.ordered_at),
+    unviewed AS (
+        SELECT l.order_id,
+               coalesce(sum(l.quantity) FILTER (WHERE l.size_sensitive AND c.order_id IS NULL
+                                                AND g.order_id IS NULL), 0) AS n
+        FROM lines l
+        LEFT JOIN chart c ON c.order_id = l.order_id AND c.product_id = l.product_id
+        LEFT JOIN (SELECT DISTINCT order_id FROM chart WHERE product_id IS NULL) g ON g.order_id = l.order_id
+        GROUP BY l.order_id),
+    tk AS ({_tickets_as_of_sql()}),
+    tk_order AS (
+        SELECT k.order_id, count(*) AS n, sum(k.unresolved::INTEGER) AS n_open,
+               max({hours_between("k.opened_at", "coalesce(k.first_response_at, $cutoff)")}) AS wait_hours
+        FROM tk k JOIN tgt t ON t.order_id = k.order_id GROUP BY k.order_id),
+    tk_cust AS (
+        SELECT customer_id, count(*) AS n, sum(complaint::INTEGER) AS n_complaint,
+               sum(escalated::INTEGER) AS n_escalated, sum(unresolved::INTEGER) AS n_open
+        FROM tk GROUP BY customer_id),
+    rv AS (SELECT r.order_id, o.customer_id, r.score FROM reviews r JOIN ord o ON o.order_id = r.order_id
+           WHERE r.created_at <= $cutoff),
+    rv_order AS (SELECT order_id, min(score) AS min_score FROM rv GROUP BY order_id),
+    rv_cust AS (SELECT customer_id, count(*) AS n, sum((score <= $bad)::INTEGER) AS n_bad
+                FROM rv GROUP BY customer_id),
+    hist_ord AS (
+        SELECT o.order_id, o.customer_id, o.delivered_at IS NOT NULL AS delivered,
+               (o.delivered_at IS NOT NULL AND ro.order_id IS NOT NULL) AS returned,
+               row_number() OVER (PARTITION BY o.customer_id ORDER BY o.ordered_at, o.order_id) - 1 AS prior
+        FROM ord o LEFT JOIN ret_order ro ON ro.order_id = o.order_id),
+    cust_hist AS (
+        SELECT customer_id, sum(delivered::INTEGER) AS n_deliv, sum(returned::INTEGER) AS n_ret
+        FROM hist_ord GROUP BY customer_id),
+    cust_first AS (SELECT customer_id, min(ordered_at) AS first_at FROM ord GROUP BY customer_id)
+    SELECT t.order_id, t.customer_id,
+        t.total_amount AS order_value,
+        coalesce(least(1.0, coalesce(t.discount_amount, ia.line_discount, 0)
+                 / nullif(t.total_amount + coalesce(t.discount_amount, ia.line_discount, 0), 0)), 0)
+            AS discount_share,
+        t.shipping_fee,
+        coalesce(ia.n_items, 0) AS n_items, coalesce(ia.n_lines, 0) AS n_lines,
+        ia.mean_unit_price, ia.max_unit_price,
+        coalesce(b.size_bracketing, 0) AS size_bracketing,
+        ia.size_sensitive_share,
+        ia.max_product_return_rate, ia.mean_product_return_rate,
+        ia.max_category_return_rate, ia.mean_category_return_rate,
+        mc.main_category, t.payment_type, coalesce(t.region, cu.region) AS region, t.carrier,
+        {days_between("t.ordered_at", "$cutoff")} AS days_since_order,
+        {days_between("t.ordered_at", "t.promised_at")} AS promised_days,
+        (t.delivered_at IS NOT NULL)::INTEGER AS is_delivered,
+        {days_between("t.delivered_at", "$cutoff")} AS days_since_delivery,
+        CASE WHEN t.cancelled OR t.promised_at IS NULL THEN NULL
+             WHEN t.delivered_at IS NOT NULL THEN {days_between("t.promised_at", "t.delivered_at")}
+             ELSE greatest(0.0, {days_between("t.promised_at", "$cutoff")}) END AS days_late,
+        t.late::INTEGER AS is_late,
+        (coalesce(ch.n_late, 0) + $m * sl.rate) / (coalesce(ch.n, 0) + $m) AS carrier_late_rate,
+        coalesce(e.scb, 0) AS size_chart_views_before, coalesce(e.rpb, 0) AS return_policy_views_before,
+        coalesce(e.sca, 0) AS size_chart_views_after, coalesce(e.rpa, 0) AS return_policy_views_after,
+        coalesce(u.n, 0) AS size_sensitive_items_unviewed,
+        coalesce(e.cab, 0) AS cart_adds_before, coalesce(e.crb, 0) AS cart_removes_before,
+        coalesce(e.csa, 0) AS support_contacts_after,
+        coalesce(tko.n, 0) AS order_tickets, coalesce(tko.n_open, 0) AS order_unresolved_tickets,
+        tko.wait_hours AS order_ticket_wait_hours,
+        rvo.min_score AS order_review_score,
+        h.prior AS customer_prior_orders,
+        coalesce(chs.n_ret, 0) - h.returned::INTEGER AS customer_past_returns,
+        (coalesce(chs.n_ret, 0) - h.returned::INTEGER)
+            / nullif(coalesce(chs.n_deliv, 0) - h.delivered::INTEGER, 0) AS customer_return_rate,
+        coalesce(tkc.n, 0) AS customer_tickets, coalesce(tkc.n_complaint, 0) AS customer_complaints,
+        coalesce(tkc.n_escalated, 0) AS customer_escalated_tickets,
+        coalesce(tkc.n_open, 0) AS customer_unresolved_tickets,
+        coalesce(rvc.n, 0) AS customer_reviews, coalesce(rvc.n_bad, 0) AS customer_bad_reviews,
+        {days_between("least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, cf.first_at)", "$cutoff")}
+            AS customer_tenure_days
+    FROM tgt t
+    LEFT JOIN item_agg ia ON ia.order_id = t.order_id
+    LEFT JOIN main_cat mc ON mc.order_id = t.order_id
+    LEFT JOIN bracket b ON b.order_id = t.order_id
+    LEFT JOIN customers cu ON cu.customer_id = t.customer_id
+    LEFT JOIN carrier_hist ch ON ch.carrier = t.carrier
+    CROSS JOIN shop_late sl
+    LEFT JOIN ev_ord e ON e.order_id = t.order_id
+    LEFT JOIN unviewed u ON u.order_id = t.order_id
+    LEFT JOIN tk_order tko ON tko.order_id = t.order_id
+    LEFT JOIN tk_cust tkc ON tkc.customer_id = t.customer_id
+    LEFT JOIN rv_order rvo ON rvo.order_id = t.order_id
+    LEFT JOIN rv_cust rvc ON rvc.customer_id = t.customer_id
+    LEFT JOIN hist_ord h ON h.order_id = t.order_id
+    LEFT JOIN cust_hist chs ON chs.customer_id = t.customer_id
+    LEFT JOIN cust_first cf ON cf.customer_id = t.customer_id"""
+
+
+def order_features(
+    wh: Warehouse,
+    cutoff: Any,
+    orders: str | pd.DataFrame | Sequence[str] | None = None,
+    settings: Settings | None = None,
+    windows: FeatureWindows = WINDOWS,
+) -> pd.DataFrame:
+    """One row per order placed by ``cutoff`` (or per requested order among those), as of ``cutoff``.
+
+    ``orders`` narrows the rows (not the history): a SQL query returning ``order_id``, a frame with
+    an ``order_id`` column, or a list of ids. Columns: ``OrderFeatures`` (keys, then features).
+    """
+    settings = settings or get_settings()
+    cutoff = as_timestamp(cutoff)
+    with _subset_view(wh, orders, ENTITY_KEY["order"]) as subset:
+        sql = numeric_as_double(_order_features_sql(subset, windows), _text_columns("order"))
+        raw = run_sql(wh, sql, {"cutoff": cutoff, "m": windows.smoothing_strength,
+                                "bad": settings.labels.negative_review_max_score})
+    return finish_features(raw, "order", available_sources(wh, cutoff))
+
+
+# ---- customer features -----------------------------------------------------------------------
+def _customer_features_sql(subset: str | None, w: FeatureWindows) -> str:
+    freq = ",\n".join(
+        f"count(*) FILTER (WHERE ordered_at > {ago(d)}) AS orders_{d}d" for d in w.frequency_days
+    )
+    value = ",\n".join(
+        f"coalesce(sum(total_amount) FILTER (WHERE ordered_at > {ago(d)}), 0) AS value_{d}d"
+        for d in w.monetary_days
+    )
+    recent, act = w.recent_days, w.activity_days
+    subset_filter = f"WHERE c.customer_id IN (SELECT customer_id FROM {subset})" if subset else ""
+    return f"""
+    WITH ord AS ({orders_as_of_sql()}),
+    ret_order AS (SELECT DISTINCT order_id FROM returns WHERE requested_at <= $cutoff),
+    ordx AS (
+        SELECT o.*,
+            coalesce(least(1.0, coalesce(o.discount_amount, 0)
+                     / nullif(o.total_amount + coalesce(o.discount_amount, 0), 0)), 0) AS discount_share,
+            (o.delivered_at IS NOT NULL AND r.order_id IS NOT NULL) AS returned,
+            CASE WHEN o.late THEN coalesce(o.delivered_at, o.promised_at) END AS late_at,
+            lag(o.ordered_at) OVER (PARTITION BY o.customer_id ORDER BY o.ordered_at, o.order_id) AS prev_at
+        FROM ord o LEFT JOIN ret_order r ON r.order_id = o.order_id),
+    c AS (
+        SELECT customer_id, max(ordered_at) AS last_at, min(ordered_at) AS first_at, count(*) AS orders_total,
+            {freq},
+            count(*) FILTER (WHERE ordered_at > {ago(2 * recent)} AND ordered_at <= {ago(recent)}) AS orders_prev,
+            {value},
+            avg(total_amount) AS avg_order_value,
+            avg({days_between("prev_at", "ordered_at")}) AS mean_days_between_orders,
+            avg(discount_share) AS avg_discount_share,
+            coalesce(sum(late::INTEGER), 0) AS late_deliveries,
+            sum(late::INTEGER) / nullif(count(late), 0) AS late_delivery_rate,
+            sum((delivered_at IS NOT NULL)::INTEGER) AS n_deliv, sum(returned::INTEGER) AS n_ret,
+            max(late_at) AS last_late_at,
+            first(region ORDER BY ordered_at DESC, order_id DESC) AS last_region,
+            first(payment_type ORDER BY ordered_at DESC, order_id DESC) AS last_payment_type
+        FROM ordx GROUP BY customer_id),
+    tk AS ({_tickets_as_of_sql()}),
+    tk_cust AS (
+        SELECT customer_id, count(*) AS n, count(*) FILTER (WHERE opened_at > {ago(recent)}) AS n_recent,
+            sum(complaint::INTEGER) AS n_complaint, sum(unresolved::INTEGER) AS n_open,
+            sum(escalated::INTEGER) AS n_escalated, avg(satisfaction) AS satisfaction,
+            avg({hours_between("opened_at", "first_response_at")}) AS response_hours,
+            max(opened_at) FILTER (WHERE escalated) AS last_escalated_at
+        FROM tk GROUP BY customer_id),
+    rv AS (
+        SELECT o.customer_id, count(*) AS n, avg(r.score) AS mean_score, sum((r.score <= $bad)::INTEGER) AS n_bad,
+            max(r.created_at) FILTER (WHERE r.score <= $bad) AS last_bad_at
+        FROM reviews r JOIN ord o ON o.order_id = r.order_id
+        WHERE r.created_at <= $cutoff GROUP BY o.customer_id),
+    ev AS (SELECT customer_id, session_id, event_type FROM events
+           WHERE occurred_at <= $cutoff AND occurred_at > {ago(act)} AND customer_id IS NOT NULL),
+    ev_cust AS (
+        SELECT customer_id, count(*) AS n, count(DISTINCT session_id) AS sessions,
+            count(*) FILTER (WHERE event_type = 'add_to_cart') AS cart_adds
+        FROM ev GROUP BY customer_id),
+    abandoned AS (
+        SELECT customer_id, count(*) AS n FROM (
+            SELECT customer_id, session_id FROM ev WHERE session_id IS NOT NULL GROUP BY ALL
+            HAVING bool_or(event_type = 'add_to_cart') AND NOT bool_or(event_type = 'checkout'))
+        GROUP BY customer_id)
+    SELECT c.customer_id,
+        {days_between("c.last_at", "$cutoff")} AS recency_days,
+        c.orders_total, {", ".join(f"c.orders_{d}d" for d in w.frequency_days)},
+        c.orders_{recent}d - c.orders_prev AS order_trend_90d,
+        {", ".join(f"c.value_{d}d" for d in w.monetary_days)},
+        c.avg_order_value, c.mean_days_between_orders, c.avg_discount_share,
+        c.late_deliveries, c.late_delivery_rate,
+        c.n_ret AS returns_total, c.n_ret / nullif(c.n_deliv, 0) AS return_rate,
+        coalesce(k.n, 0) AS tickets_total, coalesce(k.n_recent, 0) AS tickets_90d,
+        coalesce(k.n_complaint, 0) AS complaints_total, coalesce(k.n_open, 0) AS unresolved_tickets,
+        coalesce(k.n_escalated, 0) AS escalated_tickets, k.satisfaction AS mean_satisfaction,
+        k.response_hours AS mean_first_response_hours,
+        coalesce(rv.n, 0) AS reviews_total, rv.mean_score AS mean_review_score, coalesce(rv.n_bad, 0) AS bad_reviews,
+        {days_between("greatest(c.last_late_at, rv.last_bad_at, k.last_escalated_at)", "$cutoff")}
+            AS days_since_bad_experience,
+        coalesce(e.sessions, 0) AS sessions_30d, coalesce(e.n, 0) AS events_30d,
+        coalesce(e.cart_adds, 0) AS cart_adds_30d, coalesce(a.n, 0) AS abandoned_carts_30d,
+        {days_between("least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, c.first_at)", "$cutoff")}
+            AS tenure_days,
+        (c.orders_total = 1)::INTEGER AS is_one_time_buyer,
+        coalesce(c.last_region, cu.region) AS region, c.last_payment_type AS payment_type
+    FROM c
+    LEFT JOIN customers cu ON cu.customer_id = c.customer_id
+    LEFT JOIN tk_cust k ON k.customer_id = c.customer_id
+    LEFT JOIN rv ON rv.customer_id = c.customer_id
+    LEFT JOIN ev_cust e ON e.customer_id = c.customer_id
+    LEFT JOIN abandoned a ON a.customer_id = c.customer_id
+    {subset_filter}"""
+
+
+def customer_features(
+    wh: Warehouse,
+    cutoff: Any,
+    customers: str | pd.DataFrame | Sequence[str] | None = None,
+    settings: Settings | None = None,
+    windows: FeatureWindows = WINDOWS,
+) -> pd.DataFrame:
+    """One row per customer with an order placed by ``cutoff`` (optionally only ``customers``).
+
+    Columns: ``CustomerFeatures`` (``customer_id``, then features).
+    """
+    settings = settings or get_settings()
+    cutoff = as_timestamp(cutoff)
+    with _subset_view(wh, customers, ENTITY_KEY["customer"]) as subset:
+        raw = run_sql(wh, numeric_as_double(_customer_features_sql(subset, windows), _text_columns("customer")),
+                      {"cutoff": cutoff, "bad": settings.labels.negative_review_max_score})
+    return finish_features(raw, "customer", available_sources(wh, cutoff))
+
+
+def _text_columns(entity: Entity) -> list[str]:
+    """Keys and categorical features: the columns that stay text."""
+    keys = [c for c in FEATURE_MODELS[entity].to_schema().columns if c not in feature_names(entity)]
+    return keys + categorical_features(entity)
+
+
+# ---- shared finishing --------------------------------------------------------------------------
+def categorize(values: pd.Series, fixed: Sequence[str] = ()) -> pd.Series:
+    """A ``category`` series with sorted levels that always include ``unknown``; nulls → unknown."""
+    text = values.astype("string").fillna(UNKNOWN).str.strip().replace("", UNKNOWN)
+    levels = sorted(set(text.unique()) | set(fixed) | {UNKNOWN})
+    return pd.Series(pd.Categorical(text.astype(str), categories=levels), index=values.index, name=values.name)
+
+
+def finish_features(raw: pd.DataFrame, entity: Entity, available: dict[str, bool]) -> pd.DataFrame:
+    """Null features of absent optional sources, set categories and dtypes, validate the contract."""
+    df = raw.copy()
+    for feature in feature_registry(entity):
+        if feature.kind == "categorical":
+            df[feature.name] = categorize(df[feature.name], FIXED_LEVELS.get(feature.name, ()))
+            continue
+        df[feature.name] = pd.to_numeric(df[feature.name], errors="coerce").astype("float64")
+        if any(not available.get(src, True) for src in feature.needs):
+            df[feature.name] = float("nan")
+    model = FEATURE_MODELS[entity]
+    columns = list(model.to_schema().columns)
+    df = df[columns].reset_index(drop=True)
+    return model.validate(df, lazy=True)
+

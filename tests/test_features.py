@@ -1,0 +1,370 @@
+"""Point-in-time features: leakage, missing optional sources, one-time buyers, catalogue.
+
+A small hand-made shop lives in a real DuckDB file; the cutoff is CUT. The leakage tests append
+or update rows dated after CUT and demand every feature of every entity stays exactly the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from schemas.derived import UNKNOWN, CustomerFeatures, OrderFeatures
+from schemas.settings import Settings
+from tasks.features import (
+    CATALOGUE_PATH,
+    WINDOWS,
+    available_sources,
+    customer_features,
+    feature_catalogue,
+    feature_registry,
+    order_features,
+    write_feature_catalogue,
+)
+from tasks.warehouse import Warehouse
+
+CUT = pd.Timestamp("2026-03-01")
+OPTIONAL = ("returns", "tickets", "reviews", "events")
+
+
+def at(days: float) -> pd.Timestamp:
+    """A time relative to the cutoff (negative: before it)."""
+    return CUT + pd.Timedelta(days=days)
+
+
+def put(wh: Warehouse, table: str, rows: list[dict]) -> None:
+    wh.append(table, pd.DataFrame(rows))
+
+
+def build_core(wh: Warehouse) -> None:
+    """Customers, products, orders and lines, all before the cutoff."""
+    put(wh, "customers", [
+        {"customer_id": "c1", "signup_at": at(-400), "region": "north"},
+        {"customer_id": "c2", "signup_at": at(-100), "region": "south"},
+        {"customer_id": "c3", "signup_at": None, "region": None},  # one-time buyer
+    ])
+    put(wh, "products", [
+        {"product_id": "shoe", "category": "shoes", "size_sensitive": True},
+        {"product_id": "boot", "category": "shoes", "size_sensitive": True},
+        {"product_id": "phone", "category": "phones", "size_sensitive": False},
+        {"product_id": "misc", "category": None, "size_sensitive": None},
+    ])
+    o = [
+        # id, customer, ordered, promised, delivered, status, total, discount, carrier, payment
+        ("o1", "c1", -200, -196, -197, "delivered", 100.0, 10.0, "dhl", "card"),
+        ("o2", "c1", -60, -56, -50, "delivered", 50.0, 0.0, "ups", "paypal"),
+        ("o3", "c1", -10, -6, -4, "delivered", 120.0, None, "ups", "card"),  # late by 2 days
+        ("o4", "c2", -8, -3, None, "shipped", 80.0, None, "ups", "cod"),  # overdue 3 days
+        ("o5", "c2", -2, 3, None, "placed", 30.0, 5.0, "dhl", "card"),  # not due yet
+        ("o6", "c3", -20, -16, -17, "delivered", 40.0, 0.0, None, None),  # one-time buyer
+        ("o7", "c2", -30, -26, None, "cancelled", 20.0, 0.0, "dhl", "card"),
+    ]
+    put(wh, "orders", [
+        {"order_id": i, "customer_id": c, "ordered_at": at(od), "promised_at": at(pr),
+         "delivered_at": None if dl is None else at(dl), "status": st, "total_amount": tot,
+         "discount_amount": disc, "carrier": car, "payment_type": pay, "region": None,
+         "updated_at": at(od + 1) if st == "cancelled" else None}
+        for i, c, od, pr, dl, st, tot, disc, car, pay in o
+    ])
+    put(wh, "order_items", [
+        {"order_id": "o1", "line_no": 1, "product_id": "shoe", "quantity": 1, "unit_price": 55.0, "size": "40"},
+        {"order_id": "o1", "line_no": 2, "product_id": "phone", "quantity": 1, "unit_price": 55.0, "size": None},
+        {"order_id": "o2", "line_no": 1, "product_id": "phone", "quantity": 1, "unit_price": 50.0, "size": None},
+        {"order_id": "o3", "line_no": 1, "product_id": "shoe", "quantity": 1, "unit_price": 60.0, "size": "40"},
+        {"order_id": "o3", "line_no": 2, "product_id": "shoe", "quantity": 1, "unit_price": 60.0, "size": "41"},
+        {"order_id": "o4", "line_no": 1, "product_id": "boot", "quantity": 2, "unit_price": 40.0, "size": "42"},
+        {"order_id": "o5", "line_no": 1, "product_id": "misc", "quantity": 3, "unit_price": 10.0, "size": None},
+        {"order_id": "o6", "line_no": 1, "product_id": "phone", "quantity": 1, "unit_price": 40.0, "size": None},
+        {"order_id": "o7", "line_no": 1, "product_id": "misc", "quantity": 2, "unit_price": 10.0, "size": None},
+    ])
+
+
+def build_optional(wh: Warehouse) -> None:
+    """Returns, tickets, reviews and events, all dated before the cutoff."""
+    put(wh, "returns", [
+        {"return_id": "r1", "order_id": "o1", "product_id": "shoe", "requested_at": at(-190),
+         "reason_code": "size_fit"},
+        {"return_id": "r2", "order_id": "o2", "product_id": None, "requested_at": at(-45)},
+    ])
+    put(wh, "tickets", [
+        # resolved, escalated, rated
+        {"ticket_id": "t1", "customer_id": "c1", "order_id": "o2", "category": "delivery", "opened_at": at(-52),
+         "first_response_at": at(-51.5), "resolved_at": at(-49), "escalated": True, "satisfaction": 2.0,
+         "updated_at": at(-49)},
+        # open at the cutoff, no response yet
+        {"ticket_id": "t2", "customer_id": "c2", "order_id": "o4", "category": "delivery", "opened_at": at(-1),
+         "first_response_at": None, "resolved_at": None, "escalated": False, "updated_at": at(-1)},
+        # question, answered, open
+        {"ticket_id": "t3", "customer_id": "c1", "order_id": None, "category": "usage_question",
+         "opened_at": at(-3), "first_response_at": at(-2.5), "resolved_at": None, "escalated": None,
+         "updated_at": at(-2.5)},
+    ])
+    put(wh, "reviews", [
+        {"review_id": "v1", "order_id": "o1", "customer_id": "c1", "score": 2, "created_at": at(-190)},
+        {"review_id": "v2", "order_id": "o6", "customer_id": "c3", "score": 5, "created_at": at(-15)},
+    ])
+    ev = [
+        ("c1", "s1", "view_size_chart", "shoe", -11),
+        ("c1", "s1", "add_to_cart", "shoe", -10.5),
+        ("c1", "s1", "remove_from_cart", "shoe", -10.4),
+        ("c1", "s1", "checkout", None, -10.01),
+        ("c1", "s2", "view_return_policy", None, -2),
+        ("c1", "s9", "view_return_policy", None, -30),  # outside o3's pre-purchase window
+        ("c2", "s3", "add_to_cart", "boot", -1),  # abandoned cart
+        ("c2", "s3", "view_size_chart", None, -8.5),  # a general size chart before o4
+    ]
+    put(wh, "events", [
+        {"event_id": f"e{n}", "customer_id": c, "session_id": s, "event_type": t, "product_id": p,
+         "occurred_at": at(d)}
+        for n, (c, s, t, p, d) in enumerate(ev)
+    ])
+
+
+def add_future(wh: Warehouse) -> None:
+    """Everything that happens after the cutoff: new rows and later facts on existing rows."""
+    put(wh, "customers", [{"customer_id": "c9", "signup_at": at(1), "region": "west"}])
+    put(wh, "products", [{"product_id": "hat", "category": "hats", "size_sensitive": True}])
+    put(wh, "orders", [
+        {"order_id": "o8", "customer_id": "c1", "ordered_at": at(1), "promised_at": at(4), "delivered_at": at(3),
+         "status": "delivered", "total_amount": 70.0, "carrier": "fedex", "payment_type": "bnpl"},
+        {"order_id": "o9", "customer_id": "c9", "ordered_at": at(2), "promised_at": at(5),
+         "status": "placed", "total_amount": 10.0, "carrier": "dhl", "payment_type": "wallet"},
+    ])
+    put(wh, "order_items", [
+        {"order_id": "o8", "line_no": 1, "product_id": "hat", "quantity": 1, "unit_price": 70.0, "size": "M"},
+        {"order_id": "o9", "line_no": 1, "product_id": "shoe", "quantity": 1, "unit_price": 10.0, "size": "39"},
+    ])
+    put(wh, "returns", [
+        {"return_id": "r3", "order_id": "o3", "product_id": "shoe", "requested_at": at(2)},
+        {"return_id": "r4", "order_id": "o6", "product_id": None, "requested_at": at(0.5)},
+    ])
+    put(wh, "tickets", [
+        {"ticket_id": "t4", "customer_id": "c3", "order_id": "o6", "category": "complaint_service",
+         "opened_at": at(1), "escalated": True, "updated_at": at(1)},
+    ])
+    put(wh, "reviews", [
+        {"review_id": "v3", "order_id": "o3", "customer_id": "c1", "score": 1, "created_at": at(3)},
+        {"review_id": "v4", "order_id": "o4", "customer_id": "c2", "score": 1, "created_at": at(0.1)},
+    ])
+    put(wh, "events", [
+        {"event_id": "e100", "customer_id": "c1", "session_id": "s7", "event_type": "view_return_policy",
+         "occurred_at": at(0.2)},
+        {"event_id": "e101", "customer_id": "c2", "session_id": "s3", "event_type": "checkout",
+         "occurred_at": at(0.01)},
+        {"event_id": "e102", "customer_id": "c2", "session_id": "s8", "event_type": "view_size_chart",
+         "product_id": "boot", "occurred_at": at(0.3)},
+    ])
+    con = wh.con
+    # the overdue order arrives, the open tickets get answered, escalated, resolved and rated
+    con.execute("UPDATE orders SET delivered_at = ?, status = 'delivered', updated_at = ? WHERE order_id = 'o4'",
+                [at(2), at(2)])
+    con.execute("UPDATE orders SET status = 'cancelled', updated_at = ? WHERE order_id = 'o5'", [at(1)])
+    con.execute("UPDATE tickets SET first_response_at = ?, resolved_at = ?, escalated = TRUE, satisfaction = 1,"
+                " updated_at = ? WHERE ticket_id IN ('t2', 't3')", [at(0.5), at(1), at(1)])
+
+
+@pytest.fixture
+def wh(tmp_path: Path) -> Warehouse:
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    build_core(warehouse)
+    build_optional(warehouse)
+    yield warehouse
+    warehouse.close()
+
+
+@pytest.fixture
+def bare(tmp_path: Path) -> Warehouse:
+    """Only the required sources: no returns, tickets, reviews or events at all."""
+    warehouse = Warehouse(tmp_path / "bare.duckdb")
+    build_core(warehouse)
+    yield warehouse
+    warehouse.close()
+
+
+def by(df: pd.DataFrame, key: str) -> pd.DataFrame:
+    return df.set_index(key)
+
+
+# ---- leakage --------------------------------------------------------------------------------
+def test_order_features_ignore_everything_after_the_cutoff(wh: Warehouse) -> None:
+    before = order_features(wh, CUT)
+    add_future(wh)
+    after = order_features(wh, CUT)
+    pd.testing.assert_frame_equal(before, after, check_exact=True)
+    assert set(before["order_id"]) == {"o1", "o2", "o3", "o4", "o5", "o6", "o7"}
+
+
+def test_customer_features_ignore_everything_after_the_cutoff(wh: Warehouse) -> None:
+    before = customer_features(wh, CUT)
+    add_future(wh)
+    after = customer_features(wh, CUT)
+    pd.testing.assert_frame_equal(before, after, check_exact=True)
+    assert list(before["customer_id"]) == ["c1", "c2", "c3"]
+
+
+def test_features_on_bare_shop_ignore_future_optional_rows(bare: Warehouse) -> None:
+    """Optional sources that only start after the cutoff must not switch features on."""
+    before_o, before_c = order_features(bare, CUT), customer_features(bare, CUT)
+    add_future(bare)
+    pd.testing.assert_frame_equal(before_o, order_features(bare, CUT), check_exact=True)
+    pd.testing.assert_frame_equal(before_c, customer_features(bare, CUT), check_exact=True)
+
+
+def test_an_earlier_cutoff_sees_less(wh: Warehouse) -> None:
+    """Moving the cutoff back hides later orders and the later delivery of o3."""
+    early = by(order_features(wh, at(-5)), "order_id")
+    assert "o5" not in early.index
+    assert early.loc["o3", "is_delivered"] == 0
+    assert early.loc["o3", "days_late"] == pytest.approx(1)  # promised at -6: overdue by a day at -5
+    assert early.loc["o3", "is_late"] == 1
+
+
+# ---- values ---------------------------------------------------------------------------------
+def test_order_feature_values(wh: Warehouse) -> None:
+    f = by(order_features(wh, CUT), "order_id")
+    o3, o4, o1 = f.loc["o3"], f.loc["o4"], f.loc["o1"]
+    assert o3["days_late"] == pytest.approx(2) and o3["is_late"] == 1
+    assert o3["days_since_delivery"] == pytest.approx(4)
+    assert o3["size_bracketing"] == 1 and o3["size_sensitive_share"] == 1
+    assert o3["size_sensitive_items_unviewed"] == 0  # shoe chart seen 1 day before purchase
+    assert o3["cart_adds_before"] == 1 and o3["cart_removes_before"] == 1
+    assert o3["return_policy_views_after"] == 1 and o3["return_policy_views_before"] == 0
+    assert o3["customer_prior_orders"] == 2
+    assert o3["customer_past_returns"] == 2 and o3["customer_return_rate"] == 1.0
+    assert o3["customer_bad_reviews"] == 1 and o3["customer_reviews"] == 1
+    assert o3["customer_tickets"] == 2 and o3["customer_unresolved_tickets"] == 1
+    assert o3["customer_escalated_tickets"] == 1 and o3["customer_complaints"] == 1
+    assert o3["main_category"] == "shoes" and o3["payment_type"] == "card" and o3["region"] == "north"
+    assert o4["is_delivered"] == 0 and o4["days_late"] == pytest.approx(3) and o4["is_late"] == 1
+    assert o4["days_since_delivery"] != o4["days_since_delivery"]  # NaN: not delivered
+    assert o4["order_tickets"] == 1 and o4["order_unresolved_tickets"] == 1
+    assert o4["order_ticket_wait_hours"] == pytest.approx(24)  # unanswered for a day so far
+    assert o4["size_sensitive_items_unviewed"] == 0  # a general size chart covers every product
+    assert f.loc["o5", "days_late"] == 0 and f.loc["o5", "is_late"] != f.loc["o5", "is_late"]  # not due
+    assert f.loc["o5", "main_category"] == UNKNOWN
+    assert f.loc["o7", "days_late"] != f.loc["o7", "days_late"]  # cancelled: no lateness
+    assert o1["discount_share"] == pytest.approx(10 / 110)
+    assert o1["order_review_score"] == 2
+
+
+def test_return_rates_are_smoothed_and_point_in_time(wh: Warehouse) -> None:
+    """Rates use lines of orders delivered by the cutoff and returns requested by then."""
+    f = by(order_features(wh, CUT), "order_id")
+    m = WINDOWS.smoothing_strength
+    # delivered lines by the cutoff: o1 shoe (returned), o1 phone, o2 phone (whole-order return),
+    # o3 shoe x2, o6 phone -> 6 lines, 2 returned
+    shop = 2 / 6
+    shoes = (1 + m * shop) / (3 + m)
+    phones = (1 + m * shop) / (3 + m)
+    shoe = (1 + m * shoes) / (3 + m)
+    assert f.loc["o3", "max_category_return_rate"] == pytest.approx(shoes)
+    assert f.loc["o3", "max_product_return_rate"] == pytest.approx(shoe)
+    assert f.loc["o6", "mean_category_return_rate"] == pytest.approx(phones)
+    boot = shoes  # never sold: falls back on its category
+    assert f.loc["o4", "max_product_return_rate"] == pytest.approx(boot)
+    assert 0 <= f["max_product_return_rate"].min() <= f["max_product_return_rate"].max() <= 1
+
+
+def test_carrier_late_rate_counts_overdue_orders(wh: Warehouse) -> None:
+    f = by(order_features(wh, CUT), "order_id")
+    m = WINDOWS.smoothing_strength
+    # known outcomes: o1 dhl on time, o2 ups late, o3 ups late, o4 ups overdue; o5 not due, o7 cancelled
+    shop = 3 / 4
+    assert f.loc["o2", "carrier_late_rate"] == pytest.approx((3 + m * shop) / (3 + m))
+    assert f.loc["o1", "carrier_late_rate"] == pytest.approx((0 + m * shop) / (1 + m))
+    assert f.loc["o6", "carrier_late_rate"] == pytest.approx(shop)  # no carrier: the shop rate
+
+
+def test_customer_feature_values(wh: Warehouse) -> None:
+    c = by(customer_features(wh, CUT), "customer_id")
+    c1, c2 = c.loc["c1"], c.loc["c2"]
+    assert c1["orders_total"] == 3 and c1["orders_30d"] == 1 and c1["orders_90d"] == 2
+    assert c1["orders_365d"] == 3 and c1["recency_days"] == pytest.approx(10)
+    assert c1["order_trend_90d"] == 2  # 2 in the last 90 days, none in the 90 before
+    assert c1["returns_total"] == 2 and c1["return_rate"] == pytest.approx(2 / 3)
+    assert c1["mean_days_between_orders"] == pytest.approx(95)
+    assert c1["tickets_total"] == 2 and c1["unresolved_tickets"] == 1 and c1["escalated_tickets"] == 1
+    assert c1["mean_satisfaction"] == 2 and c1["mean_first_response_hours"] == pytest.approx(12)
+    assert c1["bad_reviews"] == 1 and c1["mean_review_score"] == 2
+    assert c1["days_since_bad_experience"] == pytest.approx(4)  # o3 delivered late 4 days ago
+    assert c1["sessions_30d"] == 2 and c1["abandoned_carts_30d"] == 0
+    assert c1["tenure_days"] == pytest.approx(400)
+    assert c2["abandoned_carts_30d"] == 1 and c2["cart_adds_30d"] == 1
+    assert c2["unresolved_tickets"] == 1 and c2["mean_satisfaction"] != c2["mean_satisfaction"]
+    assert c2["days_since_bad_experience"] == pytest.approx(3)  # o4 overdue since its promise
+    assert c2["payment_type"] == "card"  # latest order o5
+    assert c2["late_deliveries"] == 1 and c2["late_delivery_rate"] == 1.0  # o5 not due, o7 cancelled
+
+
+def test_one_time_buyer_gets_sane_features(wh: Warehouse) -> None:
+    c3 = by(customer_features(wh, CUT), "customer_id").loc["c3"]
+    assert c3["is_one_time_buyer"] == 1 and c3["orders_total"] == 1
+    assert c3["mean_days_between_orders"] != c3["mean_days_between_orders"]  # NaN, not 0
+    assert c3["recency_days"] == pytest.approx(20) and c3["tenure_days"] == pytest.approx(20)
+    assert c3["return_rate"] == 0 and c3["tickets_total"] == 0 and c3["reviews_total"] == 1
+    assert c3["region"] == UNKNOWN and c3["payment_type"] == UNKNOWN
+    assert c3["days_since_bad_experience"] != c3["days_since_bad_experience"]
+    o6 = by(order_features(wh, CUT), "order_id").loc["o6"]
+    assert o6["customer_prior_orders"] == 0 and o6["customer_past_returns"] == 0
+    assert o6["customer_return_rate"] != o6["customer_return_rate"]  # no other delivered order
+    assert o6["carrier"] == UNKNOWN
+
+
+def test_features_run_without_optional_sources(bare: Warehouse) -> None:
+    assert available_sources(bare, CUT) == dict.fromkeys(OPTIONAL, False)
+    o = order_features(bare, CUT)
+    c = customer_features(bare, CUT)
+    assert len(o) == 7 and len(c) == 3
+    for frame, entity in ((o, "order"), (c, "customer")):
+        for feature in feature_registry(entity):
+            if feature.needs:
+                assert frame[feature.name].isna().all(), feature.name
+    # features of the required sources are still there
+    assert o["days_late"].notna().sum() == 6 and c["orders_total"].notna().all()
+    assert c["days_since_bad_experience"].notna().any()  # late deliveries alone still count
+
+
+def test_order_subset_keeps_full_history(wh: Warehouse) -> None:
+    full = by(order_features(wh, CUT), "order_id")
+    for ids in (["o3", "o4"], pd.DataFrame({"order_id": ["o3", "o4"]}),
+                "SELECT order_id FROM orders WHERE order_id IN ('o3', 'o4')"):
+        part = by(order_features(wh, CUT, ids), "order_id")
+        assert list(part.index) == ["o3", "o4"]
+        pd.testing.assert_frame_equal(part.drop(columns=["main_category", "payment_type", "region", "carrier"]),
+                                      full.loc[["o3", "o4"]].drop(
+                                          columns=["main_category", "payment_type", "region", "carrier"]))
+    sub = customer_features(wh, CUT, ["c2"])
+    assert list(sub["customer_id"]) == ["c2"]
+
+
+def test_outputs_match_the_contracts(wh: Warehouse) -> None:
+    o, c = order_features(wh, CUT), customer_features(wh, CUT)
+    assert list(o.columns) == list(OrderFeatures.to_schema().columns)
+    assert list(c.columns) == list(CustomerFeatures.to_schema().columns)
+    for frame in (o, c):
+        for column in frame.columns:
+            if isinstance(frame[column].dtype, pd.CategoricalDtype):
+                levels = list(frame[column].cat.categories)
+                assert levels == sorted(levels) and UNKNOWN in levels
+    assert "bnpl" in list(o["payment_type"].cat.categories)  # closed vocabulary keeps every level
+
+
+def test_bad_review_threshold_comes_from_settings(wh: Warehouse) -> None:
+    strict = Settings(labels={"negative_review_max_score": 1})
+    c = by(customer_features(wh, CUT, settings=strict), "customer_id")
+    assert c.loc["c1", "bad_reviews"] == 0
+
+
+# ---- catalogue --------------------------------------------------------------------------------
+def test_shipped_catalogue_matches_the_code(tmp_path: Path) -> None:
+    generated = write_feature_catalogue(tmp_path / "catalogue.csv")
+    assert CATALOGUE_PATH.read_text() == generated.read_text(), (
+        "run `python -c 'from tasks.features import write_feature_catalogue; write_feature_catalogue()'`"
+    )
+    cat = feature_catalogue()
+    assert not cat.duplicated(["entity", "name"]).any()
+    assert set(cat["entity"]) == {"order", "customer"}
+    assert (cat["description"].str.len() > 10).all()
+    assert cat.loc[cat["name"] == "size_chart_views_before", "sources"].item() == "orders;events"
