@@ -13,6 +13,7 @@ feature is unknown; it defaults to the optional sources among ``sources``.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -100,8 +101,8 @@ def categorical(description: str, *sources: str) -> Any:
     return pa.Field(nullable=False, description=description, metadata=_meta("categorical", sources, ()))
 
 
-def key(description: str) -> Any:
-    return pa.Field(nullable=False, str_length={"min_value": 1}, description=description)
+def key(description: str, unique: bool = False) -> Any:
+    return pa.Field(nullable=False, str_length={"min_value": 1}, unique=unique, description=description)
 
 
 PRE = WINDOWS.pre_purchase_days
@@ -117,7 +118,7 @@ class _Derived(pa.DataFrameModel):
 class OrderFeatures(_Derived):
     """One row per order placed by the cutoff; every value as known at the cutoff."""
 
-    order_id: Series[str] = key("the order")
+    order_id: Series[str] = key("the order", unique=True)
     customer_id: Series[str] = key("who placed it")
     # the order itself
     order_value: Series[float] = money("total amount paid for the order", "orders")
@@ -221,7 +222,7 @@ class OrderFeatures(_Derived):
 class CustomerFeatures(_Derived):
     """One row per customer with an order placed by the cutoff; every value as known at the cutoff."""
 
-    customer_id: Series[str] = key("the customer")
+    customer_id: Series[str] = key("the customer", unique=True)
     recency_days: Series[float] = days("days since the customer's last order", "orders")
     orders_total: Series[float] = count("orders placed by the cutoff", "orders")
     orders_30d: Series[float] = count("orders placed in the 30 days before the cutoff", "orders")
@@ -305,12 +306,15 @@ def _with_cutoff(entity: Entity, with_label: bool) -> pa.DataFrameSchema:
     features = FEATURE_MODELS[entity].to_schema()
     extra = _Labelled.to_schema().columns
     keys = [c for c, col in features.columns.items() if not (col.metadata or {}).get("kind")]
-    columns = {c: features.columns[c] for c in keys}
+    columns = {}
+    for c in keys:  # an entity recurs across cutoffs: unique per (entity, cutoff) instead
+        columns[c] = copy.deepcopy(features.columns[c])
+        columns[c].unique = False
     columns[CUTOFF] = extra[CUTOFF]
     columns.update({c: col for c, col in features.columns.items() if c not in keys})
     if with_label:
         columns[LABEL] = extra[LABEL]
-    return pa.DataFrameSchema(columns, strict=True, ordered=True, coerce=True,
+    return pa.DataFrameSchema(columns, strict=True, ordered=True, coerce=True, unique=[ENTITY_KEY[entity], CUTOFF],
                               name=f"{entity}_{'training' if with_label else 'scoring'}_set")
 
 

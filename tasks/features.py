@@ -289,12 +289,11 @@ def _order_features_sql(subset: str | None, w: FeatureWindows) -> str:
         FROM tgt t JOIN ev e ON e.customer_id = t.customer_id AND e.event_type = 'view_size_chart'
              AND e.occurred_at >= {pre} AND e.occurred_at <= t.ordered_at),
     unviewed AS (
-        SELECT l.order_id,
-               coalesce(sum(l.quantity) FILTER (WHERE l.size_sensitive AND c.order_id IS NULL
-                                                AND g.order_id IS NULL), 0) AS n
+        SELECT l.order_id, sum(l.quantity) FILTER (WHERE c.order_id IS NULL AND g.order_id IS NULL) AS n
         FROM lines l
         LEFT JOIN chart c ON c.order_id = l.order_id AND c.product_id = l.product_id
         LEFT JOIN (SELECT DISTINCT order_id FROM chart WHERE product_id IS NULL) g ON g.order_id = l.order_id
+        WHERE l.size_sensitive
         GROUP BY l.order_id),
     tk AS ({_tickets_as_of_sql()}),
     tk_order AS (

@@ -279,3 +279,15 @@ def test_synthetic_shop_end_to_end(tmp_path: Path) -> None:
         for col in frame.select_dtypes("category"):
             frame[col] = frame[col].astype(str)
     pd.testing.assert_frame_equal(seen, rows, check_exact=True)
+
+
+def test_training_set_contract_rejects_bad_rows(sets: dict[str, pd.DataFrame]) -> None:
+    from pandera.errors import SchemaError, SchemaErrors
+
+    df = sets["return"]
+    schema = training_set_schema("return")
+    bad_label = df.copy()
+    bad_label.loc[0, LABEL] = 2
+    for bad in (bad_label, df.drop(columns=CUTOFF), pd.concat([df, df.iloc[:1]], ignore_index=True)):
+        with pytest.raises((SchemaError, SchemaErrors)):
+            schema.validate(bad)

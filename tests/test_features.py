@@ -368,3 +368,19 @@ def test_shipped_catalogue_matches_the_code(tmp_path: Path) -> None:
     assert set(cat["entity"]) == {"order", "customer"}
     assert (cat["description"].str.len() > 10).all()
     assert cat.loc[cat["name"] == "size_chart_views_before", "sources"].item() == "orders;events"
+
+
+def test_contracts_reject_bad_frames(wh: Warehouse) -> None:
+    """Each pandera contract catches what it promises to catch."""
+    from pandera.errors import SchemaError, SchemaErrors
+
+    good = order_features(wh, CUT)
+    for column, value in (("discount_share", 1.5), ("n_items", -1.0), ("is_late", 0.5)):
+        bad = good.copy()
+        bad.loc[0, column] = value
+        with pytest.raises((SchemaError, SchemaErrors)):
+            OrderFeatures.validate(bad)
+    with pytest.raises((SchemaError, SchemaErrors)):
+        OrderFeatures.validate(pd.concat([good, good.iloc[:1]], ignore_index=True))  # duplicate order
+    with pytest.raises((SchemaError, SchemaErrors)):
+        CustomerFeatures.validate(customer_features(wh, CUT).assign(extra=1))  # strict: no stray column
