@@ -1,0 +1,125 @@
+"""Top reasons from contributions, and reason phrases that never show a raw feature name."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from schemas.tasks import REASON_COLUMNS
+from tasks.explain import (
+    DEFAULT_REASONS_FILE,
+    CatalogueError,
+    default_catalogue,
+    load_reason_catalogue,
+    phrase,
+    phrase_reasons,
+    top_reasons,
+)
+from tasks.features import feature_registry
+
+REGISTRY = feature_registry()
+FEATURE_NAMES = sorted({f.name for f in REGISTRY})
+SAMPLE_VALUES = {"count": [0.0, 1.0, 3.0], "rate": [0.0, 0.42, 1.0], "flag": [0.0, 1.0], "days": [0.0, 2.6, 45.0],
+                 "money": [0.0, 129.9, 2500.0], "numeric": [-2.0, 1.0, 3.5], "categorical": ["home_garden", "FastShip",
+                                                                                            "bank_transfer"]}
+MISSING_VALUES = [None, math.nan, "unknown", pd.NA]
+
+
+def assert_agent_safe(text: str) -> None:
+    assert text, "empty phrase"
+    assert "_" not in text, text
+    tokens = set(re.findall(r"[A-Za-z0-9_]+", text))
+    assert not tokens & set(FEATURE_NAMES), f"raw feature name in {text!r}"
+    assert "{" not in text and "nan" not in tokens, text
+
+
+# ---- top reasons -----------------------------------------------------------------------------
+def test_top_reasons_picks_largest_positive_contributions_in_order():
+    names = ["days_late", "size_sensitive_share", "order_value", "carrier"]
+    values = pd.DataFrame({"days_late": [3.0, 0.0, 1.0], "size_sensitive_share": [0.8, 0.1, 0.5],
+                           "order_value": [99.0, 10.0, 20.0], "carrier": ["FastShip", "Slowpost", "FastShip"]},
+                          index=[10, 11, 12])
+    contrib = np.array([[0.5, 1.2, -0.3, 0.1, 9.9],    # bias column last: never a reason
+                        [-0.5, -0.1, -0.2, -0.3, 9.9],  # nothing pushes up
+                        [0.0, 0.4, np.nan, 0.2, 9.9]])  # zero and NaN are not reasons
+    out = top_reasons(contrib, names, values)
+    assert list(out.columns) == [c for pair in REASON_COLUMNS for c in pair]
+    assert list(out.index) == [10, 11, 12]
+    top = ["size_sensitive_share", "days_late", "carrier"]
+    assert out.loc[10, ["reason_1", "reason_2", "reason_3"]].tolist() == top
+    assert out.loc[10, ["reason_1_value", "reason_2_value", "reason_3_value"]].tolist() == [0.8, 3.0, "FastShip"]
+    assert out.loc[11].isna().all()
+    assert out.loc[12, "reason_1"] == "size_sensitive_share" and out.loc[12, "reason_2"] == "carrier"
+    assert pd.isna(out.loc[12, "reason_3"]) and pd.isna(out.loc[12, "reason_3_value"])
+
+
+def test_top_reasons_accepts_contribution_frames_and_rejects_mismatches():
+    names = ["recency_days", "orders_90d"]
+    values = pd.DataFrame({"recency_days": [40.0], "orders_90d": [0.0]})
+    frame = pd.DataFrame({"recency_days": [0.1], "orders_90d": [0.7], "bias": [3.0]})
+    out = top_reasons(frame, names, values, k=3)
+    assert out.iloc[0]["reason_1"] == "orders_90d" and out.iloc[0]["reason_2"] == "recency_days"
+    assert pd.isna(out.iloc[0]["reason_3"])
+    with pytest.raises(ValueError, match="do not match"):
+        top_reasons(np.zeros((2, 2)), names, values)
+
+
+# ---- phrases ---------------------------------------------------------------------------------
+def test_every_registry_feature_has_phrases_in_both_languages():
+    catalogue = default_catalogue()
+    missing = [n for n in FEATURE_NAMES if n not in catalogue.features]
+    assert not missing, f"features without a phrase in reasons.yaml: {missing}"
+    for name in FEATURE_NAMES:
+        spec = catalogue.features[name]
+        assert spec.en and spec.zh, name
+        assert spec.group in catalogue.groups
+
+
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_no_phrase_shows_a_raw_feature_name(language):
+    kinds = {f.name: f.kind for f in REGISTRY}
+    for name in FEATURE_NAMES:
+        for value in [*SAMPLE_VALUES[kinds[name]], *MISSING_VALUES]:
+            assert_agent_safe(phrase(name, value, language))
+    for unknown in ["brand_new_size_feature", "zz_mystery_signal"]:  # added after the catalogue was written
+        assert_agent_safe(phrase(unknown, 1.0, language))
+
+
+def test_phrases_format_values_in_english_and_chinese():
+    assert phrase("days_late", 3.2, "en") == "parcel 3 days late"
+    assert phrase("days_late", 3.2, "zh") == "包裹已延误3天"
+    assert phrase("size_sensitive_share", 0.8, "en") == "80% of items are size-sensitive"
+    assert phrase("payment_type", "bank_transfer", "en") == "paid by bank transfer"
+    assert phrase("payment_type", "bank_transfer", "zh") == "支付方式：银行转账"
+    assert phrase("main_category", "home_garden", "en") == "mostly home garden products"
+    assert phrase("size_chart_views_before", 0.0, "en") == "bought without checking the size chart"
+    # early parcel, missing value: the group phrase, never a wrong number
+    assert phrase("days_late", -2.0, "en") == "delivery problems"
+    assert phrase("mean_satisfaction", math.nan, "zh") == "客服沟通不顺或问题未解决"
+    assert phrase("brand_new_size_feature", 2.0, "en") == "signs the size may not fit"
+    assert phrase(None, 1.0) is None
+
+
+def test_phrase_reasons_joins_rank_order_and_has_a_generic_phrase():
+    df = pd.DataFrame({"reason_1": ["days_late", None], "reason_1_value": [4.0, None],
+                       "reason_2": ["is_late", None], "reason_2_value": [1.0, None],
+                       "reason_3": ["carrier", None], "reason_3_value": ["FastShip", None]})
+    why = phrase_reasons(df, language="en")
+    assert why.iloc[0] == "parcel 4 days late; parcel late or overdue; shipped with FastShip"
+    assert why.iloc[1] == "several small signals together"
+    assert "包裹已延误4天" in phrase_reasons(df, language="zh").iloc[0]
+
+
+def test_catalogue_errors_name_the_feature(tmp_path: Path):
+    raw = yaml.safe_load(DEFAULT_REASONS_FILE.read_text(encoding="utf-8"))
+    raw["features"]["days_late"]["group"] = "no_such_group"
+    bad = tmp_path / "reasons.yaml"
+    bad.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
+    with pytest.raises(CatalogueError, match="days_late"):
+        load_reason_catalogue(bad)
