@@ -51,16 +51,14 @@ def generate(
     months: Annotated[int, typer.Option(help="months of history")] = 18,
 ) -> None:
     """Write a synthetic shop (all eight source tables) with planted signal and dirty rows."""
-    from tasks.synthetic import generate_shop, write_batch_manifest
-
     from schemas.settings import get_settings
+    from tasks.synthetic import generate_shop
 
     settings = get_settings()
     out = out or settings.data_dir
     counts = generate_shop(out, customers=customers, seed=seed, months=months,
                            end_date=settings.generator.end_date, dirty_share=settings.generator.dirty_share,
                            file_format=file_format, progress=True)
-    write_batch_manifest(out, settings.generator.end_date)
     table = Table("table", "rows", title=f"synthetic shop in {out}")
     for name, n in counts.items():
         table.add_row(name, f"{n:,}")

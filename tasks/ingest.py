@@ -423,11 +423,10 @@ def validate_chunk(typed: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFr
 
 
 def merge_failures(parse_failures: pd.DataFrame, check_failures: pd.DataFrame) -> pd.DataFrame:
-    """A value that did not parse is reported once, not again as 'missing'."""
+    """A value that did not parse is reported once, not again as 'missing' or 'wrong dtype'."""
     if len(parse_failures) and len(check_failures):
         unparsed = set(zip(parse_failures["row"], parse_failures["column"], strict=True))
-        echo = [(r, c) in unparsed and k == "not_nullable" for r, c, k in
-                zip(check_failures["row"], check_failures["column"], check_failures["check"], strict=True)]
+        echo = [(r, c) in unparsed for r, c in zip(check_failures["row"], check_failures["column"], strict=True)]
         check_failures = check_failures[~pd.Series(echo, index=check_failures.index)]
     return pd.concat([parse_failures, check_failures], ignore_index=True)
 
