@@ -1,0 +1,589 @@
+"""Train the risk model (XGBoost + calibration) and its two baselines on plain ``X``/``y``.
+
+Inputs are a feature DataFrame (numeric columns and pandas ``category`` columns) and a 0/1 label
+Series; nothing here knows how the training sets were built. The result is one object,
+``AftersalesModel``, that the registry logs as an MLflow pyfunc and the scoring step loads back:
+it returns calibrated probabilities and, on request, the booster's per-feature contributions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+
+from schemas.derived import CUTOFF, LABEL
+from schemas.settings import Settings
+
+CALIBRATION_SHARE = 0.5
+"""Share of the validation rows (its latest cutoffs) kept apart to fit the calibrator.
+
+Kept here until ``TrainingSettings`` grows a field for it; pass ``calibration_share=`` to override.
+"""
+
+MISSING_CATEGORY = "__missing__"
+ISOTONIC_TIE_BREAK = 1e-9
+EARLY_STOPPING_METRIC = {"pr_auc": "aucpr", "roc_auc": "auc", "brier": "logloss"}
+Output = Literal["probability", "raw_probability", "margin", "contributions"]
+OUTPUTS: tuple[str, ...] = ("probability", "raw_probability", "margin", "contributions")
+
+
+# ------------------------------------------------------------------------------ feature handling
+
+
+def categorical_columns(X: pd.DataFrame) -> list[str]:
+    """Columns the model treats as categories: pandas ``category`` plus any string/object column."""
+    return [
+        c
+        for c, dtype in X.dtypes.items()
+        if isinstance(dtype, pd.CategoricalDtype)
+        or pd.api.types.is_string_dtype(dtype)
+        or pd.api.types.is_object_dtype(dtype)
+    ]
+
+
+def category_levels(X: pd.DataFrame) -> dict[str, list[str]]:
+    """Sorted string levels seen in training; unseen levels become missing at scoring time."""
+    levels: dict[str, list[str]] = {}
+    for column in categorical_columns(X):
+        values = X[column].astype("string").dropna().unique()
+        levels[column] = sorted(str(v) for v in values)
+    return levels
+
+
+def prepare_features(X: pd.DataFrame, features: list[str], categories: Mapping[str, list[str]]) -> pd.DataFrame:
+    """The frame the booster sees: training column order, numeric as float, fixed category levels.
+
+    Accepts category, string or object columns for categorical features (the pyfunc signature uses
+    strings, see ``to_model_input``), so both the training frame and a scoring frame work.
+    """
+    missing = [c for c in features if c not in X.columns]
+    if missing:
+        raise KeyError(f"input lacks feature columns: {missing}")
+    out: dict[str, Any] = {}
+    for column in features:
+        if column in categories:
+            values = X[column].astype("string")
+            out[column] = pd.Categorical(values, categories=categories[column])
+        else:
+            out[column] = pd.to_numeric(X[column], errors="coerce").astype("float64")
+    return pd.DataFrame(out, index=X.index)
+
+
+def to_model_input(X: pd.DataFrame, features: list[str], categories: Mapping[str, list[str]]) -> pd.DataFrame:
+    """The frame MLflow's schema accepts: numeric as float64, categories as plain strings.
+
+    MLflow cannot enforce a schema on pandas ``category`` columns (mlflow #12910) and refuses
+    int64 -> double, so the model is signed with this form and casts back inside ``predict``.
+    """
+    out: dict[str, Any] = {}
+    for column in features:
+        if column in categories:
+            values = X[column].astype("string").astype(object)
+            out[column] = values.where(values.notna(), None)
+        else:
+            out[column] = pd.to_numeric(X[column], errors="coerce").astype("float64")
+    return pd.DataFrame(out, index=X.index)
+
+
+# ----------------------------------------------------------------------------------- calibration
+
+
+class Calibrator:
+    """Maps raw booster probabilities to calibrated ones.
+
+    ``isotonic``: monotone step function (needs a few thousand rows to be smooth);
+    ``sigmoid``: Platt scaling, a logistic regression on the raw log-odds (robust on small sets);
+    ``identity``: used only when the calibration rows hold a single class.
+    """
+
+    def __init__(self, method: Literal["isotonic", "sigmoid", "identity"]):
+        self.method = method
+        self._model: Any = None
+        self.bounds = (0.0, 1.0)
+
+    def fit(self, p_raw: np.ndarray, y: np.ndarray) -> Calibrator:
+        p_raw, y = np.asarray(p_raw, dtype=float), np.asarray(y, dtype=float)
+        # never exactly 0 or 1: a step fitted on n rows cannot justify more than ~1/(2n) certainty,
+        # and a hard 0 for a row that then turns positive makes log-loss explode
+        self.bounds = (0.5 / max(y.size, 1), 1 - 0.5 / max(y.size, 1))
+        if self.method == "isotonic":
+            self._model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p_raw, y)
+        elif self.method == "sigmoid":
+            self._model = LogisticRegression(C=1e6).fit(_logit(p_raw).reshape(-1, 1), y)
+        return self
+
+    def transform(self, p_raw: np.ndarray) -> np.ndarray:
+        p_raw = np.asarray(p_raw, dtype=float)
+        if self.method == "isotonic":
+            # Isotonic steps tie many rows; a negligible share of the raw score breaks the ties in
+            # the booster's order, so ranking metrics (AUC, AP, top-k) equal the booster's own.
+            stepped = np.clip(np.asarray(self._model.predict(p_raw), dtype=float), *self.bounds)
+            return stepped + ISOTONIC_TIE_BREAK * p_raw
+        if self.method == "sigmoid":
+            return self._model.predict_proba(_logit(p_raw).reshape(-1, 1))[:, 1]
+        return p_raw
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(q / (1 - q))
+
+
+# --------------------------------------------------------------------------------- pyfunc model
+
+
+class AftersalesModel(mlflow.pyfunc.PythonModel):
+    """Booster + calibrator + feature list + category levels: the one object scoring needs.
+
+    ``predict(context, X, params={"output": ...})``:
+      * ``probability`` (default): calibrated probability, 1-d array;
+      * ``raw_probability``: the booster's own probability (skewed by ``scale_pos_weight``);
+      * ``margin``: the booster's log-odds;
+      * ``contributions``: DataFrame of per-feature contributions to the log-odds (TreeSHAP via
+        XGBoost ``pred_contribs``) plus a ``bias`` column; rows sum to ``margin``.
+    Input may carry extra columns (ids, cutoff); only ``features`` are used, in training order.
+    """
+
+    def __init__(
+        self,
+        booster: xgb.Booster,
+        calibrator: Calibrator,
+        features: list[str],
+        categories: dict[str, list[str]],
+        nthread: int,
+    ):
+        self.booster = booster
+        self.calibrator = calibrator
+        self.features = list(features)
+        self.categories = {k: list(v) for k, v in categories.items()}
+        self.nthread = nthread
+
+    def prepare(self, X: pd.DataFrame) -> pd.DataFrame:
+        return prepare_features(X, self.features, self.categories)
+
+    def model_input(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Cast a feature frame to the signed input form (call before ``pyfunc.predict``)."""
+        return to_model_input(X, self.features, self.categories)
+
+    def margin(self, X: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.booster.inplace_predict(self.prepare(X), predict_type="margin"), dtype=float)
+
+    def raw_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.booster.inplace_predict(self.prepare(X)), dtype=float)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.calibrator.transform(self.raw_proba(X))
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        """Exact TreeSHAP per feature (log-odds of the uncalibrated booster) + ``bias``.
+
+        Costly (~1-7k rows/s on 2 cores): call it on the rows that make the list, not on everything.
+        """
+        matrix = xgb.DMatrix(self.prepare(X), enable_categorical=True, nthread=self.nthread)
+        values = self.booster.predict(matrix, pred_contribs=True)
+        return pd.DataFrame(values, columns=[*self.features, "bias"], index=X.index)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
+        output = (params or {}).get("output", "probability")
+        if output == "probability":
+            return self.predict_proba(model_input)
+        if output == "raw_probability":
+            return self.raw_proba(model_input)
+        if output == "margin":
+            return self.margin(model_input)
+        if output == "contributions":
+            return self.contributions(model_input)
+        raise ValueError(f"unknown output {output!r}; choose one of {OUTPUTS}")
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataSplits:
+    """Train/validation/test rows as plain X/y, with the cutoff of each row when known.
+
+    The cutoffs only describe the windows (run tags, label rate per cutoff) and order the
+    validation split; they are never features.
+    """
+
+    X_train: pd.DataFrame
+    y_train: pd.Series
+    X_valid: pd.DataFrame
+    y_valid: pd.Series
+    X_test: pd.DataFrame
+    y_test: pd.Series
+    t_train: pd.Series | None = None
+    t_valid: pd.Series | None = None
+    t_test: pd.Series | None = None
+
+    @classmethod
+    def from_frames(
+        cls,
+        train: pd.DataFrame,
+        valid: pd.DataFrame,
+        test: pd.DataFrame,
+        features: list[str],
+        label: str = LABEL,
+        time_column: str | None = CUTOFF,
+    ) -> DataSplits:
+        """Cut three training-set frames (entity id, cutoff, features, label) into X/y/t."""
+
+        def times(frame: pd.DataFrame) -> pd.Series | None:
+            return frame[time_column] if time_column and time_column in frame.columns else None
+
+        return cls(
+            train[features],
+            train[label],
+            valid[features],
+            valid[label],
+            test[features],
+            test[label],
+            times(train),
+            times(valid),
+            times(test),
+        )
+
+    def parts(self) -> dict[str, tuple[pd.DataFrame, pd.Series, pd.Series | None]]:
+        return {
+            "train": (self.X_train, self.y_train, self.t_train),
+            "valid": (self.X_valid, self.y_valid, self.t_valid),
+            "test": (self.X_test, self.y_test, self.t_test),
+        }
+
+    def data_hash(self) -> str:
+        """Content hash of every split (values, column names, dtypes; not the index)."""
+        digest = hashlib.sha256()
+        for name, (X, y, t) in self.parts().items():
+            digest.update(name.encode())
+            for frame in (X, y.to_frame("label"), None if t is None else t.to_frame("cutoff")):
+                if frame is None:
+                    continue
+                digest.update(json.dumps([[str(c), str(d)] for c, d in frame.dtypes.items()]).encode())
+                digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+        return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+@dataclass
+class TrainedModel:
+    """The fitted model and what the run log needs to describe how it was fitted."""
+
+    model: AftersalesModel
+    params: dict[str, Any]
+    best_iteration: int
+    scale_pos_weight: float
+    n_train: int
+    n_early_stopping: int
+    n_calibration: int
+    validation_split: Literal["time", "random", "shared"]
+    calibration_method: str
+    calibration_share: float
+    fit_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def features(self) -> list[str]:
+        return self.model.features
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.model.predict_proba(X)
+
+    def raw_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.model.raw_proba(X)
+
+    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
+        return self.model.contributions(X)
+
+    def importance(self) -> dict[str, float]:
+        """Total gain per feature (features never split on get 0)."""
+        gain = self.model.booster.get_score(importance_type="total_gain")
+        return {f: float(gain.get(f, 0.0)) for f in self.features}
+
+
+def xgb_params(settings: Settings, scale_pos_weight: float) -> dict[str, Any]:
+    """Booster parameters from settings; fixed seed and thread count make reruns identical."""
+    cfg = settings.training.xgb
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": EARLY_STOPPING_METRIC[settings.training.promotion_metric],
+        "tree_method": "hist",
+        "max_depth": cfg.max_depth,
+        "learning_rate": cfg.learning_rate,
+        "min_child_weight": cfg.min_child_weight,
+        "subsample": cfg.subsample,
+        "colsample_bytree": cfg.colsample_bytree,
+        "reg_lambda": cfg.reg_lambda,
+        "max_bin": cfg.max_bin,
+        "nthread": cfg.nthread,
+        "seed": settings.training.seed,
+        "scale_pos_weight": scale_pos_weight,
+    }
+
+
+def _two_classes(y: np.ndarray) -> bool:
+    return np.unique(y).size == 2
+
+
+def split_validation(
+    y_valid: pd.Series,
+    valid_time: pd.Series | None,
+    share: float,
+    seed: int,
+) -> tuple[np.ndarray, Literal["time", "random", "shared"]]:
+    """Boolean mask of validation rows used for calibration; the rest drive early stopping.
+
+    By time when ``valid_time`` (e.g. the cutoff per row) has at least two distinct values: the
+    latest cutoffs calibrate, so the calibrator sees the period closest to scoring. Otherwise (e.g.
+    ``datasets.time_split`` gives one validation cutoff) a seeded random split of that cutoff's
+    rows: still disjoint rows for the two steps, from the same period. If either part would hold
+    a single class, both steps share the whole validation set (reported as ``shared``): early
+    stopping then slightly favours the calibration rows, the lesser evil against no calibration.
+    """
+    n = len(y_valid)
+    y = np.asarray(y_valid, dtype=float)
+    mask = np.zeros(n, dtype=bool)
+    mode: Literal["time", "random", "shared"] = "random"
+    if valid_time is not None and pd.Series(valid_time).nunique() >= 2:
+        times = pd.Series(np.asarray(valid_time)).reset_index(drop=True)
+        counts = times.value_counts().sort_index(ascending=False)
+        cumulative = counts.cumsum().to_numpy()
+        # the number of latest cutoffs whose rows come closest to the share (at least one, never all)
+        n_latest = int(np.clip(np.argmin(np.abs(cumulative - share * n)) + 1, 1, len(counts) - 1))
+        mask = times.isin(counts.index[:n_latest]).to_numpy()
+        mode = "time"
+    else:
+        rng = np.random.default_rng(seed)
+        mask[rng.permutation(n)[: round(share * n)]] = True
+    if not (_two_classes(y[mask]) and _two_classes(y[~mask])):
+        return np.ones(n, dtype=bool), "shared"
+    return mask, mode
+
+
+def train_model(
+    X_train: pd.DataFrame,
+    y_train: pd.Series,
+    X_valid: pd.DataFrame,
+    y_valid: pd.Series,
+    settings: Settings,
+    valid_time: pd.Series | None = None,
+    calibration_share: float = CALIBRATION_SHARE,
+) -> TrainedModel:
+    """XGBoost with early stopping, class weighting and a calibrator, as one scoring object.
+
+    Early stopping and calibration use disjoint parts of the validation window (see
+    ``split_validation``): tuning the number of trees and the probability map on the same rows
+    would make the calibrated probabilities look better on validation than they are.
+    ``scale_pos_weight`` (negatives/positives on train) makes the trees see the rare class; it
+    distorts raw probabilities, which is exactly what the calibrator then undoes.
+    """
+    started = time.perf_counter()
+    y_tr = np.asarray(y_train, dtype=float)
+    if not _two_classes(y_tr):
+        raise ValueError("training labels hold a single class; nothing to learn")
+    features = list(X_train.columns)
+    categories = category_levels(X_train)
+    positives = float(y_tr.sum())
+    scale_pos_weight = (y_tr.size - positives) / positives
+    params = xgb_params(settings, scale_pos_weight)
+    cfg = settings.training.xgb
+
+    cal_mask, mode = split_validation(y_valid, valid_time, calibration_share, settings.training.seed)
+    es_mask = ~cal_mask if mode != "shared" else cal_mask
+    notes = [] if mode != "shared" else ["early stopping and calibration share the validation set"]
+    X_es, y_es = X_valid.iloc[es_mask], np.asarray(y_valid, dtype=float)[es_mask]
+    X_cal, y_cal = X_valid.iloc[cal_mask], np.asarray(y_valid, dtype=float)[cal_mask]
+
+    dtrain = xgb.QuantileDMatrix(
+        prepare_features(X_train, features, categories),
+        label=y_tr,
+        enable_categorical=True,
+        max_bin=cfg.max_bin,
+        nthread=cfg.nthread,
+    )
+    des = xgb.QuantileDMatrix(
+        prepare_features(X_es, features, categories),
+        label=y_es,
+        enable_categorical=True,
+        ref=dtrain,
+        nthread=cfg.nthread,
+    )
+    booster = xgb.train(
+        params,
+        dtrain,
+        num_boost_round=cfg.n_estimators,
+        evals=[(des, "valid")],
+        early_stopping_rounds=cfg.early_stopping_rounds,
+        verbose_eval=False,
+    )
+    best_iteration = int(getattr(booster, "best_iteration", booster.num_boosted_rounds() - 1))
+    booster = booster[: best_iteration + 1]  # keep only the trees early stopping chose
+    del dtrain, des
+
+    uncalibrated = AftersalesModel(booster, Calibrator("identity"), features, categories, cfg.nthread)
+    method = settings.training.calibration
+    calibrator = Calibrator(method).fit(uncalibrated.raw_proba(X_cal), y_cal)
+    model = AftersalesModel(booster, calibrator, features, categories, cfg.nthread)
+    return TrainedModel(
+        model=model,
+        params=params,
+        best_iteration=best_iteration,
+        scale_pos_weight=scale_pos_weight,
+        n_train=len(X_train),
+        n_early_stopping=int(es_mask.sum()),
+        n_calibration=int(cal_mask.sum()),
+        validation_split=mode,
+        calibration_method=method,
+        calibration_share=calibration_share,
+        fit_seconds=time.perf_counter() - started,
+        notes=notes,
+    )
+
+
+# ------------------------------------------------------------------------------------ baselines
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A one-line rule: rank by one column, e.g. ``RuleSpec("recency_days")`` for churn."""
+
+    column: str
+    higher_is_riskier: bool = True
+
+    def describe(self) -> str:
+        return f"{self.column} {'descending' if self.higher_is_riskier else 'ascending'} = riskier first"
+
+
+class RuleModel:
+    """Score = the rule column (sign by direction); an isotonic map on train turns it into a rate.
+
+    The monotone map keeps the rule's ranking untouched (so AUC/precision@k are the rule's own)
+    while making Brier/ECE comparable with the model. Missing values get the train median.
+    """
+
+    def __init__(self, spec: RuleSpec):
+        self.spec = spec
+        self.fill_value = 0.0
+        self._iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+
+    def _score(self, X: pd.DataFrame) -> np.ndarray:
+        values = pd.to_numeric(X[self.spec.column], errors="coerce").astype("float64")
+        values = values.fillna(self.fill_value).to_numpy()
+        return values if self.spec.higher_is_riskier else -values
+
+    def fit(self, X: pd.DataFrame, y: pd.Series) -> RuleModel:
+        if self.spec.column not in X.columns:
+            raise KeyError(f"rule column {self.spec.column!r} is not a feature")
+        median = pd.to_numeric(X[self.spec.column], errors="coerce").median()
+        self.fill_value = 0.0 if pd.isna(median) else float(median)
+        self._iso.fit(self._score(X), np.asarray(y, dtype=float))
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self._iso.predict(self._score(X)), dtype=float)
+
+
+def _categories_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype("string").fillna(MISSING_CATEGORY).astype(object)
+
+
+def logistic_pipeline(X: pd.DataFrame, seed: int) -> Pipeline:
+    """Impute + scale numerics, one-hot categories, balanced logistic regression."""
+    categorical = categorical_columns(X)
+    numeric = [c for c in X.columns if c not in categorical]
+    encoder = ColumnTransformer(
+        [
+            (
+                "num",
+                make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler()),
+                numeric,
+            ),
+            (
+                "cat",
+                make_pipeline(
+                    FunctionTransformer(_categories_as_text, feature_names_out="one-to-one"),
+                    OneHotEncoder(handle_unknown="ignore"),
+                ),
+                categorical,
+            ),
+        ]
+    )
+    classifier = LogisticRegression(class_weight="balanced", max_iter=500, random_state=seed)
+    return Pipeline([("encode", encoder), ("classify", classifier)])
+
+
+@dataclass
+class Baselines:
+    """What the model must beat, scored the same way on the same window."""
+
+    logreg: Pipeline
+    rule: RuleModel
+
+    def predict(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        return {
+            "baseline_logreg": self.logreg.predict_proba(X[list(self.logreg.feature_names_in_)])[:, 1],
+            "baseline_rule": self.rule.predict_proba(X),
+        }
+
+
+def train_baselines(X_train: pd.DataFrame, y_train: pd.Series, settings: Settings, rule: RuleSpec) -> Baselines:
+    """Fit the logistic-regression and one-line-rule baselines on the model's training rows."""
+    logreg = logistic_pipeline(X_train, settings.training.seed).fit(X_train, np.asarray(y_train, dtype=int))
+    return Baselines(logreg=logreg, rule=RuleModel(rule).fit(X_train, y_train))
+
+
+def score_window(trained: TrainedModel, baselines: Baselines | None, X_test: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Every scorer on the same test rows: calibrated model, raw booster, baselines."""
+    scores = {"model": trained.predict_proba(X_test), "model_raw": trained.raw_proba(X_test)}
+    if baselines is not None:
+        scores.update(baselines.predict(X_test))
+    return scores
+
+
+def training_config_hash(settings: Settings, rule: RuleSpec | None, calibration_share: float) -> str:
+    """Hash of everything in the settings that changes the fitted model (not promotion rules)."""
+    relevant = settings.training.model_dump(
+        mode="json", exclude={"models", "promotion_metric", "promotion_margin", "registered_model_prefix", "top_k"}
+    )
+    relevant["rule"] = None if rule is None else [rule.column, rule.higher_is_riskier]
+    relevant["calibration_share"] = calibration_share
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------- Prefect tasks
+
+
+@task(name="train-model", cache_policy=NO_CACHE)
+def train_model_task(
+    X_train: pd.DataFrame,
+    y_train: pd.Series,
+    X_valid: pd.DataFrame,
+    y_valid: pd.Series,
+    settings: Settings,
+    valid_time: pd.Series | None = None,
+) -> TrainedModel:
+    return train_model(X_train, y_train, X_valid, y_valid, settings, valid_time=valid_time)
+
+
+@task(name="train-baselines", cache_policy=NO_CACHE)
+def train_baselines_task(X_train: pd.DataFrame, y_train: pd.Series, settings: Settings, rule: RuleSpec) -> Baselines:
+    return train_baselines(X_train, y_train, settings, rule)

@@ -1,0 +1,178 @@
+"""Model training, calibration, baselines and metrics on small synthetic data (no registry)."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from tasks.evaluation import (
+    classification_metrics,
+    expected_calibration_error,
+    higher_is_better,
+    plot_calibration,
+    plot_feature_importance,
+    plot_pr_curves,
+    plot_shap_summary,
+    precision_recall_at_k,
+)
+from tasks.training import (
+    DataSplits,
+    RuleSpec,
+    score_window,
+    split_validation,
+    train_baselines,
+    train_model,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+
+
+def synthetic(n: int, seed: int, n_cutoffs: int = 3) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+    """Planted signal with an interaction and thresholds a linear model cannot express."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({f"x{i}": rng.normal(size=n) for i in range(5)})
+    X["days_late"] = rng.poisson(2, n).astype("int64")
+    X["channel"] = pd.Categorical(rng.choice(["web", "app", "store"], n))
+    X.loc[rng.random(n) < 0.05, "x1"] = np.nan
+    logit = (
+        -2.0
+        + 2.0 * ((X["x0"] > 0) == (X["x1"].fillna(0) > 0))
+        + 0.35 * X["days_late"]
+        + 0.8 * (X["channel"] == "app")
+        - 1.5 * (X["x2"].abs() > 1.2)
+    )
+    y = pd.Series((rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int), name="label")
+    t = pd.Series(pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.integers(0, n_cutoffs, n) * 30, unit="D"))
+    return X, y, t
+
+
+@pytest.fixture(scope="module")
+def splits() -> DataSplits:
+    X_tr, y_tr, t_tr = synthetic(5000, 1)
+    X_va, y_va, t_va = synthetic(3000, 2)
+    X_te, y_te, t_te = synthetic(4000, 3)
+    return DataSplits(X_tr, y_tr, X_va, y_va, X_te, y_te, t_tr, t_va, t_te)
+
+
+@pytest.fixture
+def fast(settings):
+    settings.training.xgb.n_estimators = 150
+    return settings
+
+
+# --------------------------------------------------------------------------------------- metrics
+
+
+def test_precision_recall_lift_at_k_match_hand_computation():
+    y = np.array([1, 0, 1, 0, 0, 1, 0, 0, 0, 0])
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    m = classification_metrics(y, p, top_k=3)
+    # top 3 = rows 0,1,2 -> 2 hits; 3 positives in all; base rate 0.3
+    assert m["precision_at_k"] == pytest.approx(2 / 3)
+    assert m["recall_at_k"] == pytest.approx(2 / 3)
+    assert m["base_rate"] == pytest.approx(0.3)
+    assert m["lift_at_k"] == pytest.approx((2 / 3) / 0.3)
+    assert m["n"] == 10 and m["single_class"] == 0.0
+    assert m["brier"] == pytest.approx(np.mean((p - y) ** 2))
+    # positives ranked 1, 3, 6 -> AP = (1/1 + 2/3 + 3/6) / 3
+    assert m["pr_auc"] == pytest.approx((1 + 2 / 3 + 0.5) / 3)
+    assert precision_recall_at_k(y, p, 100) == (pytest.approx(0.3), pytest.approx(1.0))
+
+
+def test_ece_zero_when_bins_are_calibrated_and_positive_otherwise():
+    y = np.array([1, 0, 0, 0, 0] * 4 + [1, 1, 1, 1, 0] * 4)
+    p = np.array([0.2] * 20 + [0.8] * 20)
+    assert expected_calibration_error(y, p, n_bins=2) == pytest.approx(0.0)
+    assert expected_calibration_error(y, np.full(40, 0.5), n_bins=2) == pytest.approx(0.3)
+
+
+def test_single_class_window_gives_nan_and_flag_not_an_error():
+    m = classification_metrics(np.zeros(50), np.linspace(0, 1, 50), top_k=10)
+    assert m["single_class"] == 1.0
+    assert math.isnan(m["roc_auc"]) and math.isnan(m["pr_auc"]) and math.isnan(m["lift_at_k"])
+    assert m["precision_at_k"] == 0.0 and math.isfinite(m["brier"])
+    assert classification_metrics([], [], top_k=5)["n"] == 0.0
+    assert not higher_is_better("brier") and not higher_is_better("test_log_loss") and higher_is_better("pr_auc")
+
+
+# -------------------------------------------------------------------------------------- training
+
+
+def test_model_beats_baselines_and_calibration_helps(splits, fast):
+    trained = train_model(
+        splits.X_train, splits.y_train, splits.X_valid, splits.y_valid, fast, valid_time=splits.t_valid
+    )
+    baselines = train_baselines(splits.X_train, splits.y_train, fast, RuleSpec("days_late"))
+    scores = score_window(trained, baselines, splits.X_test)
+    metrics = {name: classification_metrics(splits.y_test, p, 200) for name, p in scores.items()}
+
+    assert metrics["model"]["roc_auc"] > 0.7
+    assert metrics["model"]["roc_auc"] > metrics["baseline_logreg"]["roc_auc"] + 0.03
+    assert metrics["model"]["roc_auc"] > metrics["baseline_rule"]["roc_auc"]
+    assert metrics["model"]["brier"] <= metrics["model_raw"]["brier"]
+    # isotonic ties are broken in the booster's order: ranking metrics are unchanged by calibration
+    assert metrics["model"]["roc_auc"] == pytest.approx(metrics["model_raw"]["roc_auc"], abs=1e-9)
+    assert trained.validation_split == "time"
+    assert trained.n_early_stopping + trained.n_calibration == len(splits.y_valid)
+    assert trained.scale_pos_weight == pytest.approx((splits.y_train == 0).sum() / splits.y_train.sum())
+
+
+def test_same_data_and_seed_give_identical_predictions(splits, fast):
+    args = (splits.X_train, splits.y_train, splits.X_valid, splits.y_valid, fast)
+    first = train_model(*args, valid_time=splits.t_valid)
+    second = train_model(*args, valid_time=splits.t_valid)
+    assert first.best_iteration == second.best_iteration
+    np.testing.assert_array_equal(first.predict_proba(splits.X_test), second.predict_proba(splits.X_test))
+
+
+def test_model_object_scores_signed_input_and_explains(splits, fast):
+    trained = train_model(
+        splits.X_train, splits.y_train, splits.X_valid, splits.y_valid, fast, valid_time=splits.t_valid
+    )
+    model = trained.model
+    X = splits.X_test.head(50).assign(order_id=range(50))  # extra columns are ignored
+    signed = model.model_input(X)
+    assert signed["channel"].dtype == object and signed["days_late"].dtype == "float64"
+    np.testing.assert_allclose(model.predict(None, signed), trained.predict_proba(X))
+    contributions = model.predict(None, signed, params={"output": "contributions"})
+    assert list(contributions.columns) == [*trained.features, "bias"]
+    np.testing.assert_allclose(contributions.sum(axis=1), model.margin(X), rtol=1e-4, atol=1e-4)
+    unseen = X.assign(channel=pd.Categorical(["fax"] * 50))  # unseen level -> missing, no error
+    assert np.isfinite(model.predict_proba(unseen)).all()
+
+
+def test_validation_split_uses_latest_cutoffs_for_calibration():
+    y = pd.Series([0, 1] * 30)
+    t = pd.Series(np.repeat(pd.to_datetime(["2026-01-01", "2026-02-01", "2026-03-01"]), 20))
+    mask, mode = split_validation(y, t, share=0.3, seed=0)
+    assert mode == "time"
+    assert set(t[mask]) == {pd.Timestamp("2026-03-01")}
+    mask, mode = split_validation(y, None, share=0.5, seed=0)
+    assert mode == "random" and mask.sum() == 30
+    mask, mode = split_validation(pd.Series([0] * 30 + [1] * 30), t, share=0.3, seed=0)
+    assert mode == "shared" and mask.all()
+
+
+def test_plots_render(splits, fast):
+    trained = train_model(
+        splits.X_train, splits.y_train, splits.X_valid, splits.y_valid, fast, valid_time=splits.t_valid
+    )
+    y = splits.y_test
+    p = trained.predict_proba(splits.X_test)
+    sample = splits.X_test.head(200)
+    figures = [
+        plot_calibration(y, {"model": p, "raw": trained.raw_proba(splits.X_test)}),
+        plot_pr_curves(y, {"model": p}),
+        plot_feature_importance(trained.importance()),
+        plot_shap_summary(trained.contributions(sample), sample),
+    ]
+    for figure in figures:
+        assert isinstance(figure, Figure)
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        assert buffer.getvalue()[:4] == b"\x89PNG"
