@@ -83,6 +83,90 @@ def ingest(
     console.print(f"report: {summary['report']}")
 
 
+def _settings_with_runner():
+    from flows.runtime import task_runner
+    from schemas.settings import get_settings
+
+    settings = get_settings()
+    return settings, task_runner(settings)
+
+
+@app.command()
+def train(
+    models: Annotated[list[str] | None,
+                      typer.Option("--model", help="return, negative_review, churn; repeatable")] = None,
+    cutoff: Annotated[datetime | None, typer.Option(help="newest cutoff (default: latest with matured labels)")] = None,
+    promote: Annotated[bool, typer.Option(help="then promote each challenger that beats its champion")] = False,
+) -> None:
+    """Train risk models on point-in-time data, compare with baselines, register challengers."""
+    _quiet_defaults()
+    from flows.train import retrain_flow, train_flow
+
+    _, runner = _settings_with_runner()
+    if promote:
+        result = _finish(retrain_flow.with_options(task_runner=runner)(models=models, promote=True,
+                                                                          return_state=True), "retraining")
+        console.print(_models_table(result["training"]))
+        for decision in result["promotions"]:
+            console.print(f"[bold]{decision['model']}[/]: {decision['message']}")
+        return
+    day = cutoff.date() if cutoff else None
+    result = _finish(train_flow.with_options(task_runner=runner)(models=models, cutoff=day, return_state=True),
+                     "training")
+    console.print(_models_table(result["models"]))
+
+
+def _models_table(results: list[dict[str, Any]]) -> Table:
+    table = Table("model", "version", "aliases", "ROC-AUC", "PR-AUC", "Brier", "lift@k", "vs logistic PR-AUC",
+                  "vs rule PR-AUC", title="trained models (test window)")
+    for r in results:
+        if "skipped" in r:
+            table.add_row(r["model"], "-", "skipped", r["skipped"])
+            continue
+        m = r["metrics"]
+        table.add_row(r["model"], str(r["version"]), ", ".join(r["aliases"]),
+                      *(f"{m.get(k, float('nan')):.3f}" for k in
+                        ("test_roc_auc", "test_pr_auc", "test_brier", "test_lift_at_k",
+                         "baseline_logreg_test_pr_auc", "baseline_rule_test_pr_auc")))
+    return table
+
+
+@app.command()
+def promote(
+    model: Annotated[str, typer.Argument(help="return, negative_review or churn")],
+    force: Annotated[bool, typer.Option(help="move champion even if the challenger is not better")] = False,
+) -> None:
+    """Compare champion and challenger on the same latest window; promote if better by the margin."""
+    _quiet_defaults()
+    from flows.promote import promote_flow
+
+    result = _finish(promote_flow(model, force=force, return_state=True), "promotion")
+    colour = "green" if result["promoted"] else "yellow"
+    console.print(f"[{colour}]{result['decision']}[/]: {result['message']}")
+
+
+@app.command()
+def models() -> None:
+    """List each model's versions, aliases and the history of alias moves."""
+    from schemas.settings import get_settings
+    from tasks.registry import list_models
+
+    frame = list_models(get_settings())
+    table = Table("model", "version", "aliases", "created", "ROC-AUC", "PR-AUC", "data hash", "code",
+                  title="registered models")
+    for row in frame.itertuples():
+        table.add_row(row.model, str(row.version), row.aliases or "", f"{row.created:%Y-%m-%d %H:%M}",
+                      f"{row.test_roc_auc:.3f}", f"{row.test_pr_auc:.3f}", str(row.train_data_hash)[:10],
+                      str(row.code_version)[:10])
+    console.print(table)
+    history = frame.attrs.get("alias_history")
+    if history is not None and len(history):
+        moves = Table(*[str(c) for c in history.columns], title="alias history (append-only)")
+        for values in history.astype(str).itertuples(index=False):
+            moves.add_row(*values)
+        console.print(moves)
+
+
 def main() -> None:
     app()
 

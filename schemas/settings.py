@@ -73,8 +73,10 @@ class LabelSettings(BaseModel):
 
 
 class SplitSettings(BaseModel):
-    n_cutoffs: int = Field(6, description="rolling cutoffs used to build training sets")
-    cutoff_step_days: int = 30
+    n_cutoffs: int = Field(12, description="rolling cutoffs used to build training sets (all splits)")
+    test_cutoffs: int = Field(2, description="latest cutoffs that form the test window")
+    valid_cutoffs: int = Field(2, description="cutoffs of the validation window, a gap before the test")
+    cutoff_step_days: int = 14
     gap_days: int = Field(
         30, description="gap between train, validation and test windows (at least the label window)"
     )
@@ -106,6 +108,13 @@ class TrainingSettings(BaseModel):
     promotion_metric: Literal["pr_auc", "roc_auc", "brier"] = "pr_auc"
     promotion_margin: float = Field(0.005, description="challenger must beat champion by this much")
     registered_model_prefix: str = "aftersales-"
+    baseline_rules: dict[str, str] = Field(
+        {"return": "max_product_return_rate", "negative_review": "days_late", "churn": "recency_days"},
+        description="one-line rule per model: rank by this feature (higher = riskier)",
+    )
+    reference_sample_rows: int = Field(
+        20_000, description="training rows kept with each model as the drift reference"
+    )
 
 
 class MlflowSettings(BaseModel):
@@ -139,7 +148,123 @@ class ScoringSettings(BaseModel):
 
 class PrefectSettings(BaseModel):
     task_runner: Literal["threads", "dask"] = "threads"
-    dask_address: str | None = Field(None, description="scheduler address of an existing Dask cluster")
+    max_workers: int = Field(1, description="parallel tasks with the thread runner (models trained at once)")
+    dask_address: str | None = Field(
+        None, description="scheduler of an existing Dask cluster, e.g. tcp://dask:8786; none: a local cluster"
+    )
+
+
+class TagSettings(BaseModel):
+    rules_file: Path = Field(DEFAULTS_DIR / "tags.yaml", description="tag rules and segment vocabulary")
+    behaviour_window_days: int = Field(180, description="look-back of the behaviour features tags read")
+    new_product_days: int = Field(30, description="a purchase this soon after a product's launch is 'new'")
+    churn_score_tables: list[str] = Field(
+        ["scores", "scored_rows"], description="tables searched for churn probabilities (risk = churn)")
+    churn_score_max_age_days: int = Field(14, description="older churn scores are ignored")
+
+
+class SegmentSettings(BaseModel):
+    k_min: int = 3
+    k_max: int = 8
+    silhouette_sample: int = Field(3_000, description="customers the silhouette of each k is measured on")
+    k_stickiness: float = Field(0.02, description="keep the previous k unless another beats its silhouette by this")
+    n_init: int = 8
+    seed: int = 13
+    min_customers: int = Field(30, description="fewer customers with orders: no segmentation")
+    max_customers: int = Field(200_000, description="k-means is fitted on a sample this large; all are assigned")
+    name_threshold: float = Field(0.5, description="standard deviations from average that make a segment's name")
+    match_max_distance: float = Field(
+        1.5, description="a new centroid further than this (standard deviations) from every previous one gets a new id")
+
+
+class JourneySettings(BaseModel):
+    quiet_days: int = Field(120, description="no order this long after delivery: the customer went quiet")
+    test_window_days: int = Field(120, description="deliveries of this later window evaluate the models")
+    markov_order: int = Field(2, description="steps of history the next-step model conditions on")
+    min_context_count: int = Field(20, description="fewer transitions from a state: back off to a shorter one")
+    max_tickets_per_order: int = 3
+    top_paths: int = 15
+    min_stage_count: int = Field(15, description="fewer transitions: no stage time for that channel/category")
+    slow_stage_factor: float = Field(1.5, description="median this many times the stage's overall median: slow")
+    bad_steps: list[str] = ["review_bad", "return_requested", "gone_quiet"]
+
+
+class ServiceScoreSettings(BaseModel):
+    scores_file: Path = Field(DEFAULTS_DIR / "service_scores.yaml", description="dimensions, weights, targets")
+    window_days: int = Field(180, description="tickets opened this recently are scored and ranked")
+    trend_weeks: int = 12
+    min_tickets: int = Field(20, description="groups with fewer tickets are shown but not ranked")
+    repeat_days: int = Field(7, description="another ticket this soon counts as a repeat complaint")
+    confidence: float = Field(0.9, description="level of the score intervals")
+    max_prior_strength: float = Field(500.0, description="cap of the pseudo-tickets pulling a group to the mean")
+
+
+class AnalyticsSettings(BaseModel):
+    """Behaviour tags, segments, journeys and service scores (flows segments/journeys/service-scores)."""
+
+    tags: TagSettings = TagSettings()
+    segments: SegmentSettings = SegmentSettings()
+    journeys: JourneySettings = JourneySettings()
+    service: ServiceScoreSettings = ServiceScoreSettings()
+
+
+class TextSettings(BaseModel):
+    """Sentiment and complaint-reason models over review, ticket and return texts (flow ``text``)."""
+
+    lexicon_file: Path = Field(DEFAULTS_DIR / "complaint_lexicon.yaml",
+                               description="complaint categories, weak-label maps and keyword lexicon")
+    eval_file: Path | None = Field(
+        DEFAULTS_DIR.parent.parent / "tests" / "data" / "complaint_eval.csv",
+        description="hand-checked texts (text, language, category) the classifier is scored on; skipped if absent",
+    )
+    experiment: str = Field("text", description="MLflow experiment <mlflow.experiment_prefix>-<this>")
+    ngram_min: int = Field(1, description="character n-grams: works for Chinese without segmentation")
+    ngram_max: int = 4
+    min_df: int = Field(2, description="n-grams seen in fewer texts are ignored")
+    max_features: int = 200_000
+    sentiment_c: float = Field(4.0, description="inverse L2 strength of the sentiment logistic regression")
+    complaint_c: float = Field(4.0, description="inverse L2 strength of the complaint logistic regression")
+    sentiment_test_days: int = Field(90, description="reviews of the last N days are the later test window")
+    negative_threshold: float = Field(0.5, description="P(negative) at or above this makes a text negative")
+    min_confidence: float = Field(0.4, description="below this classifier probability the lexicon decides")
+    min_chars: int = Field(4, description="shorter texts are left to the lexicon")
+    max_train_texts: int = Field(200_000, description="training sample cap per model (speed on big shops)")
+    validation_share: float = Field(0.2, description="latest share of weakly labelled texts held out")
+    train_until: str | None = Field(None, description="train only on texts created by this date (backtests)")
+    seed: int = 13
+
+
+class AlertSettings(BaseModel):
+    """Product early warning: weekly rates per product tested against history and category (flow ``alerts``)."""
+
+    history_weeks: int = Field(12, description="weeks before the tested week that form the product's baseline")
+    prior_strength: float = Field(
+        20.0, description="pseudo-units pulling a product's thin history towards its category's rate")
+    min_units: int = Field(8, description="deliveries in the week needed to test its return rate")
+    min_reviews: int = Field(5, description="reviews in the week needed to test its negative-review rate")
+    min_events: int = Field(3, description="returns / negative reviews in the week needed to alert")
+    min_rate_ratio: float = Field(1.5, description="rate must be at least this multiple of the baseline")
+    fdr_alpha: float = Field(0.05, description="Benjamini-Hochberg false discovery rate per week")
+    weeks: int = Field(8, description="latest complete weeks evaluated per run; 0 = every week with history")
+    forecast_half_life_weeks: float = Field(2.0, description="exponential weighting of past weeks in the forecast")
+    forecast_prior_strength: float = Field(10.0, description="pseudo-reviews of the category's rate in the forecast")
+    forecast_interval: float = Field(0.8, description="coverage of the forecast interval")
+    quotes: int = Field(3, description="customer texts quoted per alert")
+    quote_chars: int = Field(160, description="quoted texts are cut to this length")
+    top_complaints: int = Field(3, description="complaint categories named per alert")
+    webhook_url: str | None = Field(None, description="POST alerts as JSON here; none: no webhook")
+    webhook_timeout_seconds: float = 10.0
+
+
+class ReportSettings(BaseModel):
+    """The after-sales KPI report (flow ``report``)."""
+
+    recent_days: int = Field(28, description="headline figures cover this window, compared with the one before")
+    trend_weeks: int = Field(52, description="weeks shown in the trend charts")
+    min_product_units: int = Field(30, description="products with fewer delivered units are left out of rankings")
+    top_products: int = Field(10, description="rows in product rankings")
+    response_target_hours: float = Field(24.0, description="first-response target shown as a share met")
+    max_alerts: int = Field(15, description="early-warning alerts listed in the report")
 
 
 class Settings(BaseSettings):
@@ -158,8 +283,12 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = MlflowSettings()
     scoring: ScoringSettings = ScoringSettings()
     prefect: PrefectSettings = PrefectSettings()
+    analytics: AnalyticsSettings = AnalyticsSettings()
     playbook_file: Path = DEFAULTS_DIR / "playbook.yaml"
     reason_phrases_file: Path = DEFAULTS_DIR / "reasons.yaml"
+    text: TextSettings = TextSettings()
+    alerts: AlertSettings = AlertSettings()
+    report: ReportSettings = ReportSettings()
 
     @classmethod
     def settings_customise_sources(

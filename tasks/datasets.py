@@ -2,8 +2,9 @@
 
 A training row is (entity, cutoff): the population of the model at that cutoff, its features as
 of the cutoff and its label from after it. Splits are by cutoff date, never random: the test
-window is the latest cutoff, validation the latest one at least a *gap* earlier, training every
-cutoff at least a gap before validation. The gap is the larger of ``split.gap_days`` and the
+window is the latest ``split.test_cutoffs`` cutoffs, validation the ``split.valid_cutoffs``
+latest ones at least a *gap* before the test window, training every cutoff at least a gap before
+validation. The gap is the larger of ``split.gap_days`` and the
 model's label horizon, so no label window of an earlier split reaches into a later split's cutoff
 (an entity that appears in two splits is scored on disjoint stretches of time).
 """
@@ -53,10 +54,10 @@ def rolling_cutoffs(
     """Cutoffs for a training set, oldest first: test, validation a gap earlier, then training ones.
 
     The newest is ``split.latest_cutoff`` or else the latest midnight whose labels have matured
-    (for every configured model when ``model`` is None). Validation sits one gap before it; the
-    remaining ``n_cutoffs - 2`` cutoffs step back by ``cutoff_step_days`` from one gap before
-    validation. Cutoffs before the first order are dropped. Cutoffs in between would be discarded
-    by ``time_split`` anyway, so they are not built.
+    (for every configured model when ``model`` is None). The test window steps back from it by
+    ``cutoff_step_days``; validation starts one gap before the test window; the remaining
+    cutoffs step back from one gap before validation. Cutoffs before the first order are
+    dropped. Cutoffs in between would be discarded by ``time_split`` anyway, so they are not built.
     """
     settings = settings or get_settings()
     models = [model] if model else list(settings.training.models)
@@ -69,8 +70,12 @@ def rolling_cutoffs(
         latest = min(m for m in matured if m is not None)
     gap = pd.Timedelta(days=split_gap_days(model, settings))
     step = pd.Timedelta(days=settings.split.cutoff_step_days)
-    n_train = max(1, settings.split.n_cutoffs - 2)
-    cutoffs = [latest, latest - gap] + [latest - 2 * gap - k * step for k in range(n_train)]
+    n_test, n_valid = max(1, settings.split.test_cutoffs), max(1, settings.split.valid_cutoffs)
+    n_train = max(1, settings.split.n_cutoffs - n_test - n_valid)
+    test = [latest - k * step for k in range(n_test)]
+    valid = [test[-1] - gap - k * step for k in range(n_valid)]
+    train = [valid[-1] - gap - k * step for k in range(n_train)]
+    cutoffs = test + valid + train
     first = wh.scalar(f'SELECT min("{Orders.ordered_at}") FROM orders')
     if first is None:
         return []
@@ -148,14 +153,15 @@ def time_split(
     cutoffs = sorted(pd.to_datetime(df[CUTOFF]).unique())
     if not cutoffs:
         raise ValueError("empty training set")
-    test_c = cutoffs[-1]
-    valid_c = max((c for c in cutoffs if c <= test_c - gap), default=None)
-    if valid_c is None:
-        raise ValueError(f"no cutoff at least {gap.days} days before the test cutoff {test_c:%Y-%m-%d}")
-    train_cs = [c for c in cutoffs if c <= valid_c - gap]
+    test_cs = cutoffs[-max(1, settings.split.test_cutoffs):]
+    earlier = [c for c in cutoffs if c <= test_cs[0] - gap]
+    if not earlier:
+        raise ValueError(f"no cutoff at least {gap.days} days before the test window {test_cs[0]:%Y-%m-%d}")
+    valid_cs = earlier[-max(1, settings.split.valid_cutoffs):]
+    train_cs = [c for c in cutoffs if c <= valid_cs[0] - gap]
     if not train_cs:
-        raise ValueError(f"no cutoff at least {gap.days} days before the validation cutoff {valid_c:%Y-%m-%d}")
-    parts = (df[df[CUTOFF].isin(train_cs)], df[df[CUTOFF] == valid_c], df[df[CUTOFF] == test_c])
+        raise ValueError(f"no cutoff at least {gap.days} days before the validation window {valid_cs[0]:%Y-%m-%d}")
+    parts = (df[df[CUTOFF].isin(train_cs)], df[df[CUTOFF].isin(valid_cs)], df[df[CUTOFF].isin(test_cs)])
     train, valid, test = (p.reset_index(drop=True) for p in parts)
     for part in (train, valid, test):
         part.attrs = dict(df.attrs)

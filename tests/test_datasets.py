@@ -29,7 +29,7 @@ from tasks.warehouse import Warehouse
 
 END = pd.Timestamp("2026-06-01")
 DAYS = 430
-S = Settings(split={"n_cutoffs": 4, "cutoff_step_days": 30, "gap_days": 30})
+S = Settings(split={"n_cutoffs": 4, "test_cutoffs": 1, "valid_cutoffs": 1, "cutoff_step_days": 30, "gap_days": 30})
 MODELS = ("return", "negative_review", "churn")
 OPTIONAL = ("returns", "tickets", "reviews", "events")
 
@@ -181,6 +181,19 @@ def test_time_split_is_by_time_with_a_gap(sets: dict[str, pd.DataFrame]) -> None
         for early, late in ((train, valid), (valid, test), (train, test)):
             both = early.merge(late, on=key, suffixes=("_e", "_l"))[[f"{CUTOFF}_e", f"{CUTOFF}_l"]]
             assert (both[f"{CUTOFF}_e"] + horizon <= both[f"{CUTOFF}_l"]).all()
+
+
+def test_test_and_validation_windows_can_span_several_cutoffs(wh: Warehouse) -> None:
+    wide = Settings(split={"n_cutoffs": 7, "test_cutoffs": 2, "valid_cutoffs": 2, "cutoff_step_days": 14,
+                           "gap_days": 30})
+    cutoffs = rolling_cutoffs(wh, wide, "return")
+    step, gap = pd.Timedelta(days=14), pd.Timedelta(days=split_gap_days("return", wide))
+    assert len(cutoffs) == 7
+    assert cutoffs[-1] - cutoffs[-2] == step and cutoffs[-2] - cutoffs[-3] == gap
+    assert cutoffs[-3] - cutoffs[-4] == step and cutoffs[-4] - cutoffs[-5] == gap
+    train, valid, test = time_split(build_training_set(wh, "return", cutoffs, wide), wide)
+    assert test[CUTOFF].nunique() == 2 and valid[CUTOFF].nunique() == 2
+    assert train[CUTOFF].max() + gap <= valid[CUTOFF].min() and valid[CUTOFF].max() + gap <= test[CUTOFF].min()
 
 
 def test_time_split_drops_cutoffs_inside_the_gap(wh: Warehouse) -> None:
