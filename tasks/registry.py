@@ -430,8 +430,8 @@ def _pip_requirements() -> list[str]:
         f"scikit-learn=={sklearn.__version__}",
         f"pandas=={pd.__version__}",
         f"numpy=={np.__version__}",
-        # the pickled wrapper class lives in this project (tasks.training)
-        "aftersales",
+        # The pickled wrapper class lives in tasks.training, so loading needs this project installed.
+        # It is deliberately not listed: "aftersales" is not ours on PyPI (dependency confusion).
     ]
 
 
