@@ -66,7 +66,7 @@ def main() -> None:
     rows, read_s = read_only_seconds(data, settings.ingest.chunk_rows)
     after_read = peak_rss_gib()
 
-    wh = Warehouse(work / "warehouse.duckdb")
+    wh = Warehouse(work / "warehouse.duckdb", memory_limit=settings.warehouse.memory_limit)
     started = time.perf_counter()
     result = ingest_batch(data, wh, settings)
     ingest_s = time.perf_counter() - started

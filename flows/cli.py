@@ -70,12 +70,13 @@ def ingest(
     data_dir: Annotated[Path, typer.Argument(help="folder with <table>.csv/.parquet files")],
     mapping: Annotated[Path | None, typer.Option(help="mapping file for foreign column names/codes")] = None,
     as_of: Annotated[datetime | None, typer.Option(help="batch time; later timestamps are rejected")] = None,
+    force: Annotated[bool, typer.Option(help="re-read files already loaded with the same content")] = False,
 ) -> None:
     """Validate and load a batch of files into the warehouse (quarantine keeps bad rows)."""
     _quiet_defaults()
     from flows.ingest import ingest_flow
 
-    summary = _finish(ingest_flow(data_dir, mapping, as_of, return_state=True), "ingestion")
+    summary = _finish(ingest_flow(data_dir, mapping, as_of, force, return_state=True), "ingestion")
     console.print(f"[green]batch {summary['batch_id']}[/]: {summary['rows_in']:,} rows in, "
                   f"{summary['rows_valid']:,} valid, {summary['rows_quarantined']:,} quarantined")
     for warning in summary["warnings"]:
@@ -165,6 +166,50 @@ def models() -> None:
         for values in history.astype(str).itertuples(index=False):
             moves.add_row(*values)
         console.print(moves)
+
+
+@app.command()
+def score(
+    run_date: Annotated[datetime | None, typer.Option("--date", help="day to score (default: today, UTC)")] = None,
+    start: Annotated[datetime | None, typer.Option("--from", help="first day of a backfill")] = None,
+    end: Annotated[datetime | None, typer.Option("--to", help="last day of a backfill")] = None,
+) -> None:
+    """Score with the current champions and write the day's care task list (or backfill a range)."""
+    _quiet_defaults()
+    from flows.score import as_day, backfill_flow, score_flow
+
+    if start or end:
+        if not (start and end) or end < start:
+            err.print("[red]--from and --to go together, --from first[/]")
+            raise typer.Exit(2)
+        results = _finish(backfill_flow(as_day(start), as_day(end), return_state=True), "backfill")
+        for r in results:
+            line = f"{r['tasks']} tasks, {r['control']} held out" if r["ok"] else f"[red]failed:[/] {r['message']}"
+            console.print(f"{r['run_date']}: {line}")
+        if not all(r["ok"] for r in results):
+            raise typer.Exit(1)
+        return
+    result = _finish(score_flow(run_date=as_day(run_date), return_state=True), "scoring")
+    console.print(f"[green]{result['run_date']}[/]: {result['tasks']} tasks, {result['control']} held out "
+                  f"as control; models {', '.join(result['models'].values())}")
+    console.print(f"task list: {result['files'].get('csv')}")
+
+
+@app.command()
+def run(
+    customers: Annotated[int, typer.Option(help="size of the synthetic shop")] = 5_000,
+    seed: Annotated[int, typer.Option(help="same seed, same shop")] = 42,
+) -> None:
+    """The main job on the embedded default: generate → ingest → train → register → score → task list."""
+    _quiet_defaults()
+    from flows.main import main_flow
+
+    result = _finish(main_flow(customers=customers, seed=seed, return_state=True), "the main job")
+    console.print(_models_table(result["training"]))
+    console.print(f"[green]task list for {result['score']['run_date']}[/]: {result['score']['tasks']} tasks "
+                  f"({result['score']['control']} customers held out as control)")
+    console.print(f"  {result['score']['files'].get('csv')}")
+    console.print(f"MLflow UI: mlflow ui --backend-store-uri {result['tracking_uri']}")
 
 
 def main() -> None:

@@ -18,12 +18,13 @@ from tasks.warehouse import open_warehouse
 
 
 @task(cache_policy=NO_CACHE)
-def load_batch(data_dir: Path, mapping_file: Path | None, as_of: datetime | str | None) -> BatchResult | State:
+def load_batch(data_dir: Path, mapping_file: Path | None, as_of: datetime | str | None,
+               force: bool = False) -> BatchResult | State:
     """A batch that cannot load ends the task Failed with the reason in words, not a traceback."""
     settings = get_settings()
     try:
         with open_warehouse(settings) as wh, row_progress("ingesting rows") as advance:
-            return ingest_batch(data_dir, wh, settings, mapping_file, as_of, progress=advance)
+            return ingest_batch(data_dir, wh, settings, mapping_file, as_of, progress=advance, force=force)
     except (IngestError, MappingError) as exc:
         message = str(exc)
     return Failed(message=message)
@@ -42,10 +43,11 @@ def publish_report(result: BatchResult) -> Path:
 
 
 @flow(name="ingest")
-def ingest_flow(data_dir: Path, mapping_file: Path | None = None, as_of: datetime | None = None):
+def ingest_flow(data_dir: Path, mapping_file: Path | None = None, as_of: datetime | None = None,
+                force: bool = False):
     """Validate a batch, quarantine what is wrong, merge the rest by key, report."""
     logger = get_run_logger()
-    state = load_batch(Path(data_dir), mapping_file, as_of, return_state=True)
+    state = load_batch(Path(data_dir), mapping_file, as_of, force, return_state=True)
     if state.is_failed():
         logger.error("ingestion stopped, nothing written: %s", state.message)
         return Failed(message=state.message)

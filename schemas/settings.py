@@ -41,6 +41,11 @@ class PathSettings(BaseModel):
         return self.reports or self.home / "reports"
 
 
+class WarehouseSettings(BaseModel):
+    memory_limit: str | None = Field("4GB", description="DuckDB memory limit; beyond it DuckDB spills to disk")
+    threads: int | None = Field(None, description="DuckDB threads; default: all cores")
+
+
 class IngestSettings(BaseModel):
     chunk_rows: int = Field(500_000, description="rows validated at a time; bounds memory")
     max_future_skew_hours: float = Field(
@@ -140,8 +145,9 @@ class ScoringSettings(BaseModel):
     )
     control_share: float = 0.10
     min_probability: float = Field(0.15, description="rows below this never make the list")
-    review_candidate_days: int = Field(14, description="delivered this recently and not reviewed")
-    churn_active_days: int = 180
+    explain_headroom: float = Field(
+        3.0, description="per risk, explain at most this many times the day's total capacity"
+    )
     language: Literal["en", "zh"] = "en"
     seed: int = 11
 
@@ -192,6 +198,7 @@ class JourneySettings(BaseModel):
 class ServiceScoreSettings(BaseModel):
     scores_file: Path = Field(DEFAULTS_DIR / "service_scores.yaml", description="dimensions, weights, targets")
     window_days: int = Field(180, description="tickets opened this recently are scored and ranked")
+    settle_days: int = Field(7, description="tickets younger than this are not scored yet (facts still arriving)")
     trend_weeks: int = 12
     min_tickets: int = Field(20, description="groups with fewer tickets are shown but not ranked")
     repeat_days: int = Field(7, description="another ticket this soon counts as a repeat complaint")
@@ -275,6 +282,7 @@ class Settings(BaseSettings):
     )
 
     paths: PathSettings = PathSettings()
+    warehouse: WarehouseSettings = WarehouseSettings()
     ingest: IngestSettings = IngestSettings()
     generator: GeneratorSettings = GeneratorSettings()
     labels: LabelSettings = LabelSettings()

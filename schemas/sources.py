@@ -215,6 +215,7 @@ class TableSpec:
     foreign_keys: tuple[ForeignKey, ...] = ()
     optional_source: bool = False
     derived_key: bool = False  # key may be missing and is then hashed from the row
+    future_allowed: tuple[str, ...] = ()  # timestamps that may lie after the batch (a promise)
 
     @property
     def columns(self) -> list[str]:
@@ -241,6 +242,7 @@ TABLES: dict[str, TableSpec] = {
             ("order_id", "customer_id", "ordered_at", "total_amount"),
             "updated_at",
             (_fk("customer_id", "customers"),),
+            future_allowed=("promised_at",),
         ),
         TableSpec(
             "order_items",

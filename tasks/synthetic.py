@@ -64,9 +64,9 @@ DIRTY_MANIFEST = "_dirty_manifest.csv"
 PLANTED_FILE = "_planted.json"
 ARCHETYPES_FILE = "_archetypes.csv"
 BATCH_MANIFEST = "_batch.json"
-# Ingestion rejects any timestamp later than the export + 24 h, so a delivery promise further in the
-# future than this is left empty (the order is too fresh for the export to carry its promise).
-PROMISE_VISIBLE_AFTER_END = DAY
+# Ingestion rejects timestamps later than the export + 24 h except a delivery promise, which may
+# lie in the future; a promise further out than this is left empty (an unusually fresh order).
+PROMISE_VISIBLE_AFTER_END = 30 * DAY
 
 # --- the shop's world -------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ later backend (partitioned Parquet on object storage read by Dask) can sit besid
 
 from __future__ import annotations
 
+import fcntl
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -53,13 +54,17 @@ class MergeCounts:
 class Warehouse:
     """A DuckDB connection with the project's write verbs."""
 
-    def __init__(self, path: Path | str, read_only: bool = False, threads: int | None = None):
+    def __init__(self, path: Path | str, read_only: bool = False, threads: int | None = None,
+                 memory_limit: str | None = None):
         self.path = Path(path)
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path), read_only=read_only)
+        config = {"preserve_insertion_order": "false", "temp_directory": str(self.path.parent / "duckdb-spill")}
+        if memory_limit:
+            config["memory_limit"] = memory_limit
         if threads:
-            self.con.execute(f"SET threads = {int(threads)}")
+            config["threads"] = str(int(threads))
+        self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
         if not read_only:
             self.ensure_source_tables()
 
@@ -149,9 +154,12 @@ class Warehouse:
         """Upsert a staged relation (one row per key) into a source table.
 
         A staged row replaces the stored one only when its content differs and its version
-        column (if any) is not older, so re-running a batch changes nothing.
+        column (if any) is not older, so re-running a batch changes nothing. New keys are
+        appended with an anti-join, so no copy of the staged rows is materialised.
         """
         data_cols = spec.columns
+        cols = ", ".join(f'"{c}"' for c in data_cols)
+        keys = ", ".join(f'"{k}"' for k in spec.key)
         key_match = " AND ".join(f's."{k}" = t."{k}"' for k in spec.key)
         differs = " OR ".join(f's."{c}" IS DISTINCT FROM t."{c}"' for c in data_cols if c not in spec.key)
         version = spec.version_column
@@ -162,35 +170,32 @@ class Warehouse:
         )
         con = self.con
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _merge_class AS
-            SELECT s.*, CASE
-                WHEN t."{spec.key[0]}" IS NULL THEN 'inserted'
-                WHEN NOT ({differs or 'FALSE'}) THEN 'unchanged'
-                WHEN {not_older} THEN 'updated'
-                ELSE 'stale' END AS _merge_action
-            FROM "{staged}" s LEFT JOIN "{spec.name}" t ON {key_match}"""
+            f"""CREATE OR REPLACE TEMP TABLE _merge_changed AS
+            SELECT s.*, {not_older} AS _newer
+            FROM "{staged}" s JOIN "{spec.name}" t ON {key_match}
+            WHERE {differs or 'FALSE'}"""
         )
-        counts = dict(con.execute("SELECT _merge_action, count(*) FROM _merge_class GROUP BY 1").fetchall())
-        if counts.get("updated"):
-            keys = ", ".join(f'"{k}"' for k in spec.key)
+        matched = int(self.scalar(f'SELECT count(*) FROM "{staged}" s SEMI JOIN "{spec.name}" t ON {key_match}'))
+        updated = int(self.scalar("SELECT count(*) FROM _merge_changed WHERE _newer"))
+        stale = int(self.scalar("SELECT count(*) FROM _merge_changed WHERE NOT _newer"))
+        if updated:
             con.execute(
-                f'DELETE FROM "{spec.name}" WHERE ({keys}) IN '
-                f"(SELECT ({keys}) FROM _merge_class WHERE _merge_action = 'updated')"
+                f'DELETE FROM "{spec.name}" WHERE ({keys}) IN (SELECT ({keys}) FROM _merge_changed WHERE _newer)'
             )
-        cols = ", ".join(f'"{c}"' for c in data_cols)
+            con.execute(
+                f'INSERT INTO "{spec.name}" ({cols}, _batch_id, _loaded_at) '
+                f"SELECT {cols}, ?, now()::TIMESTAMP FROM _merge_changed WHERE _newer",
+                [batch_id],
+            )
+        before = self.row_count(spec.name)
         con.execute(
             f'INSERT INTO "{spec.name}" ({cols}, _batch_id, _loaded_at) '
-            f"SELECT {cols}, ?, now()::TIMESTAMP FROM _merge_class "
-            "WHERE _merge_action IN ('inserted', 'updated')",
+            f'SELECT {cols}, ?, now()::TIMESTAMP FROM "{staged}" s ANTI JOIN "{spec.name}" t ON {key_match}',
             [batch_id],
         )
-        con.execute("DROP TABLE _merge_class")
-        return MergeCounts(
-            inserted=int(counts.get("inserted", 0)),
-            updated=int(counts.get("updated", 0)),
-            unchanged=int(counts.get("unchanged", 0)),
-            stale=int(counts.get("stale", 0)),
-        )
+        inserted = self.row_count(spec.name) - before
+        con.execute("DROP TABLE _merge_changed")
+        return MergeCounts(inserted=inserted, updated=updated, unchanged=matched - updated - stale, stale=stale)
 
     def close(self) -> None:
         self.con.close()
@@ -200,8 +205,25 @@ class Warehouse:
 def open_warehouse(settings: Settings | None = None, read_only: bool = False) -> Iterator[Warehouse]:
     """Open the configured warehouse for the length of a block."""
     settings = settings or get_settings()
-    wh = Warehouse(settings.warehouse_path, read_only=read_only)
+    wh = Warehouse(settings.warehouse_path, read_only=read_only, memory_limit=settings.warehouse.memory_limit,
+                   threads=settings.warehouse.threads)
     try:
         yield wh
     finally:
         wh.close()
+
+
+@contextmanager
+def run_lock(settings: Settings, key: str) -> Iterator[None]:
+    """An exclusive lock per key (e.g. one scoring date) beside the warehouse: a second run waits.
+
+    On a Prefect server the deployments' concurrency limit does the same across machines.
+    """
+    folder = settings.warehouse_path.parent / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{key}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -132,7 +132,7 @@ def test_counts_reconcile_and_rerun_changes_nothing(tmp_path: Path, wh: Warehous
     snapshot = {t: wh.query(f'SELECT * EXCLUDE (_loaded_at) FROM "{t}" ORDER BY ALL') for t in GOOD}
     quarantine_rows = wh.row_count("quarantine")
 
-    second = ingest_batch(folder, wh, Settings(), as_of=AS_OF)
+    second = ingest_batch(folder, wh, Settings(), as_of=AS_OF, force=True)  # re-validate and re-merge
     assert second.batch_id == first.batch_id
     assert sum(f.inserted + f.updated for f in second.files) == 0
     assert sum(f.unchanged for f in second.files) == first.rows_valid
@@ -141,6 +141,15 @@ def test_counts_reconcile_and_rerun_changes_nothing(tmp_path: Path, wh: Warehous
         pd.testing.assert_frame_equal(before, after)
     assert wh.row_count("quarantine") == quarantine_rows, "re-running never duplicates quarantine rows"
     assert wh.row_count("ingest_ledger") == 2 * len(first.files), "the ledger records every run"
+
+    third = ingest_batch(folder, wh, Settings(), as_of=AS_OF)  # same bytes, mapping, clock: not read again
+    assert [(f.rows_in, f.rows_valid, f.rows_quarantined, f.unchanged) for f in third.files] == \
+        [(f.rows_in, f.rows_valid, f.rows_quarantined, f.rows_valid) for f in first.files]
+    assert sum(f.inserted + f.updated for f in third.files) == 0
+    assert all("not read again" in w for w in third.warnings)
+    assert wh.row_count("quarantine") == quarantine_rows
+    changed_clock = ingest_batch(folder, wh, Settings(), as_of="2026-06-02")  # another clock: read again
+    assert not any("not read again" in w for w in changed_clock.warnings)
 
 
 def test_duplicates_across_chunks_keep_the_newest_version(tmp_path: Path, wh: Warehouse) -> None:
@@ -303,3 +312,12 @@ def test_report_names_file_row_and_check(tmp_path: Path, wh: Warehouse) -> None:
     result = ingest_batch(write_tables(tmp_path / "in", tables), wh, Settings(), as_of=AS_OF)
     report = validation_report(result, examples=5)
     assert "reviews.csv:2 = 11" in report and "| reviews | score |" in report
+
+
+def test_a_delivery_promise_may_lie_after_the_batch(tmp_path: Path, wh: Warehouse) -> None:
+    tables = good_batch()
+    tables["orders"] = [dict(GOOD["orders"], ordered_at="2026-05-31 20:00", promised_at="2026-06-05",
+                             delivered_at="", status="shipped")]
+    result = ingest_batch(write_tables(tmp_path / "in", tables), wh, Settings(), as_of=AS_OF)
+    assert result.rows_quarantined == 0
+    assert wh.scalar("SELECT promised_at FROM orders") == pd.Timestamp("2026-06-05")

@@ -1,0 +1,123 @@
+"""The morning scoring run: champions → scores as of the run date → reasons → the care task list."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.states import Failed
+
+from schemas.settings import Settings, get_settings
+from schemas.tasks import TaskList
+from tasks.interventions import build_task_list_task, load_history, task_list_summary, write_task_list_task
+from tasks.scoring import (
+    SCORES_TABLE,
+    Champion,
+    ScoringError,
+    explain,
+    list_candidates,
+    load_champions,
+    score_model,
+    scored_rows,
+    scores_table,
+)
+from tasks.warehouse import open_warehouse, run_lock
+
+
+def scheduled_run_date(run_date: date | None) -> pd.Timestamp:
+    """The day this run is for: the parameter, else the scheduled time (late runs and backfills
+    produce the list their date would have had), never the wall clock inside a task."""
+    if run_date is not None:
+        return pd.Timestamp(run_date).normalize()
+    scheduled = flow_run.scheduled_start_time
+    return pd.Timestamp(scheduled).tz_convert("UTC").tz_localize(None).normalize()
+
+
+@task(name="resolve-champions", cache_policy=NO_CACHE)
+def resolve_champions(settings: Settings) -> dict[str, Champion]:
+    return load_champions(settings, list(settings.training.models))
+
+
+@task(name="score-populations", cache_policy=NO_CACHE)
+def score_populations(champions: dict[str, Champion], day: pd.Timestamp, settings: Settings) -> pd.DataFrame:
+    """Every model's population scored; all scores kept for monitoring, candidates explained."""
+    with open_warehouse(settings) as wh:
+        scored = {model: score_model(wh, champion, day, settings) for model, champion in champions.items()}
+        everything = [scores_table(frame, day) for frame in scored.values() if len(frame)]
+        wh.replace_partition(SCORES_TABLE, pd.concat(everything, ignore_index=True) if everything
+                             else scores_table(pd.DataFrame(columns=["risk", "model_version", "customer_id",
+                                                                     "order_id", "probability",
+                                                                     "value_at_stake"]), day),
+                             where={"run_date": day.to_pydatetime()})
+        tags = current_customer_tags(wh)
+    rows = []
+    for model, frame in scored.items():
+        candidates = list_candidates(frame, settings) if len(frame) else frame
+        if len(candidates):
+            rows.append(scored_rows(candidates, explain(candidates, champions[model]), day, tags))
+    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+
+
+def current_customer_tags(wh) -> pd.DataFrame | None:
+    """Tags and segment of each customer, when the segmentation flow has produced them."""
+    try:
+        from tasks.tags import current_tags
+    except ImportError:
+        return None
+    try:
+        return current_tags(wh)
+    except Exception:  # no tag run yet: the list simply carries no tags
+        return None
+
+
+@flow(name="score")
+def score_flow(run_date: date | None = None) -> dict[str, Any] | Failed:
+    """Score as of the run date with the current champions and write that day's task list."""
+    logger = get_run_logger()
+    settings = get_settings()
+    day = scheduled_run_date(run_date)
+    with run_lock(settings, f"score-{day:%Y-%m-%d}"):  # two runs for one date never interleave
+        try:
+            champions = resolve_champions(settings)
+        except ScoringError as exc:
+            logger.error("scoring stopped: %s", exc)
+            return Failed(message=str(exc))
+        versions = {model: champion.label for model, champion in champions.items()}
+        logger.info("scoring %s with %s", day.date(), versions)
+        scored = score_populations(champions, day, settings)
+        with open_warehouse(settings) as wh:
+            history, held_out = load_history(wh, day, settings)
+        if scored.empty:
+            logger.warning("no eligible customers or orders on %s: the list is empty", day.date())
+        tasks, control = build_task_list_task(scored if len(scored) else None, settings, day, history, held_out)
+        paths = write_task_list_task(settings, tasks, control, day)
+    summary = task_list_summary(tasks, control)
+    create_markdown_artifact(summary + "\n\nModels: " + ", ".join(versions.values()),
+                             key="care-task-list", description=f"task list for {day:%Y-%m-%d}")
+    if len(tasks):
+        counts = (tasks.groupby([TaskList.queue, TaskList.action]).size().rename("tasks").reset_index()
+                  .to_dict(orient="records"))
+        create_table_artifact(counts, key="care-tasks-by-queue", description=f"tasks per queue, {day:%Y-%m-%d}")
+    return {"run_date": str(day.date()), "models": versions, "tasks": len(tasks), "control": len(control),
+            "files": {k: str(v) for k, v in paths.items()}, "summary": summary}
+
+
+@flow(name="score-backfill")
+def backfill_flow(start: date, end: date) -> list[dict[str, Any]]:
+    """One scoring run per day, each producing the list that day would have had."""
+    days = [start + timedelta(days=k) for k in range((end - start).days + 1)]
+    results = []
+    for day in days:
+        state = score_flow(run_date=day, return_state=True)
+        results.append({"run_date": str(day), "ok": not state.is_failed(),
+                        **({"message": state.message} if state.is_failed() else state.result())})
+    return results
+
+
+def as_day(value: datetime | date | None) -> date | None:
+    return value.date() if isinstance(value, datetime) else value

@@ -1,0 +1,148 @@
+"""Scoring as of a run date with whichever versions hold ``champion`` when the run starts.
+
+The champions are resolved once per run (never cached across runs: a promotion made by hand in
+the MLflow UI is honoured by the next run) and pinned by version for the rest of it, so every row
+of one list comes from the same models. Explanations are computed only for the rows that can
+make the list, because exact TreeSHAP costs a thousand times more than a prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+
+from schemas.derived import MODEL_ENTITY
+from schemas.settings import Settings
+from schemas.tasks import REASON_COUNT, ScoredRows
+from tasks.datasets import feature_columns, scoring_frame
+from tasks.explain import top_reasons
+from tasks.registry import RegistryError, configure, resolve_alias
+from tasks.warehouse import Warehouse
+
+CHAMPION = "champion"
+SCORES_TABLE = "scores"
+
+
+class ScoringError(RuntimeError):
+    """Scoring cannot start; the message says why in words (no model, no registry)."""
+
+
+@dataclass
+class Champion:
+    model: str
+    registered_model: str
+    version: str
+    scorer: Any  # the AftersalesModel inside the pyfunc: predict_proba + contributions
+
+    @property
+    def label(self) -> str:
+        return f"{self.registered_model} v{self.version}"
+
+
+def load_champions(settings: Settings, models: list[str]) -> dict[str, Champion]:
+    """Resolve ``models:/<name>@champion`` now and load exactly that version."""
+    try:
+        configure(settings)
+        champions = {}
+        for model in models:
+            name = settings.registered_model_name(model)
+            version = str(resolve_alias(name, CHAMPION, settings).version)
+            loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+            champions[model] = Champion(model, name, version, loaded.unwrap_python_model())
+        return champions
+    except RegistryError as exc:
+        raise ScoringError(f"no champion to score with: {exc}") from exc
+    except (MlflowException, OSError, ConnectionError) as exc:
+        raise ScoringError(f"the MLflow registry at {settings.tracking_uri} cannot be reached or read: "
+                           f"{str(exc).splitlines()[0][:300]}") from exc
+
+
+def value_at_stake(model: str, frame: pd.DataFrame, settings: Settings) -> pd.Series:
+    """What a bad outcome costs: the order's margin, or a customer's expected margin."""
+    cfg = settings.scoring
+    if MODEL_ENTITY[model] == "order":
+        return frame["order_value"].fillna(0).clip(lower=0) * cfg.margin_rate
+    monthly = (frame["value_365d"].fillna(0) / 12).where(frame["value_365d"].fillna(0) > 0,
+                                                          frame["avg_order_value"].fillna(0) / 12)
+    return monthly.clip(lower=0) * cfg.customer_value_months * cfg.margin_rate
+
+
+def risk_of_rows(model: str, frame: pd.DataFrame) -> pd.Series:
+    """Undelivered overdue orders of the review model are the late-delivery watch."""
+    if model == "negative_review":
+        late_watch = frame["is_delivered"].fillna(0).eq(0)
+        return pd.Series(np.where(late_watch, "late_delivery", "negative_review"), index=frame.index)
+    return pd.Series(model, index=frame.index)
+
+
+def score_model(wh: Warehouse, champion: Champion, run_date: pd.Timestamp, settings: Settings) -> pd.DataFrame:
+    """The model's population at the run date with probability, risk and value at stake."""
+    frame = scoring_frame(wh, champion.model, run_date, settings)
+    if frame.empty:
+        return frame
+    features = feature_columns(champion.model)
+    frame["probability"] = np.clip(champion.scorer.predict_proba(frame[features]), 0.0, 1.0)
+    frame["risk"] = risk_of_rows(champion.model, frame)
+    frame["value_at_stake"] = value_at_stake(champion.model, frame, settings)
+    frame["model_version"] = champion.label
+    return frame
+
+
+def list_candidates(scored: pd.DataFrame, settings: Settings) -> pd.DataFrame:
+    """Rows that can reach the list: above the floor and among the best by expected value.
+
+    Per risk, at most ``explain_headroom`` times the day's total capacity: cool-downs, the
+    one-task-per-customer merge and the control draw remove some, the rest never make it.
+    """
+    cfg = settings.scoring
+    eligible = scored[scored["probability"] >= cfg.min_probability]
+    limit = int(cfg.explain_headroom * sum(cfg.queue_capacity.values()))
+    gain = eligible["probability"] * eligible["value_at_stake"]
+    ranked = eligible.assign(_gain=gain).sort_values("_gain", ascending=False, kind="stable")
+    return ranked.groupby("risk", sort=False).head(limit).drop(columns="_gain")
+
+
+def explain(candidates: pd.DataFrame, champion: Champion) -> pd.DataFrame:
+    """The top positive drivers of each candidate row, from the model's own contributions."""
+    features = feature_columns(champion.model)
+    if candidates.empty:
+        return pd.DataFrame(index=candidates.index)
+    contributions = champion.scorer.contributions(candidates[features])
+    return top_reasons(contributions, features, candidates[features], k=REASON_COUNT)
+
+
+def scored_rows(candidates: pd.DataFrame, reasons: pd.DataFrame, run_date: pd.Timestamp,
+                tags: pd.DataFrame | None) -> pd.DataFrame:
+    """Candidates in the task list's input contract (``ScoredRows``)."""
+    out = pd.DataFrame({
+        ScoredRows.run_date: run_date,
+        ScoredRows.risk: candidates["risk"],
+        ScoredRows.customer_id: candidates["customer_id"].astype(str),
+        ScoredRows.order_id: candidates.get("order_id"),
+        ScoredRows.probability: candidates["probability"].astype(float),
+        ScoredRows.value_at_stake: candidates["value_at_stake"].astype(float),
+        ScoredRows.model_version: candidates["model_version"],
+    }, index=candidates.index)
+    out = out.join(reasons)
+    if tags is not None and len(tags):
+        out = out.merge(tags, how="left", on=ScoredRows.customer_id)
+    return out.reset_index(drop=True)
+
+
+def scores_table(scored: pd.DataFrame, run_date: pd.Timestamp) -> pd.DataFrame:
+    """Every scored row (not only candidates), for monitoring and realised performance later."""
+    return pd.DataFrame({
+        "run_date": run_date,
+        "risk": scored["risk"].to_numpy(),
+        "model_version": scored["model_version"].to_numpy(),
+        "customer_id": scored["customer_id"].astype(str).to_numpy(),
+        "order_id": (scored["order_id"].astype(str).to_numpy() if "order_id" in scored
+                     else np.full(len(scored), None)),
+        "probability": scored["probability"].to_numpy(),
+        "value_at_stake": scored["value_at_stake"].to_numpy(),
+    })
