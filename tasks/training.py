@@ -560,10 +560,9 @@ def score_window(trained: TrainedModel, baselines: Baselines | None, X_test: pd.
 
 
 def training_config_hash(settings: Settings, rule: RuleSpec | None, calibration_share: float) -> str:
-    """Hash of everything in the settings that changes the fitted model (not promotion rules)."""
-    relevant = settings.training.model_dump(
-        mode="json", exclude={"models", "promotion_metric", "promotion_margin", "registered_model_prefix", "top_k"}
-    )
+    """Hash of the settings that change the fitted model (seed, booster, calibration, rule, split)."""
+    # an allow-list: settings added later (plots, samples, other models' rules) must not split reruns
+    relevant = settings.training.model_dump(mode="json", include={"seed", "xgb", "calibration"})
     relevant["rule"] = None if rule is None else [rule.column, rule.higher_is_riskier]
     relevant["calibration_share"] = calibration_share
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
