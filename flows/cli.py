@@ -212,6 +212,58 @@ def run(
     console.print(f"MLflow UI: mlflow ui --backend-store-uri {result['tracking_uri']}")
 
 
+@app.command()
+def segments(
+    run_date: Annotated[datetime | None, typer.Option("--date", help="as-of day (default: today, UTC)")] = None,
+) -> None:
+    """Recompute behaviour tags (with their history) and customer segments; log the run to MLflow."""
+    _quiet_defaults()
+    from flows.segments import segments_flow
+
+    result = _finish(segments_flow(run_date=run_date, return_state=True), "segmentation")
+    console.print(f"[green]{result['run_date']}[/]: {result['customers']:,} customers, {result['tags']:,} tags held "
+                  f"(+{result['gained']:,} / -{result['lost']:,} today); {result['k']} segments, "
+                  f"silhouette {result['silhouette']}")
+    for seg in result["segments"]:
+        console.print(f"  {seg['segment']} {seg['segment_name']}: {seg['customers']:,} customers")
+    for tag, why in result["skipped_tags"].items():
+        console.print(f"[yellow]tag {tag} not computed:[/] {why}")
+    console.print(f"report: {result['report']}")
+
+
+@app.command()
+def journeys(
+    run_date: Annotated[datetime | None, typer.Option("--date", help="as-of day (default: today, UTC)")] = None,
+) -> None:
+    """After-sales paths, slow stages and the next-step model against the naive baseline."""
+    _quiet_defaults()
+    from flows.journeys import journeys_flow
+
+    result = _finish(journeys_flow(run_date=run_date, return_state=True), "journey analysis")
+    console.print(f"[green]{result['run_date']}[/]: {result['journeys']:,} journeys ({result['open']:,} open), "
+                  f"{result['slow_stages']} slow stages")
+    for model, accuracy in result["accuracy"].items():
+        console.print(f"  next-step accuracy, {model}: {accuracy:.1%}")
+    console.print(f"report: {result['report']}")
+
+
+@app.command(name="service-scores")
+def service_scores(
+    run_date: Annotated[datetime | None, typer.Option("--date", help="as-of day (default: today, UTC)")] = None,
+) -> None:
+    """Service-quality scores per agent, team, channel, category and week, with shrinkage."""
+    _quiet_defaults()
+    from flows.service_scores import service_scores_flow
+
+    result = _finish(service_scores_flow(run_date=run_date, return_state=True), "service scoring")
+    console.print(f"[green]{result['run_date']}[/]: {result['tickets']:,} tickets scored")
+    for row in result["team_ranking"]:
+        console.print(f"  {row['rank']}. {row['team']}: {row['score']} ({row['tickets']} tickets)")
+    if result["not_ranked"]:
+        console.print(f"  not ranked (too few tickets): {', '.join(result['not_ranked'])}")
+    console.print(f"report: {result['report']}")
+
+
 def main() -> None:
     app()
 

@@ -203,6 +203,9 @@ class ServiceScoreSettings(BaseModel):
     min_tickets: int = Field(20, description="groups with fewer tickets are shown but not ranked")
     repeat_days: int = Field(7, description="another ticket this soon counts as a repeat complaint")
     confidence: float = Field(0.9, description="level of the score intervals")
+    min_prior_strength: float = Field(
+        20.0, description="pseudo-tickets pulling every group to the mean at least (one outlying group must not "
+                          "make the data look so spread that three tickets count as proof)")
     max_prior_strength: float = Field(500.0, description="cap of the pseudo-tickets pulling a group to the mean")
 
 
