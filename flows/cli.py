@@ -264,6 +264,56 @@ def service_scores(
     console.print(f"report: {result['report']}")
 
 
+@app.command()
+def text(
+    train_until: Annotated[datetime | None, typer.Option(help="train only on texts up to this day (backtests)")] = None,
+) -> None:
+    """Learn sentiment and complaint reasons from review/ticket/return texts; score every text."""
+    _quiet_defaults()
+    from flows.text import text_flow
+
+    result = _finish(text_flow(train_until=train_until.date() if train_until else None, return_state=True),
+                     "text analysis")
+    console.print(f"[green]{result['stored']:,} texts scored[/]; sentiment ROC-AUC on the later window "
+                  f"{result['sentiment_test_roc_auc']:.3f}; MLflow run {result['run_id']}")
+    evaluation = result["complaint_eval"]
+    for lang in ("en", "zh"):
+        if f"macro_f1_{lang}" in evaluation:
+            console.print(f"  complaint reasons ({lang}): macro-F1 {evaluation[f'macro_f1_{lang}']:.3f} "
+                          f"vs keyword baseline {evaluation[f'macro_f1_lexicon_{lang}']:.3f}")
+
+
+@app.command()
+def alerts(
+    as_of: Annotated[datetime | None, typer.Option(help="data time to judge by (default: the latest data)")] = None,
+    weeks: Annotated[int | None, typer.Option(help="complete weeks to check (0 = all; default: settings)")] = None,
+) -> None:
+    """Product early warning: weekly return / negative-review spikes against history and category."""
+    _quiet_defaults()
+    from flows.alerts import alerts_flow
+
+    result = _finish(alerts_flow(as_of=as_of, weeks=weeks, return_state=True), "product early warning")
+    console.print(f"[green]{result['alerts']} alerts[/] in {len(result['weeks'])} weeks checked "
+                  f"(data as of {result['as_of'][:10]}): {', '.join(result['products']) or 'none'}")
+    if result["webhook"]:
+        console.print(f"webhook: {result['webhook']}")
+    console.print(f"file: {result['file']}")
+
+
+@app.command()
+def report(
+    as_of: Annotated[datetime | None, typer.Option(help="data time to report on (default: the latest data)")] = None,
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: reports/kpi/...)")] = None,
+) -> None:
+    """The after-sales KPI report: one self-contained HTML file."""
+    _quiet_defaults()
+    from flows.report import report_flow
+
+    result = _finish(report_flow(as_of=as_of, out=out, return_state=True), "report")
+    console.print(f"[green]report[/] (data as of {result['as_of'][:10]}, {result['alerts']} early warnings): "
+                  f"{result['report']}")
+
+
 def main() -> None:
     app()
 

@@ -236,7 +236,7 @@ class TextSettings(BaseModel):
     complaint_c: float = Field(4.0, description="inverse L2 strength of the complaint logistic regression")
     sentiment_test_days: int = Field(90, description="reviews of the last N days are the later test window")
     negative_threshold: float = Field(0.5, description="P(negative) at or above this makes a text negative")
-    min_confidence: float = Field(0.4, description="below this classifier probability the lexicon decides")
+    min_confidence: float = Field(0.5, description="below this classifier probability the lexicon decides")
     min_chars: int = Field(4, description="shorter texts are left to the lexicon")
     max_train_texts: int = Field(200_000, description="training sample cap per model (speed on big shops)")
     validation_share: float = Field(0.2, description="latest share of weakly labelled texts held out")
@@ -250,7 +250,10 @@ class AlertSettings(BaseModel):
     history_weeks: int = Field(12, description="weeks before the tested week that form the product's baseline")
     prior_strength: float = Field(
         20.0, description="pseudo-units pulling a product's thin history towards its category's rate")
-    min_units: int = Field(8, description="deliveries in the week needed to test its return rate")
+    exposure_weeks: int = Field(3, description="return rate = returns / mean weekly deliveries over this many weeks")
+    min_units: int = Field(8, description="units at risk in the week needed to test its return rate")
+    min_history_units: int = Field(30, description="units in the history window needed for a spike-vs-history test")
+    min_history_reviews: int = Field(10, description="reviews in the history window needed for a spike-vs-history test")
     min_reviews: int = Field(5, description="reviews in the week needed to test its negative-review rate")
     min_events: int = Field(3, description="returns / negative reviews in the week needed to alert")
     min_rate_ratio: float = Field(1.5, description="rate must be at least this multiple of the baseline")
@@ -270,6 +273,7 @@ class ReportSettings(BaseModel):
     """The after-sales KPI report (flow ``report``)."""
 
     recent_days: int = Field(28, description="headline figures cover this window, compared with the one before")
+    breakdown_days: int = Field(90, description="breakdowns by product, category, region, reason cover this window")
     trend_weeks: int = Field(52, description="weeks shown in the trend charts")
     min_product_units: int = Field(30, description="products with fewer delivered units are left out of rankings")
     top_products: int = Field(10, description="rows in product rankings")

@@ -1,0 +1,72 @@
+"""Text flow: learn sentiment and complaint reasons from the shop's own texts, check them, track
+them in MLflow and rescore every review, ticket and return text into ``text_insights``."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+import pandas as pd
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
+
+from schemas.settings import Settings, get_settings
+from tasks.text import (
+    TextModelError,
+    TextModels,
+    load_texts_task,
+    log_text_run_task,
+    score_and_store_task,
+    summary,
+    train_text_models,
+)
+
+
+@task(name="train-text-models", cache_policy=NO_CACHE)
+def train_models(texts: pd.DataFrame, settings: Settings) -> TextModels | State:
+    """Too little text ends the task Failed with the reason in words, not a traceback."""
+    try:
+        return train_text_models(texts, settings)
+    except TextModelError as exc:
+        return Failed(message=str(exc))
+
+
+@task(name="publish-text-summary", cache_policy=NO_CACHE)
+def publish_summary(result: dict[str, Any]) -> None:
+    evaluation = result["complaint_eval"]
+    lines = ["# Text models", "", f"- texts scored: {result['stored']:,}",
+             f"- sentiment ROC-AUC on the later window: {result['sentiment_test_roc_auc']:.3f}",
+             f"- MLflow run: {result['run_id']}", "",
+             "| language | classifier macro-F1 | keyword baseline macro-F1 |", "|---|---|---|"]
+    for lang in ("en", "zh"):
+        if f"macro_f1_{lang}" in evaluation:
+            lines.append(f"| {lang} | {evaluation[f'macro_f1_{lang}']:.3f} | "
+                         f"{evaluation[f'macro_f1_lexicon_{lang}']:.3f} |")
+    create_markdown_artifact("\n".join(lines), key="text-models", description="sentiment and complaint reasons")
+
+
+@flow(name="text")
+def text_flow(train_until: date | None = None) -> dict[str, Any] | State:
+    """Train and evaluate the text models, log them to MLflow, rescore every text."""
+    logger = get_run_logger()
+    settings = get_settings()
+    if train_until is not None:
+        settings = settings.model_copy(update={"text": settings.text.model_copy(
+            update={"train_until": str(train_until)})})
+    texts = load_texts_task(settings)
+    if texts.empty:
+        return Failed(message="the warehouse holds no review, ticket or return texts; ingest a batch first")
+    state = train_models(texts, settings, return_state=True)
+    if state.is_failed():
+        logger.error("text models not trained: %s", state.message)
+        return Failed(message=state.message)
+    models = state.result()
+    models.run_id = log_text_run_task(models, settings)
+    stored = score_and_store_task(texts, models, settings)
+    result = summary(models, stored)
+    publish_summary(result)
+    logger.info("text models: sentiment AUC %.3f, %s texts scored, MLflow run %s",
+                result["sentiment_test_roc_auc"], stored, models.run_id)
+    return result

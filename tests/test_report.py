@@ -1,0 +1,110 @@
+"""The KPI report (built from the generated shop, every section present, readable words only) and
+the text, alerts and report flows end to end under a real Prefect API with a real DuckDB file."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from test_text import shop_warehouse  # the shared generated shop (tests/ is on sys.path)
+
+from schemas.settings import Settings
+from schemas.text import ALERTS_TABLE, TEXT_INSIGHTS_TABLE
+from tasks.report import SECTIONS, build_report
+from tasks.warehouse import Warehouse
+
+SNAKE = re.compile(r"\b[a-z]+_[a-z0-9_]+\b")
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shop_warehouse(tmp_path_factory)
+
+
+def visible_text(html: str) -> str:
+    """What a reader sees: no style sheet, no embedded images, no tags."""
+    html = re.sub(r"<style>.*?</style>", " ", html, flags=re.S)
+    html = re.sub(r"<img[^>]*>", " ", html)
+    return re.sub(r"<[^>]+>", " ", html)
+
+
+def assert_readable_report(html: str) -> None:
+    for title in SECTIONS:
+        assert f"<h2>{title}</h2>" in html, title
+    assert html.count("data:image/png;base64,") >= 8
+    assert not re.search(r"(src|href)=\"(http|//)", html), "the report must not load anything from outside"
+    words = visible_text(html)
+    assert not SNAKE.findall(words), f"raw identifiers shown to the reader: {set(SNAKE.findall(words))}"
+    assert "nan" not in re.findall(r"\b\w+\b", words)
+
+
+def test_report_builds_before_text_and_alert_flows_have_run(shop: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "wh.duckdb"
+    shutil.copy(shop, copy)
+    wh = Warehouse(copy, read_only=True)
+    try:
+        path, figures = build_report(wh, Settings(), out=tmp_path / "report.html")
+    finally:
+        wh.close()
+    html = path.read_text(encoding="utf-8")
+    assert_readable_report(html)
+    assert "has not run yet" in html  # complaint reasons and early warnings explain their absence
+    assert figures["as_of"].startswith("2026-11-02")
+    assert 0 < figures["headline"]["return_rate"] < 1 and 1 <= figures["headline"]["satisfaction"] <= 5
+    assert any("ParcelPro" in h for h in figures["highlights"])  # the planted late carrier stands out
+    assert any("Team Pine" in h for h in figures["highlights"])  # and the slow team
+
+
+def test_text_alerts_and_report_flows_end_to_end(prefect_api, settings, shop: Path) -> None:
+    import mlflow
+    from typer.testing import CliRunner
+
+    from flows.alerts import alerts_flow
+    from flows.cli import app
+    from flows.report import report_flow
+    from flows.text import text_flow
+
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shop, settings.warehouse_path)
+
+    text = text_flow()
+    assert text["stored"] > 10_000 and text["sentiment_test_roc_auc"] > 0.85
+    for lang in ("en", "zh"):
+        assert text["complaint_eval"][f"macro_f1_{lang}"] > text["complaint_eval"][f"macro_f1_lexicon_{lang}"]
+    mlflow.set_tracking_uri(settings.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["aftersales-text"])
+    assert len(runs) == 1 and runs.iloc[0]["metrics.complaint_eval_macro_f1_zh"] > 0
+    assert mlflow.sklearn.load_model(f"runs:/{text['run_id']}/complaint").predict(
+        __import__("pandas").DataFrame({"text": ["快递一直没到"]}))[0] == "logistics_late"
+
+    alerts = alerts_flow(weeks=0)
+    assert alerts["alerts"] > 0 and "P0117" in alerts["products"] and Path(alerts["file"]).exists()
+    assert alerts["webhook"] is None  # off by default
+
+    report = report_flow()
+    html = Path(report["report"]).read_text(encoding="utf-8")
+    assert_readable_report(html)
+    assert 'class="alert"' in html and "has not run yet" not in html
+    assert "late or slow delivery" in html  # complaint reasons in words
+
+    wh = Warehouse(settings.warehouse_path, read_only=True)
+    try:
+        assert wh.row_count(TEXT_INSIGHTS_TABLE) == text["stored"]
+        assert wh.row_count(ALERTS_TABLE) == alerts["alerts"]
+    finally:
+        wh.close()
+
+    out = settings.paths.home / "cli-report.html"
+    result = CliRunner().invoke(app, ["report", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.exists()
+
+
+def test_text_flow_fails_in_words_on_an_empty_warehouse(prefect_api, settings) -> None:
+    from flows.text import text_flow
+
+    Warehouse(settings.warehouse_path).close()
+    state = text_flow(return_state=True)
+    assert state.is_failed() and "no review, ticket or return texts" in state.message

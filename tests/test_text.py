@@ -1,0 +1,215 @@
+"""Text models: the lexicon, weak labels, the hand-checked evaluation set, sentiment on a later
+window, the classifier against the keyword baseline, and point-in-time text features."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from schemas.settings import Settings
+from schemas.text import COMPLAINT_REASONS, COMPLAINTS, TEXT_INSIGHTS_TABLE, TextFeatures, complaint_column
+from tasks.text import (
+    Lexicon,
+    detect_language,
+    keyword_documents,
+    load_eval_set,
+    load_lexicon,
+    load_texts,
+    score_texts,
+    store_insights,
+    text_features,
+    train_text_models,
+    weak_labels,
+)
+from tasks.warehouse import Warehouse
+
+SHOP = {"customers": 8_000, "seed": 7}  # the shop every text/alert/report test reads
+
+
+def shop_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An ingested synthetic shop, built once per session and shared by the test modules."""
+    from tasks.ingest import ingest_batch
+    from tasks.synthetic import generate_shop
+
+    base = tmp_path_factory.getbasetemp() / f"shop-{SHOP['customers']}-{SHOP['seed']}"
+    done = base / "warehouse.duckdb"
+    if not done.exists():
+        generate_shop(base / "data", **SHOP)
+        wh = Warehouse(base / "building.duckdb")
+        ingest_batch(base / "data", wh, Settings())
+        wh.close()
+        (base / "building.duckdb").rename(done)
+    return done
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shop_warehouse(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def lexicon() -> Lexicon:
+    return load_lexicon(Settings().text.lexicon_file)
+
+
+@pytest.fixture(scope="module")
+def trained(shop: Path):
+    wh = Warehouse(shop, read_only=True)
+    try:
+        texts = load_texts(wh)
+    finally:
+        wh.close()
+    settings = Settings()
+    return texts, train_text_models(texts, settings), settings
+
+
+# ---- lexicon ------------------------------------------------------------------------------------
+def test_lexicon_matches_words_in_both_languages(lexicon: Lexicon) -> None:
+    texts = pd.Series(["The parcel is still not here, tracking stuck", "尺码偏小，穿不上", "Love it",
+                       "The box arrived crushed", "客服态度很差"])
+    langs = pd.Series(["en", "zh", "en", "en", "zh"])
+    assert lexicon.predict(texts, langs).tolist() == [
+        "logistics_late", "size_fit", "other", "damaged_packaging", "service_attitude"]
+
+
+def test_english_keywords_match_whole_words_only(lexicon: Lexicon) -> None:
+    hits = lexicon.hits(pd.Series(["latest model", "arrived late"]), pd.Series(["en", "en"]))
+    assert hits.loc[0, "logistics_late"] == 0 and hits.loc[1, "logistics_late"] == 1
+
+
+def test_ties_go_to_the_category_listed_first(lexicon: Lexicon) -> None:
+    hits = pd.DataFrame([[0] * len(lexicon.categories)], columns=list(lexicon.categories))
+    hits.loc[0, ["size_fit", "logistics_late"]] = 1
+    assert lexicon.classify(hits)[0].iloc[0] == "size_fit"  # size_fit is listed before logistics_late
+
+
+def test_lexicon_rejects_unknown_categories() -> None:
+    with pytest.raises(ValueError, match="categories"):
+        Lexicon({"categories": ["size_fit", "other"]})
+    spec = {"categories": COMPLAINT_REASONS, "weak_labels": {"returns": {"size_fit": "sizing"}}}
+    with pytest.raises(ValueError, match="unknown categories"):
+        Lexicon(spec)
+
+
+def test_keywords_become_training_documents(lexicon: Lexicon) -> None:
+    docs = keyword_documents(lexicon)
+    assert set(docs["y"]) == set(COMPLAINT_REASONS) and set(docs["language"]) == {"en", "zh"}
+
+
+def test_language_is_detected_when_missing() -> None:
+    texts = pd.Series(["发货太慢", "too slow", "ok"])
+    assert detect_language(texts, pd.Series([None, None, "zh"])).tolist() == ["zh", "en", "zh"]
+
+
+# ---- weak labels -------------------------------------------------------------------------------
+def test_weak_labels_come_from_codes_linked_orders_and_the_lexicon(lexicon: Lexicon) -> None:
+    texts = pd.DataFrame({
+        "source": ["return", "ticket", "ticket", "review", "review", "review", "review"],
+        "text": ["box crushed", "where is it", "invoice please", "awful", "way too expensive", "great!", "meh"],
+        "language": ["en"] * 7,
+        "code": ["damaged_in_transit", "delivery", "payment", None, None, None, None],
+        "score": [np.nan, np.nan, np.nan, 1, 2, 5, 3],
+        "order_return_reason": [None, None, None, "size_fit", None, None, None],
+        "order_ticket_category": [None, None, None, "delivery", None, None, None],
+    })
+    hits = lexicon.hits(texts["text"], texts["language"])
+    label, origin = weak_labels(texts, lexicon, hits, negative_max_score=2)
+    assert label.tolist()[:5] == ["damaged_packaging", "logistics_late", "other", "size_fit", "price_value"]
+    assert origin.tolist()[:5] == ["code", "code", "code", "code", "lexicon"]
+    assert pd.isna(label.iloc[5]) and pd.isna(label.iloc[6])  # praise and 3 stars teach nothing
+
+
+# ---- the hand-checked evaluation set -------------------------------------------------------------
+def test_evaluation_set_is_balanced_bilingual_and_not_from_the_generator() -> None:
+    from tasks.synthetic import FRAMES, PHRASES
+
+    ev = load_eval_set(Settings().text.eval_file)
+    assert 80 <= len(ev) <= 120
+    assert set(ev["language"]) == {"en", "zh"}
+    per = ev.groupby(["language", "category"]).size()
+    assert set(per.index.get_level_values("category")) == set(COMPLAINT_REASONS) and per.min() >= 5
+    assert ev["text"].is_unique
+    bank = [s for t in PHRASES.values() for pair in t.values() for group in pair for s in group]
+    bank += [s for lang in FRAMES.values() for slot in lang.values() for group in slot for s in group]
+    core = [re.sub(r"\{p\}", "", s).strip(" .。!！") for s in bank]
+    for text in ev["text"]:
+        assert not any(len(c) >= 6 and c in text for c in core), f"eval text reuses a generator phrase: {text}"
+
+
+# ---- models on the generated shop ------------------------------------------------------------------
+def test_sentiment_separates_a_later_window(trained) -> None:
+    _, models, _ = trained
+    assert models.sentiment.n_test > 100 and models.sentiment.n_train > models.sentiment.n_test
+    assert models.sentiment.test_roc_auc > 0.85
+
+
+def test_classifier_beats_the_keyword_baseline_in_both_languages(trained) -> None:
+    _, models, _ = trained
+    m = models.eval_metrics
+    for lang in ("en", "zh"):
+        assert m[f"eval_rows_{lang}"] >= 40
+        assert m[f"eval_macro_f1_{lang}"] > m[f"eval_macro_f1_lexicon_{lang}"], (lang, m)
+
+
+def test_classifier_learns_the_weak_labels_better_than_the_lexicon(trained) -> None:
+    _, models, _ = trained
+    v = models.complaints.validation
+    assert v["weak_valid_rows"] > 200 and v["weak_valid_macro_f1"] > v["weak_valid_macro_f1_lexicon"]
+    assert models.complaints.class_counts.get("price_value", 0) > 0  # only the lexicon can teach it
+
+
+def test_every_text_is_scored_and_praise_is_no_complaint(trained) -> None:
+    texts, models, settings = trained
+    insights = score_texts(texts, models, settings)
+    assert len(insights) == len(texts) and insights["source_id"].is_unique
+    praise = texts["score"] >= 4
+    assert (insights.loc[praise.to_numpy(), "complaint"] == "other").all()
+    bad = (texts["score"] <= 2).to_numpy()
+    assert insights.loc[bad, "negative"].mean() > 0.9 and insights.loc[praise.to_numpy(), "negative"].mean() < 0.1
+
+
+# ---- point-in-time features ------------------------------------------------------------------------
+def _insight(cust: str, at: str, complaint: str, negative: bool, source_id: str) -> dict:
+    return {"source": "review", "source_id": source_id, "customer_id": cust, "order_id": None, "product_id": None,
+            "created_at": pd.Timestamp(at), "language": "en", "negative_probability": 0.9 if negative else 0.1,
+            "negative": negative, "complaint": complaint, "complaint_confidence": 0.8, "method": "model",
+            "weak_label": None, "model_run_id": None}
+
+
+def test_text_features_count_only_texts_known_by_the_cutoff(tmp_path: Path) -> None:
+    wh = Warehouse(tmp_path / "wh.duckdb")
+    assert text_features(wh, "2026-03-01").empty  # before the text flow has run
+    store_insights(wh, pd.DataFrame([
+        _insight("c1", "2026-01-05", "size_fit", True, "r1"),
+        _insight("c1", "2026-02-20", "size_fit", True, "r2"),
+        _insight("c1", "2026-02-25", "logistics_late", False, "r3"),
+        _insight("c1", "2026-03-05", "logistics_late", True, "r4"),  # after the cutoff
+        _insight("c2", "2026-02-01", "other", False, "r5"),
+        _insight("c3", "2026-04-01", "quality_defect", True, "r6"),  # after the cutoff: no row at all
+    ]))
+    feats = text_features(wh, "2026-03-01").set_index("customer_id")
+    TextFeatures.validate(feats.reset_index())
+    assert sorted(feats.index) == ["c1", "c2"]
+    c1 = feats.loc["c1"]
+    assert (c1["text_count"], c1["negative_text_count"]) == (3, 2)
+    assert c1[complaint_column("size_fit")] == 2 and c1[complaint_column("logistics_late")] == 1
+    assert c1["dominant_complaint"] == "size_fit" and c1["days_since_negative_text"] == pytest.approx(9)
+    assert feats.loc["c2", "dominant_complaint"] == "none" and np.isnan(feats.loc["c2", "days_since_negative_text"])
+    later = text_features(wh, "2026-03-10").set_index("customer_id")
+    assert later.loc["c1", "text_count"] == 4 and later.loc["c1", "dominant_complaint"] == "size_fit"
+    assert set(COMPLAINTS) == {c.removeprefix("complaint_").removesuffix("_count")
+                               for c in feats.columns if c.startswith("complaint_")}
+    wh.close()
+
+
+def test_insights_table_is_replaced_on_each_run(tmp_path: Path) -> None:
+    wh = Warehouse(tmp_path / "wh.duckdb")
+    rows = pd.DataFrame([_insight("c1", "2026-01-05", "size_fit", True, "r1")])
+    store_insights(wh, rows)
+    store_insights(wh, rows)
+    assert wh.row_count(TEXT_INSIGHTS_TABLE) == 1
+    wh.close()
