@@ -424,10 +424,12 @@ def describe_alert(row: Any) -> str:
             "category": f"{row.baseline_category:.0%} for similar {row.category} products",
             "history+category": f"its usual {row.baseline_history:.0%} and {row.baseline_category:.0%} for "
                                 f"similar {row.category} products"}[row.comparison]
-    what = "returns" if row.metric == "return_rate" else "negative reviews"
-    of = "units delivered" if row.metric == "return_rate" else "reviews"
+    if row.metric == "return_rate":
+        counts = f"{row.events:.0f} returns, about {row.volume:.0f} units delivered a week lately"
+    else:
+        counts = f"{row.events:.0f} of {row.volume:.0f} reviews with 1-2 stars"
     return (f"{name}: {METRIC_WORDS[row.metric]} {row.rate:.0%} in the week of {row.week_start:%d %b %Y} "
-            f"({int(row.events)} {what} / {int(row.volume)} {of}), against {base}.")
+            f"({counts}), against {base}.")
 
 
 def alerts_markdown(run: AlertRun, labels: dict[str, str] | None = None) -> str:
@@ -446,7 +448,7 @@ def alerts_markdown(run: AlertRun, labels: dict[str, str] | None = None) -> str:
                   f"(Benjamini-Hochberg across the week's products)",
                   f"- main complaints: {complaints or 'no texts'}",
                   f"- next week's negative-review rate: {row.forecast_negative_review_rate:.0%} "
-                  f"(80% range {row.forecast_low:.0%}-{row.forecast_high:.0%})"]
+                  f"(likely {row.forecast_low:.0%}-{row.forecast_high:.0%})"]
         lines += [f"- \"{q}\"" for q in json.loads(_text(row.quotes) or "[]")]
         lines.append("")
     return "\n".join(lines)

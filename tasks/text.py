@@ -20,9 +20,11 @@ created by the cutoff; the models themselves are trained on all texts up to ``te
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -526,9 +528,21 @@ def log_text_run(models: TextModels, settings: Settings) -> str:
                 continue
             with threadpool_limits(1):
                 signature = infer_signature(example, model.predict(example))
-            mlflow.sklearn.log_model(model, name=name, signature=signature, pip_requirements=requirements,
-                                     serialization_format="cloudpickle")
+            with _quiet_logger("mlflow.sklearn"):  # its warning about pickle is the choice made above
+                mlflow.sklearn.log_model(model, name=name, signature=signature, pip_requirements=requirements,
+                                         serialization_format="cloudpickle")
         return run.info.run_id
+
+
+@contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def summary(models: TextModels, stored: int) -> dict[str, Any]:
