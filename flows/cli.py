@@ -149,22 +149,26 @@ def promote(
 @app.command()
 def models() -> None:
     """List each model's versions, aliases and the history of alias moves."""
+    import pandas as pd
+
     from schemas.settings import get_settings
     from tasks.registry import list_models
 
     frame = list_models(get_settings())
-    table = Table("model", "version", "aliases", "created", "ROC-AUC", "PR-AUC", "data hash", "code",
+    table = Table("registered model", "version", "aliases", "created", "ROC-AUC", "PR-AUC", "data hash", "code",
                   title="registered models")
     for row in frame.itertuples():
-        table.add_row(row.model, str(row.version), row.aliases or "", f"{row.created:%Y-%m-%d %H:%M}",
+        table.add_row(row.registered_model, str(row.version), row.aliases or "", f"{row.created:%Y-%m-%d %H:%M}",
                       f"{row.test_roc_auc:.3f}", f"{row.test_pr_auc:.3f}", str(row.train_data_hash)[:10],
                       str(row.code_version)[:10])
     console.print(table)
     history = frame.attrs.get("alias_history")
     if history is not None and len(history):
-        moves = Table(*[str(c) for c in history.columns], title="alias history (append-only)")
-        for values in history.astype(str).itertuples(index=False):
-            moves.add_row(*values)
+        shown = ["ts", "model", "alias", "from_version", "to_version", "reason", "actor", "metric",
+                 "champion_score", "challenger_score"]
+        moves = Table(*shown, title="alias history (append-only)")
+        for row in history[shown].itertuples(index=False):
+            moves.add_row(*("" if pd.isna(v) else str(v) for v in row))
         console.print(moves)
 
 
@@ -312,6 +316,33 @@ def report(
     result = _finish(report_flow(as_of=as_of, out=out, return_state=True), "report")
     console.print(f"[green]report[/] (data as of {result['as_of'][:10]}, {result['alerts']} early warnings): "
                   f"{result['report']}")
+
+
+@app.command()
+def monitor(
+    run_date: Annotated[datetime | None,
+                        typer.Option("--date", help="scoring date to judge (default: today, UTC)")] = None,
+) -> None:
+    """Drift of the day's scores, realised performance of matured runs, and retrain triggers."""
+    _quiet_defaults()
+    from rich.markup import escape
+
+    from flows.monitor import monitor_flow
+    from flows.score import as_day
+
+    result = _finish(monitor_flow(run_date=as_day(run_date), return_state=True), "monitoring")
+    console.print(f"[green]{result['run_date']}[/]: drift of the scored population vs the training reference")
+    for model, drift in result["drift"].items():
+        verdict = "[red]severe drift[/]" if drift["severe"] else drift["status"]
+        psi = "" if drift["score_psi"] is None else f", score PSI {drift['score_psi']:.2f}"
+        drifted = ", ".join(drift["drifted"]) or "none"
+        console.print(f"  {model} ({drift['version'] or '-'}): {verdict}; drifted: {drifted}{psi}")
+    console.print(f"realised performance: {result['evaluated_runs']} newly matured scoring run(s) evaluated")
+    for d in result["decisions"]:
+        colour = "yellow" if d["decision"] in ("retrain", "failed") else "default"
+        run = f" -> {d['trigger']} flow run {d['flow_run_id']}" if d["flow_run_id"] else ""
+        console.print(f"  [{colour}]{d['model']}: {d['decision']}[/] ({escape(d['reason'])}){run}")
+    console.print(f"report: {result['report']}")
 
 
 def main() -> None:

@@ -10,11 +10,12 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Failed
+from prefect.states import Failed, State
 
 from schemas.settings import Settings, get_settings
-from schemas.tasks import TaskList
+from schemas.tasks import ScoredRows, TaskList
 from tasks.interventions import build_task_list_task, load_history, task_list_summary, write_task_list_task
+from tasks.monitoring import drift_gate_task, empty_task_lists
 from tasks.scoring import (
     SCORES_TABLE,
     Champion,
@@ -39,8 +40,13 @@ def scheduled_run_date(run_date: date | None) -> pd.Timestamp:
 
 
 @task(name="resolve-champions", cache_policy=NO_CACHE)
-def resolve_champions(settings: Settings) -> dict[str, Champion]:
-    return load_champions(settings, list(settings.training.models))
+def resolve_champions(settings: Settings) -> dict[str, Champion] | State:
+    """No champion or no registry: the run fails with the reason in words, not a traceback."""
+    try:
+        return load_champions(settings, list(settings.training.models))
+    except ScoringError as exc:
+        message = str(exc)
+    return Failed(message=message)
 
 
 @task(name="score-populations", cache_policy=NO_CACHE)
@@ -60,7 +66,9 @@ def score_populations(champions: dict[str, Champion], day: pd.Timestamp, setting
         candidates = list_candidates(frame, settings) if len(frame) else frame
         if len(candidates):
             rows.append(scored_rows(candidates, explain(candidates, champions[model]), day, tags))
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    if not rows:  # nobody eligible: an empty frame of the contract, so the day gets a valid empty list
+        return ScoredRows.validate(pd.DataFrame(columns=list(ScoredRows.to_schema().columns)))
+    return pd.concat(rows, ignore_index=True)
 
 
 def current_customer_tags(wh) -> pd.DataFrame | None:
@@ -82,21 +90,27 @@ def score_flow(run_date: date | None = None) -> dict[str, Any] | Failed:
     settings = get_settings()
     day = scheduled_run_date(run_date)
     with run_lock(settings, f"score-{day:%Y-%m-%d}"):  # two runs for one date never interleave
-        try:
-            champions = resolve_champions(settings)
-        except ScoringError as exc:
-            logger.error("scoring stopped: %s", exc)
-            return Failed(message=str(exc))
+        resolved = resolve_champions(settings, return_state=True)
+        if resolved.is_failed():
+            logger.error("scoring stopped: %s", resolved.message)
+            return Failed(message=resolved.message)
+        champions = resolved.result()
         versions = {model: champion.label for model, champion in champions.items()}
         logger.info("scoring %s with %s", day.date(), versions)
         scored = score_populations(champions, day, settings)
+        # scores are kept either way; severe drift holds the list or ships it flagged (monitoring.gate)
+        gate = drift_gate_task(settings, day, {model: champion.scorer for model, champion in champions.items()})
         with open_warehouse(settings) as wh:
             history, held_out = load_history(wh, day, settings)
         if scored.empty:
             logger.warning("no eligible customers or orders on %s: the list is empty", day.date())
-        tasks, control = build_task_list_task(scored if len(scored) else None, settings, day, history, held_out)
+        if gate.held:
+            logger.warning("task list held: %s", gate.reason)
+            tasks, control = empty_task_lists()
+        else:
+            tasks, control = build_task_list_task(scored, settings, day, history, held_out)
         paths = write_task_list_task(settings, tasks, control, day)
-    summary = task_list_summary(tasks, control)
+    summary = gate.banner() + task_list_summary(tasks, control)
     create_markdown_artifact(summary + "\n\nModels: " + ", ".join(versions.values()),
                              key="care-task-list", description=f"task list for {day:%Y-%m-%d}")
     if len(tasks):
@@ -104,7 +118,7 @@ def score_flow(run_date: date | None = None) -> dict[str, Any] | Failed:
                   .to_dict(orient="records"))
         create_table_artifact(counts, key="care-tasks-by-queue", description=f"tasks per queue, {day:%Y-%m-%d}")
     return {"run_date": str(day.date()), "models": versions, "tasks": len(tasks), "control": len(control),
-            "files": {k: str(v) for k, v in paths.items()}, "summary": summary}
+            "files": {k: str(v) for k, v in paths.items()}, "summary": summary, "drift_gate": gate.as_dict()}
 
 
 @flow(name="score-backfill")

@@ -1,0 +1,153 @@
+"""The CLI end to end on a small generated shop: real Prefect flow runs, real DuckDB, real MLflow registry."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from schemas.settings import Settings
+from tasks.warehouse import Warehouse
+
+RUN_DATE = "2026-11-02"
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture
+def cli(home: Path, prefect_api: None):
+    """Run ``aftersales ...`` as a user would: a new process, every path in this module's temp home,
+    flow runs recorded by the session's real Prefect test server."""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "AFTERSALES_PATHS__HOME": str(home / "home"), "PREFECT_API_URL": PREFECT_API_URL.value(),
+           "COLUMNS": "200"}
+
+    def invoke(*args: str, ok: bool = True, extra_env: dict[str, str] | None = None):
+        result = subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=home, capture_output=True,
+                                text=True, env={**env, **(extra_env or {})}, timeout=600)
+        result.output = result.stdout + result.stderr
+        assert (result.returncode == 0) == ok, result.output
+        return result
+
+    return invoke
+
+
+def registry(home: Path) -> str:
+    return Settings(paths={"home": home / "home"}).tracking_uri
+
+
+def counts(home: Path) -> dict[str, int]:
+    wh = Warehouse(home / "home" / "warehouse.duckdb")
+    try:
+        return {t: wh.row_count(t) for t in ("customers", "orders", "events", "quarantine", "task_list")}
+    finally:
+        wh.close()
+
+
+def test_help_lists_every_command(cli) -> None:
+    out = cli("--help").output
+    for command in ("generate", "ingest", "train", "promote", "models", "score", "run", "config"):
+        assert command in out
+
+
+def test_generate_and_ingest_twice_changes_nothing(cli, home: Path) -> None:
+    data = home / "shop"
+    cli("generate", "--customers", "2500", "--seed", "3", "--out", str(data))
+    first = cli("ingest", str(data)).output
+    assert "quarantined" in first and "report:" in first
+    before = counts(home)
+    assert before["orders"] > 5_000 and before["quarantine"] > 0
+    cli("ingest", str(data), "--force")
+    assert counts(home) == before
+
+
+def test_bad_batch_fails_with_a_clear_message_and_writes_nothing(cli, home: Path, tmp_path: Path) -> None:
+    before = counts(home)
+    (tmp_path / "orders.csv").write_text("order_id,ordered_at\no1,2026-01-01\n")
+    result = cli("ingest", str(tmp_path), ok=False)
+    assert "orders.csv" in result.output and "total_amount" in result.output
+    assert "Traceback" not in result.output
+    assert counts(home) == before
+
+
+def test_score_without_a_champion_fails_cleanly(cli) -> None:
+    result = cli("score", "--date", RUN_DATE, ok=False)
+    assert "no champion" in result.output and "train" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_train_registers_every_model_and_lists_them(cli, home: Path) -> None:
+    out = cli("train").output
+    for model in ("return", "negative_review", "churn"):
+        assert model in out
+    listing = cli("models").output
+    for name in ("aftersales-return", "aftersales-negative-review", "aftersales-churn"):
+        assert name in listing
+    assert "champion" in listing and "challenger" in listing
+    cli("train")  # identical data and code: no duplicate versions
+    client = MlflowClient(registry(home))
+    for name in ("aftersales-return", "aftersales-negative-review", "aftersales-churn"):
+        versions = client.search_model_versions(f"name = '{name}'")
+        same = {(v.tags["train_data_hash"], v.tags["code_version"]) for v in versions}
+        assert len(versions) == len(same), "a second version only when data or code changed"
+
+
+def test_score_writes_one_list_per_day_and_rerun_replaces_it(cli, home: Path) -> None:
+    out = cli("score", "--date", RUN_DATE).output
+    assert "tasks" in out
+    csv = home / "home" / "reports" / "tasks" / RUN_DATE / "tasks.csv"
+    tasks = pd.read_csv(csv)
+    assert len(tasks) > 0 and tasks["customer_id"].is_unique
+    assert not tasks["why"].str.contains("_").any(), "agents never read raw feature names"
+    first = counts(home)["task_list"]
+    cli("score", "--date", RUN_DATE)
+    assert counts(home)["task_list"] == first
+    pd.testing.assert_frame_equal(pd.read_csv(csv), tasks)
+
+
+def test_scoring_follows_a_champion_moved_by_hand(cli, home: Path) -> None:
+    cli("train", "--model", "return", extra_env={"AFTERSALES_TRAINING__XGB__MAX_DEPTH": "3"})  # a second version
+    client = MlflowClient(registry(home))
+    challenger = str(client.get_model_version_by_alias("aftersales-return", "challenger").version)
+    assert challenger != "1"
+    assert str(client.get_model_version_by_alias("aftersales-return", "champion").version) == "1"
+    client.set_registered_model_alias("aftersales-return", "champion", challenger)  # as in the MLflow UI
+    cli("score", "--date", "2026-11-03")
+    wh = Warehouse(home / "home" / "warehouse.duckdb")
+    used = wh.query("SELECT run_date, model_version FROM scores WHERE risk = 'return' GROUP BY ALL")
+    wh.close()
+    by_day = dict(zip(used["run_date"].dt.strftime("%Y-%m-%d"), used["model_version"], strict=True))
+    assert by_day[RUN_DATE] == "aftersales-return v1"
+    assert by_day["2026-11-03"] == f"aftersales-return v{challenger}"
+    history = cli("models").output
+    assert "manual" in history
+
+
+def test_backfill_produces_each_days_list(cli, home: Path) -> None:
+    out = cli("score", "--from", "2026-10-20", "--to", "2026-10-21").output
+    assert "2026-10-20" in out and "2026-10-21" in out
+    for day in ("2026-10-20", "2026-10-21"):
+        assert (home / "home" / "reports" / "tasks" / day / "tasks.csv").exists()
+
+
+def test_an_empty_eligible_set_gives_an_empty_but_valid_list(cli, home: Path) -> None:
+    out = cli("score", "--date", "2024-01-01").output  # before the shop existed
+    assert "0 tasks" in out
+    assert pd.read_csv(home / "home" / "reports" / "tasks" / "2024-01-01" / "tasks.csv").empty
+
+
+def test_unreachable_registry_fails_cleanly(cli) -> None:
+    unreachable = {"AFTERSALES_MLFLOW__TRACKING_URI": "http://127.0.0.1:9",  # nothing listens there
+                   "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+    result = cli("score", "--date", RUN_DATE, ok=False, extra_env=unreachable)
+    assert "cannot be reached" in result.output or "no champion" in result.output
+    assert "Traceback" not in result.output
