@@ -35,6 +35,7 @@ from tasks.warehouse import Warehouse
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
 BATCH_MANIFEST = "_batch.json"
 QUARANTINE_TABLE = "quarantine"
+QUARANTINE_STAGE = "_stage_quarantine"  # this batch's rejects until the final transaction
 LEDGER_TABLE = "ingest_ledger"
 TRUE_WORDS = {"true", "t", "1", "yes", "y", "是", "1.0"}
 FALSE_WORDS = {"false", "f", "0", "no", "n", "否", "0.0"}
@@ -486,7 +487,7 @@ def stage_file(wh: Warehouse, source: SourceFile, tm: TableMapping, settings: Se
         result.rows_valid += len(valid)
         result.rows_quarantined += len(bad_rows)
         if len(failures):
-            wh.append(QUARANTINE_TABLE, _quarantine_rows(failures, raw, spec, source, batch_id))
+            wh.append(QUARANTINE_STAGE, _quarantine_rows(failures, raw, spec, source, batch_id))
         staged = valid.assign(_source_file=source.label, _file_hash=source.file_hash,
                               _source_row=valid.index.astype("int64"), _file_order=file_order)
         wh.append(stage, staged.reset_index(drop=True))
@@ -510,7 +511,7 @@ def quarantine_duplicate_keys(wh: Warehouse, spec: TableSpec, batch_id: str) -> 
                ({same_content or 'TRUE'}) AS _identical
         FROM {stage} s SEMI JOIN dup_keys USING ({keys})
         WINDOW w AS (PARTITION BY {keys} ORDER BY {version}_file_order DESC, _source_row DESC)""")
-    wh.con.execute(f"""INSERT INTO {QUARANTINE_TABLE}
+    wh.con.execute(f"""INSERT INTO {QUARANTINE_STAGE}
         SELECT ?, ?, _source_file, _file_hash, _source_row, ?,
                CASE WHEN _identical THEN 'duplicate_row' ELSE 'duplicate_key' END,
                concat_ws('|', {keys}),
@@ -547,7 +548,7 @@ def quarantine_orphans(wh: Warehouse, spec: TableSpec, batch_id: str, staged_tab
             SELECT s.rowid AS _rid, s.* FROM {stage} s
             WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM ({' UNION ALL '.join(parent_sources)}) p WHERE {join})""")
         column = "+".join(fk.columns)
-        wh.con.execute(f"""INSERT INTO {QUARANTINE_TABLE}
+        wh.con.execute(f"""INSERT INTO {QUARANTINE_STAGE}
             SELECT ?, ?, _source_file, _file_hash, _source_row, ?, 'orphan',
                    concat_ws('|', {', '.join(f'"{c}"' for c in fk.columns)}),
                    ? , to_json(struct_pack({', '.join(f'"{c}" := "{c}"' for c in spec.columns)}))::VARCHAR,
@@ -587,6 +588,47 @@ def read_batch_time(data_dir: Path, as_of: datetime | str | None) -> pd.Timestam
 
 
 TABLE_ORDER = list(TABLES)  # parents before children
+
+
+def create_staging(wh: Warehouse, tables: set[str]) -> None:
+    """Staging tables shaped like the targets, plus where each row came from.
+
+    Ordinary tables, not TEMP ones, and outside the final transaction: DuckDB then writes large
+    staged batches to disk instead of holding them in memory until commit.
+    """
+    drop_staging(wh, tables)
+    wh.con.execute(f"CREATE TABLE {QUARANTINE_STAGE} AS SELECT * FROM {QUARANTINE_TABLE} LIMIT 0")
+    for table in tables:
+        stage = _stage_name(table)
+        wh.con.execute(f'CREATE TABLE {stage} AS SELECT * EXCLUDE (_batch_id, _loaded_at) FROM "{table}" LIMIT 0')
+        for col, kind in [("_source_file", "VARCHAR"), ("_file_hash", "VARCHAR"),
+                          ("_source_row", "BIGINT"), ("_file_order", "BIGINT")]:
+            wh.con.execute(f"ALTER TABLE {stage} ADD COLUMN {col} {kind}")
+
+
+def drop_staging(wh: Warehouse, tables: set[str]) -> None:
+    for name in [QUARANTINE_STAGE, *(_stage_name(t) for t in tables)]:
+        wh.con.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def publish_quarantine(wh: Warehouse, sources: list[SourceFile]) -> None:
+    """This batch's rejects replace those of earlier runs over the same files: never duplicated."""
+    if sources:
+        wh.con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE file_hash IN "
+                       f"({', '.join('?' for _ in sources)})", [s.file_hash for s in sources])
+    wh.con.execute(f"INSERT INTO {QUARANTINE_TABLE} SELECT * FROM {QUARANTINE_STAGE}")
+
+
+def ledger_rows(results: list[FileResult], run_id: str, batch_id: str, batch_time: pd.Timestamp,
+                fingerprints: dict[str, str], skipped: set[str]) -> pd.DataFrame:
+    now = pd.Timestamp.now("UTC").tz_localize(None)
+    return pd.DataFrame([{
+        "run_id": run_id, "batch_id": batch_id, "run_at": now, "as_of": batch_time, "table_name": r.table,
+        "source_file": r.source, "file_hash": r.file_hash, "rows_in": r.rows_in, "rows_valid": r.rows_valid,
+        "rows_quarantined": r.rows_quarantined, "inserted": r.inserted, "updated": r.updated,
+        "unchanged": r.unchanged, "stale": r.stale, "seconds": r.seconds,
+        "source_fingerprint": fingerprints[r.source], "status": "skipped" if r.source in skipped else "loaded",
+    } for r in results])
 
 
 def source_fingerprint(source: SourceFile, mapping: Mapping, batch_time: pd.Timestamp) -> str:
@@ -637,59 +679,36 @@ def ingest_batch(data_dir: Path, wh: Warehouse, settings: Settings, mapping_file
     results: list[FileResult] = [skipped_result(s, earlier[fingerprints[s.label]]) for s in skipped]
     for s in skipped:
         warnings.append(f"{s.label}: already loaded with the same content and mapping; not read again")
-    with wh.transaction():
-        if sources:
-            wh.con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE file_hash IN "
-                           f"({', '.join('?' for _ in sources)})", [s.file_hash for s in sources])
-        staged_tables: set[str] = set()
+    staged_tables = {s.table for s in sources}
+    try:  # staging and whole-batch checks touch only staging tables ...
+        create_staging(wh, staged_tables)
         for order, source in enumerate(sources):
-            stage = _stage_name(source.table)
-            if source.table not in staged_tables:
-                spec = TABLES[source.table]
-                wh.con.execute(f"DROP TABLE IF EXISTS {stage}")
-                wh.con.execute(f"CREATE TEMP TABLE {stage} AS SELECT * FROM \"{spec.name}\" LIMIT 0")
-                wh.con.execute(f"ALTER TABLE {stage} DROP COLUMN _batch_id")
-                wh.con.execute(f"ALTER TABLE {stage} DROP COLUMN _loaded_at")
-                for col, kind in [("_source_file", "VARCHAR"), ("_file_hash", "VARCHAR"),
-                                  ("_source_row", "BIGINT"), ("_file_order", "BIGINT")]:
-                    wh.con.execute(f"ALTER TABLE {stage} ADD COLUMN {col} {kind}")
-                staged_tables.add(source.table)
             results.append(stage_file(wh, source, mapping.for_table(source.table), settings, batch_id,
                                       not_after, order, data_dir, progress))
         by_label = {r.source: r for r in results}
-        loaded = {s.label for s in sources}
-        for table in TABLE_ORDER:
-            if table not in staged_tables:
-                continue
-            spec = TABLES[table]
-            moved = quarantine_duplicate_keys(wh, spec, batch_id)
-            for label, n in quarantine_orphans(wh, spec, batch_id, staged_tables, warnings).items():
+        for table in (t for t in TABLE_ORDER if t in staged_tables):
+            moved = quarantine_duplicate_keys(wh, TABLES[table], batch_id)
+            for label, n in quarantine_orphans(wh, TABLES[table], batch_id, staged_tables, warnings).items():
                 moved[label] = moved.get(label, 0) + n
             for label, n in moved.items():
                 by_label[label].rows_valid -= n
                 by_label[label].rows_quarantined += n
-        for table in TABLE_ORDER:
-            if table not in staged_tables:
-                continue
-            spec = TABLES[table]
-            stage = _stage_name(table)
-            for result in (r for r in results if r.table == table and r.source in loaded):
-                label = result.source.replace("'", "''")
-                wh.con.execute(f"CREATE OR REPLACE TEMP VIEW _stage_one AS SELECT * FROM {stage} "
-                               f"WHERE _source_file = '{label}'")
-                counts = wh.merge_by_key(spec, "_stage_one", batch_id)
-                result.inserted, result.updated = counts.inserted, counts.updated
-                result.unchanged, result.stale = counts.unchanged, counts.stale
+        with wh.transaction():  # ... and the real tables change in one transaction at the end
+            publish_quarantine(wh, sources)
+            loaded = {s.label for s in sources}
+            for table in (t for t in TABLE_ORDER if t in staged_tables):
+                for result in (r for r in results if r.table == table and r.source in loaded):
+                    label = result.source.replace("'", "''")
+                    wh.con.execute(f"CREATE OR REPLACE TEMP VIEW _stage_one AS SELECT * FROM {_stage_name(table)} "
+                                   f"WHERE _source_file = '{label}'")
+                    counts = wh.merge_by_key(TABLES[table], "_stage_one", batch_id)
+                    result.inserted, result.updated = counts.inserted, counts.updated
+                    result.unchanged, result.stale = counts.unchanged, counts.stale
             wh.con.execute("DROP VIEW IF EXISTS _stage_one")
-            wh.con.execute(f"DROP TABLE {stage}")
-        ledger = pd.DataFrame([{
-            "run_id": run_id, "batch_id": batch_id, "run_at": pd.Timestamp.now("UTC").tz_localize(None),
-            "as_of": batch_time, "table_name": r.table, "source_file": r.source, "file_hash": r.file_hash,
-            "rows_in": r.rows_in, "rows_valid": r.rows_valid, "rows_quarantined": r.rows_quarantined,
-            "inserted": r.inserted, "updated": r.updated, "unchanged": r.unchanged, "stale": r.stale,
-            "seconds": r.seconds, "source_fingerprint": fingerprints[r.source],
-            "status": "skipped" if any(r.source == s.label for s in skipped) else "loaded"} for r in results])
-        wh.append(LEDGER_TABLE, ledger)
+            wh.append(LEDGER_TABLE, ledger_rows(results, run_id, batch_id, batch_time, fingerprints,
+                                                {s.label for s in skipped}))
+    finally:
+        drop_staging(wh, staged_tables)
     failures = wh.query(f"SELECT * FROM {QUARANTINE_TABLE} WHERE batch_id = ?", [batch_id])
     return BatchResult(batch_id, batch_time, results, failures, warnings, time.perf_counter() - started)
 
