@@ -281,6 +281,40 @@ class ReportSettings(BaseModel):
     max_alerts: int = Field(15, description="early-warning alerts listed in the report")
 
 
+class MonitoringSettings(BaseModel):
+    """Drift checks, realised performance, the scoring run's drift gate and retrain triggers (flow ``monitor``)."""
+
+    psi_bins: int = Field(10, description="equal-frequency bins of the reference per numeric feature")
+    resolution: float = Field(
+        0.1, description="bin edges stay this share of the reference's 1-99% range away from a frequent reference "
+        "value, so a smoothed rate (a few values that creep day by day) only changes bins when it really moves")
+    psi_warn: float = Field(0.1, description="PSI from which a feature is worth a look")
+    psi_drift: float = Field(0.25, description="PSI from which a feature has drifted, if its test agrees")
+    p_value: float = Field(0.01, description="KS (numeric) / chi-square (categorical) p-value below which a shift "
+                           "is not chance")
+    missing_delta: float = Field(0.1, description="change in a feature's missing share that counts as drift")
+    unseen_share: float = Field(0.02, description="share of rows with a category the reference never had that "
+                                "counts as drift")
+    score_psi_drift: float = Field(0.25, description="PSI of the probabilities vs the reference's that counts as drift")
+    min_rows: int = Field(50, description="fewer scored rows: drift is not judged")
+    severe_features: int = Field(3, description="this many drifted features, or drifted scores, make drift severe")
+    gate: Literal["flag", "hold", "off"] = Field(
+        "flag", description="severe drift at scoring: ship the list flagged, hold it (empty, with the reason), or off")
+    top_k: list[int] = Field([10, 25, 50], description="precision of each model's first k listed tasks, once "
+                             "labels mature")
+    performance_runs: int = Field(7, description="latest matured scoring runs averaged for the performance check")
+    min_labelled_rows: int = Field(100, description="fewer labelled rows in those runs: performance is not judged")
+    max_roc_auc_drop: float = Field(0.05, description="realised ROC-AUC this far below the version's test ROC-AUC "
+                                    "triggers a retrain")
+    max_pr_auc_drop: float = Field(0.3, description="realised PR-AUC below (1 - this) x the version's test PR-AUC "
+                                   "triggers a retrain")
+    max_ece: float = Field(0.1, description="realised calibration error above this triggers a retrain")
+    retrain: Literal["auto", "subflow", "deployment", "off"] = Field(
+        "auto", description="auto: the deployment when it exists on a Prefect server, else a subflow")
+    retrain_deployment: str = Field("retrain/weekly-retrain", description="flow/deployment started in deployment mode")
+    cooldown_days: float = Field(7.0, description="no second triggered retrain of a model this soon after one")
+
+
 class Settings(BaseSettings):
     """Effective configuration of one run."""
 
@@ -304,6 +338,7 @@ class Settings(BaseSettings):
     text: TextSettings = TextSettings()
     alerts: AlertSettings = AlertSettings()
     report: ReportSettings = ReportSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,208 @@
+"""The drift gate in the scoring flow and the ``monitor`` flow's retrain triggers, end to end.
+
+Real Prefect flow runs on the session's test server, a real SQLite MLflow registry and DuckDB files.
+The shop is generated, ingested and trained once; the planted shift (a new, always-late carrier and
+tripled electronics prices over the last 60 days) lives in a copy of its warehouse.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from uuid import UUID
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from test_monitoring import (
+    RUN_DATE,
+    build_trained_shop,
+    plant_late_carrier,
+    plant_price_change,
+    shifted_copy,
+)
+
+from schemas.monitoring import DECISIONS_TABLE, GATE_TABLE
+from schemas.settings import get_settings, reset_settings_cache
+from tasks.warehouse import Warehouse
+
+pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+
+DAY = pd.Timestamp(RUN_DATE).date()
+
+
+@dataclass
+class Shop:
+    home: Path
+    stable: Path
+    shifted: Path
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[Shop]:
+    root = tmp_path_factory.mktemp("monitor-flow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AFTERSALES_PATHS__HOME", str(root / "home"))
+        mp.setenv("AFTERSALES_TRAINING__XGB__N_ESTIMATORS", "150")
+        mp.setenv("AFTERSALES_TRAINING__SHAP_SAMPLE_ROWS", "300")
+        reset_settings_cache()
+        stable = build_trained_shop(root)
+        yield Shop(root / "home", stable,
+                   shifted_copy(stable, root / "shifted.duckdb", plant_late_carrier, plant_price_change))
+    reset_settings_cache()
+
+
+@pytest.fixture
+def use(shop: Shop, monkeypatch: pytest.MonkeyPatch):
+    """Point the flows at one of the shop's warehouses, with extra ``AFTERSALES_*`` settings."""
+
+    def choose(warehouse: Path, **env: str):
+        monkeypatch.setenv("AFTERSALES_PATHS__WAREHOUSE", str(warehouse))
+        for key, value in env.items():
+            monkeypatch.setenv(f"AFTERSALES_MONITORING__{key.upper()}", value)
+        reset_settings_cache()
+        return get_settings()
+
+    yield choose
+    reset_settings_cache()
+
+
+def query(path: Path, sql: str, params: list | None = None) -> pd.DataFrame:
+    wh = Warehouse(path)
+    try:
+        return wh.query(sql, params or [])
+    finally:
+        wh.close()
+
+
+def flow_runs(flow_name: str) -> list:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    with get_client(sync_client=True) as client:
+        return client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow_name])))
+
+
+def score(**kwargs) -> dict:
+    from flows.score import score_flow
+
+    state = score_flow(run_date=DAY, return_state=True, **kwargs)
+    assert not state.is_failed(), state.message
+    return state.result()
+
+
+def test_without_drift_the_scoring_run_is_unchanged(shop: Shop, use) -> None:
+    settings = use(shop.stable, gate="hold")
+    result = score()
+    assert result["drift_gate"]["action"] == "none" and result["tasks"] > 0
+    assert result["summary"].startswith("## Care tasks for"), "no banner when nothing drifted"
+    folder = settings.reports_dir / "tasks" / RUN_DATE
+    assert not (folder / "HELD.md").exists() and not (folder / "DRIFT_WARNING.md").exists()
+    gate = query(shop.stable, f"SELECT * FROM {GATE_TABLE}")
+    assert gate[["action", "severe", "held", "flagged"]].values.tolist() == [["none", False, False, False]]
+
+
+def test_severe_drift_ships_the_list_flagged(shop: Shop, use) -> None:
+    settings = use(shop.shifted, gate="flag")
+    result = score()
+    gate = result["drift_gate"]
+    assert gate["action"] == "flag" and gate["severe"] and set(gate["models"]) == {"return", "negative_review"}
+    assert result["tasks"] > 0, "a flagged list still ships"
+    assert result["summary"].startswith("> **Drift warning:**") and "carrier" in result["summary"]
+    notice = settings.reports_dir / "tasks" / RUN_DATE / "DRIFT_WARNING.md"
+    assert notice.exists() and "carrier_late_rate" in notice.read_text()
+    row = query(shop.shifted, f"SELECT * FROM {GATE_TABLE}").iloc[0]
+    assert row["flagged"] and not row["held"] and "return" in row["models"]
+    runs = [r for r in flow_runs("score") if str(r.id) == row["flow_run_id"]]
+    assert runs and "drift:flag" in runs[0].tags, "the scoring run is marked in Prefect"
+
+
+def test_severe_drift_holds_the_list_but_keeps_the_scores(shop: Shop, use) -> None:
+    settings = use(shop.shifted, gate="hold")
+    result = score()
+    assert result["drift_gate"]["action"] == "hold" and result["tasks"] == 0 and result["control"] == 0
+    assert result["summary"].startswith("> **Task list held: severe drift.**")
+    day = pd.Timestamp(RUN_DATE).to_pydatetime()
+    assert query(shop.shifted, "SELECT count(*) AS n FROM task_list WHERE run_date = ?", [day])["n"][0] == 0
+    assert query(shop.shifted, "SELECT count(*) AS n FROM scores WHERE run_date = ?", [day])["n"][0] > 100
+    folder = settings.reports_dir / "tasks" / RUN_DATE
+    assert pd.read_csv(folder / "tasks.csv").empty
+    held = (folder / "HELD.md").read_text()
+    assert "task list held" in held and "days_late" in held and not (folder / "DRIFT_WARNING.md").exists()
+    row = query(shop.shifted, f"SELECT * FROM {GATE_TABLE}").iloc[0]
+    assert row["held"] and "severe drift" in row["reason"]
+
+
+def test_crossing_a_threshold_triggers_exactly_one_retrain_then_cools_down(shop: Shop, use) -> None:
+    from flows.monitor import monitor_flow
+
+    settings = use(shop.shifted)
+    assert flow_runs("retrain") == []
+    state = monitor_flow(run_date=DAY, return_state=True)
+    assert not state.is_failed(), state.message
+    result = state.result()
+    decisions = {d["model"]: d for d in result["decisions"]}
+    assert decisions["return"]["decision"] == decisions["negative_review"]["decision"] == "retrain"
+    assert decisions["churn"]["decision"] == "none"
+    assert "drifted_features" in decisions["return"]["crossed"]
+    retrains = flow_runs("retrain")
+    assert len(retrains) == 1 and retrains[0].state.is_completed()
+    assert decisions["return"]["flow_run_id"] == decisions["negative_review"]["flow_run_id"] == str(retrains[0].id)
+    assert retrains[0].parameters["models"] == ["return", "negative_review"], "only the models that crossed"
+    client = MlflowClient(settings.tracking_uri)
+    assert str(client.get_model_version_by_alias("aftersales-return", "challenger").version) == "2"
+
+    again = monitor_flow(run_date=DAY, return_state=True).result()
+    assert {d["model"]: d["decision"] for d in again["decisions"]} == {
+        "return": "cooldown", "negative_review": "cooldown", "churn": "none"}
+    assert len(flow_runs("retrain")) == 1, "no second retrain inside the cool-down"
+
+    log = query(shop.shifted, f"SELECT * FROM {DECISIONS_TABLE} ORDER BY decided_at, model")
+    assert len(log) == 6 and log["decision"].tolist().count("retrain") == 2
+    first = log[(log["model"] == "return") & (log["decision"] == "retrain")].iloc[0]
+    assert first["crossed"] == "drifted_features" and first["trigger"] == "subflow"
+    assert first["model_version"] == "aftersales-return v1" and first["monitor_flow_run_id"]
+    evidence = {c["check"]: c for c in json.loads(first["checks"])}
+    assert evidence["drifted_features"]["value"] >= 3 and evidence["drifted_features"]["threshold"] == 3
+    cooled = log[(log["model"] == "return") & (log["decision"] == "cooldown")].iloc[0]
+    assert str(retrains[0].id) in cooled["reason"]
+
+    report = Path(result["report"])
+    html = report.read_text()
+    assert report.parent == settings.reports_dir / "monitoring" and html.count("data:image/png;base64,") >= 4
+    assert "carrier_late_rate" in html and "retrain" in html
+
+
+def test_with_a_deployment_on_the_server_the_trigger_runs_the_deployment(shop: Shop, use) -> None:
+    from prefect.client.orchestration import get_client
+
+    from flows.monitor import monitor_flow
+    from flows.train import retrain_flow
+
+    use(shop.shifted, cooldown_days="0")
+    deployment_id = retrain_flow.to_deployment(name="weekly-retrain").apply()
+    try:
+        result = monitor_flow(run_date=DAY, return_state=True).result()
+        chosen = [d for d in result["decisions"] if d["decision"] == "retrain"]
+        assert {d["model"] for d in chosen} == {"return", "negative_review"}
+        assert {d["trigger"] for d in chosen} == {"deployment"}
+        with get_client(sync_client=True) as client:
+            run = client.read_flow_run(UUID(chosen[0]["flow_run_id"]))
+        assert run.deployment_id == deployment_id and run.parameters["models"] == ["return", "negative_review"]
+        assert "triggered-by-monitor" in run.tags
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_deployment(deployment_id)
+
+
+def test_cli_monitor_prints_the_verdicts(shop: Shop, use) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    use(shop.shifted)
+    out = CliRunner().invoke(app, ["monitor", "--date", RUN_DATE])
+    assert out.exit_code == 0, out.output
+    assert "severe drift" in out.output and "cooldown" in out.output and "report:" in out.output

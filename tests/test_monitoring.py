@@ -1,0 +1,352 @@
+"""Drift statistics, a planted shift and realised performance on a generated shop.
+
+Real parts only: the shop is generated and ingested into DuckDB, the models are trained by
+``train_flow`` into a SQLite MLflow registry, and scoring runs through the real scoring code. The
+planted shifts rewrite a copy of the ingested warehouse: a new carrier that is always late on 40%
+of the last 60 days' orders, and electronics prices tripled over the same 60 days.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from schemas.monitoring import PERFORMANCE_TABLE
+from schemas.settings import MonitoringSettings, Settings, reset_settings_cache
+from tasks.monitoring import (
+    Check,
+    ModelDrift,
+    binned_counts,
+    categorical_drift,
+    decide,
+    drift_for_day,
+    gate_decision,
+    judge,
+    numeric_drift,
+    performance_checks,
+    psi,
+    reference_edges,
+)
+from tasks.warehouse import Warehouse
+
+pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
+
+RUN_DATE = "2026-11-02"  # the day after the generated shop's last day: production's "today"
+MATURED = "2026-09-20"  # return / review windows (30 days) passed by 2026-11-01; churn's (90 days) not
+IMMATURE = "2026-10-20"  # the return window has not passed yet
+SHIFT_SINCE = "2026-09-03"  # the planted shifts cover the 60 days before the run date
+NEW_CARRIER = "JetLate"
+DELIVERY = {"carrier", "carrier_late_rate", "days_late", "is_late", "is_delivered", "days_since_delivery",
+            "days_since_order", "promised_days"}
+PRICE = {"order_value", "mean_unit_price", "max_unit_price", "discount_share"}
+CHURN_DELIVERY = {"late_deliveries", "late_delivery_rate", "days_since_bad_experience"}
+CFG = MonitoringSettings()
+
+
+# ============================================================================ statistics (no data)
+
+
+def test_psi_is_zero_on_identical_data_and_grows_with_the_shift() -> None:
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=5_000)
+    edges = reference_edges(ref, 10, CFG.resolution)
+    same = psi(binned_counts(ref, edges), binned_counts(ref, edges))
+    small = psi(binned_counts(ref, edges), binned_counts(ref + 0.1, edges))
+    large = psi(binned_counts(ref, edges), binned_counts(ref + 1.0, edges))
+    assert same == pytest.approx(0.0, abs=1e-9) and 0 < small < 0.05 < 0.25 < large
+
+
+def test_bin_edges_keep_clear_of_point_masses_that_creep() -> None:
+    """A smoothed carrier late rate: five values per day, each moving a hair from day to day."""
+    rng = np.random.default_rng(2)
+    carriers = np.array([0.053, 0.055, 0.060, 0.094, 0.458])
+    ref = np.concatenate([rng.choice(carriers + rng.normal(0, 0.002, 5), 300) for _ in range(8)])
+    cur = rng.choice(carriers + 0.003, 400)
+    tolerant = numeric_drift("carrier_late_rate", pd.Series(ref), pd.Series(cur), CFG)
+    naive = numeric_drift("carrier_late_rate", pd.Series(ref), pd.Series(cur), CFG.model_copy(update={"resolution": 0}))
+    assert naive.psi > 0.5, "plain quantile edges split the point masses"
+    assert tolerant.psi < 0.05
+    moved = numeric_drift("carrier_late_rate", pd.Series(ref), pd.Series(np.r_[cur[:240], np.full(160, 0.9)]), CFG)
+    assert judge(moved, CFG).status == "drift", "a real move (a carrier at 90% late) still counts"
+
+
+def test_drift_needs_psi_and_its_test_to_agree() -> None:
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=2_000)
+    deciles = np.quantile(ref, np.linspace(0, 1, 11))
+    comb = np.concatenate([rng.uniform(deciles[i], deciles[i + 1], 20) for i in range(0, 10, 2)])  # every other bin
+    shape_only = judge(numeric_drift("x", pd.Series(ref), pd.Series(comb), CFG), CFG)
+    assert shape_only.psi > 1 and shape_only.p_value > CFG.p_value and shape_only.status == "ok"
+    tiny = judge(numeric_drift("x", pd.Series(rng.normal(size=20_000)), pd.Series(rng.normal(0.08, 1, 20_000)), CFG),
+                 CFG)
+    assert tiny.p_value < CFG.p_value and tiny.psi < CFG.psi_warn and tiny.status == "ok"
+    big = judge(numeric_drift("x", pd.Series(rng.normal(size=2_000)), pd.Series(rng.normal(1.5, 1, 300)), CFG), CFG)
+    assert big.status == "drift" and "PSI" in big.reason and "KS" in big.reason
+
+
+def test_unseen_categories_and_missing_values_are_drift_on_their_own() -> None:
+    ref = pd.Series(["a"] * 500 + ["b"] * 500)
+    cur = pd.Series(["a"] * 190 + ["b"] * 190 + ["new"] * 20)
+    check = judge(categorical_drift("carrier", ref, cur), CFG)
+    assert check.unseen_share == pytest.approx(0.05) and check.unseen_values == "new (20)"
+    assert check.status == "drift" and "never had" in check.reason
+    values = np.random.default_rng(4).normal(size=1_000)
+    holes = values.copy()
+    holes[:300] = np.nan
+    missing = judge(numeric_drift("x", pd.Series(values), pd.Series(holes), CFG), CFG)
+    assert missing.current_missing == pytest.approx(0.3) and missing.status == "drift"
+    assert "missing 30% vs 0%" in missing.reason
+
+
+def test_performance_checks_pool_recent_runs_against_the_versions_test_metrics() -> None:
+    history = pd.DataFrame({
+        "run_date": pd.date_range("2026-09-01", periods=4), "model": "return", "model_version": "m v1",
+        "n": [100, 100, 100, 100], "roc_auc": [0.70, 0.70, 0.72, 0.70], "pr_auc": [0.30, 0.32, 0.31, 0.30],
+        "ece": [0.02, 0.03, 0.02, 0.02], "expected_roc_auc": 0.80, "expected_pr_auc": 0.33})
+    checks = {c.check: c for c in performance_checks(history, "return", "m v1", CFG)}
+    assert checks["roc_auc"].crossed and checks["roc_auc"].threshold == pytest.approx(0.75)
+    assert not checks["pr_auc"].crossed and not checks["ece"].crossed
+    thin = performance_checks(history.head(1).assign(n=40), "return", "m v1", CFG)
+    assert [c.check for c in thin] == ["performance"] and not thin[0].crossed
+
+
+def test_a_retrain_cools_down_and_can_be_switched_off() -> None:
+    crossed = [Check("drifted_features", 5, 3, True)]
+    now = pd.Timestamp("2026-11-02 08:00")
+    assert decide("return", "v1", crossed, None, now, CFG).decision == "retrain"
+    assert decide("return", "v1", [Check("score_psi", 0.1, 0.25, False)], None, now, CFG).decision == "none"
+    previous = pd.Series({"decided_at": now - pd.Timedelta(days=2), "flow_run_id": "abc"})
+    held = decide("return", "v1", crossed, previous, now, CFG)
+    assert held.decision == "cooldown" and "abc" in held.reason and "2026-11-07" in held.reason
+    later = decide("return", "v1", crossed, previous, now + pd.Timedelta(days=6), CFG)
+    assert later.decision == "retrain"
+    off = decide("return", "v1", crossed, None, now, CFG.model_copy(update={"retrain": "off"}))
+    assert off.decision == "disabled"
+
+
+# ======================================================================== a generated, trained shop
+
+
+@dataclass
+class Shop:
+    home: Path
+    stable: Path
+    late_carrier: Path
+    price_change: Path
+
+    def settings(self, warehouse: Path | None = None) -> Settings:
+        return Settings(paths={"home": self.home, "warehouse": warehouse or self.stable})
+
+
+def plant_late_carrier(wh: Warehouse, since: str, share_pct: int = 40, late_days: int = 4) -> None:
+    """A new carrier takes ``share_pct`` % of the orders since ``since`` and delivers every one late."""
+    end = wh.scalar("SELECT max(ordered_at) FROM orders")
+    due = f"promised_at + INTERVAL {late_days} DAY"
+    wh.con.execute(f"""
+        UPDATE orders SET carrier = '{NEW_CARRIER}',
+            delivered_at = CASE WHEN {due} <= ? THEN {due} END,
+            status = CASE WHEN {due} <= ? THEN 'delivered' ELSE 'shipped' END
+        WHERE ordered_at >= ? AND status <> 'cancelled' AND promised_at IS NOT NULL
+          AND hash(order_id) % 100 < {share_pct}""", [end, end, pd.Timestamp(since).to_pydatetime()])
+
+
+def plant_price_change(wh: Warehouse, since: str, category: str = "electronics", factor: float = 3.0) -> None:
+    """Unit prices of one category multiplied since ``since``; order totals follow."""
+    params = [category, pd.Timestamp(since).to_pydatetime()]
+    wh.con.execute(f"""
+        UPDATE orders o SET total_amount = o.total_amount + x.extra FROM (
+            SELECT i.order_id, sum(i.quantity * i.unit_price) * {factor - 1} AS extra
+            FROM order_items i JOIN products p USING (product_id) JOIN orders oo USING (order_id)
+            WHERE p.category = ? AND oo.ordered_at >= ? GROUP BY 1) x
+        WHERE x.order_id = o.order_id""", params)
+    wh.con.execute(f"""
+        UPDATE order_items i SET unit_price = i.unit_price * {factor}
+        FROM products p, orders o
+        WHERE p.product_id = i.product_id AND o.order_id = i.order_id AND p.category = ? AND o.ordered_at >= ?""",
+                   params)
+
+
+def shifted_copy(source: Path, target: Path, *plants) -> Path:
+    shutil.copy(source, target)
+    wh = Warehouse(target)
+    try:
+        for plant in plants:
+            plant(wh, SHIFT_SINCE)
+    finally:
+        wh.close()
+    return target
+
+
+def build_trained_shop(root: Path, customers: int = 3_000, seed: int = 5) -> Path:
+    """Generate, ingest and train (``train_flow``) into ``root/home``; the settings come from the env."""
+    from flows.train import train_flow
+    from tasks.ingest import ingest_batch
+    from tasks.synthetic import generate_shop
+
+    settings = Settings()
+    generate_shop(root / "data", customers=customers, seed=seed, dirty_share=0.0)
+    wh = Warehouse(settings.warehouse_path)
+    try:
+        ingest_batch(root / "data", wh, settings)
+    finally:
+        wh.close()
+    state = train_flow(return_state=True)
+    assert not state.is_failed(), state.message
+    return settings.warehouse_path
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[Shop]:
+    root = tmp_path_factory.mktemp("monitoring")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AFTERSALES_PATHS__HOME", str(root / "home"))
+        mp.setenv("AFTERSALES_TRAINING__XGB__N_ESTIMATORS", "150")
+        mp.setenv("AFTERSALES_TRAINING__SHAP_SAMPLE_ROWS", "300")
+        reset_settings_cache()
+        stable = build_trained_shop(root)
+        yield Shop(root / "home", stable,
+                   shifted_copy(stable, root / "late_carrier.duckdb", plant_late_carrier),
+                   shifted_copy(stable, root / "price_change.duckdb", plant_price_change))
+    reset_settings_cache()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings() -> Iterator[None]:
+    yield
+    reset_settings_cache()
+
+
+def score_day(settings: Settings, day: str) -> None:
+    """The scoring run's own scoring step: every population scored and written to ``scores``."""
+    from flows.score import score_populations
+    from tasks.scoring import load_champions
+
+    champions = load_champions(settings, list(settings.training.models))
+    score_populations.fn(champions, pd.Timestamp(day), settings)
+
+
+def drift_of(shop: Shop, warehouse: Path) -> dict[str, ModelDrift]:
+    settings = shop.settings(warehouse)
+    score_day(settings, RUN_DATE)
+    wh = Warehouse(warehouse)
+    try:
+        return drift_for_day(wh, settings, RUN_DATE)
+    finally:
+        wh.close()
+
+
+def figures(results: dict[str, ModelDrift], features: set[str]) -> dict[str, dict[str, tuple]]:
+    """PSI and test p-value of the named features, per model (printed with -s, asserted on below)."""
+    return {m: {c.feature: (round(c.psi or 0, 3), f"{c.p_value:.1e}", c.status) for c in r.checks
+                if c.feature in features} for m, r in results.items()}
+
+
+def test_a_stable_period_raises_nothing(shop: Shop) -> None:
+    results = drift_of(shop, shop.stable)
+    print("stable:", figures(results, DELIVERY | PRICE | {"probability"}))
+    for model, result in results.items():
+        assert result.status == "checked" and result.current_rows >= CFG.min_rows, model
+        assert result.drifted == [], f"{model}: {[(c.feature, c.reason) for c in result.checks if c.reason]}"
+        assert not result.score_drift and not result.severe(CFG)
+    assert gate_decision(results, RUN_DATE, CFG).action == "none"
+
+
+def test_a_new_always_late_carrier_is_detected_on_delivery_features_only(shop: Shop) -> None:
+    results = drift_of(shop, shop.late_carrier)
+    print("late carrier:", figures(results, DELIVERY | PRICE | CHURN_DELIVERY | {"probability"}))
+    for model in ("return", "negative_review"):
+        result = results[model]
+        drifted = set(result.drifted)
+        assert {"carrier", "carrier_late_rate", "days_late", "is_late"} <= drifted, (model, drifted)
+        assert drifted <= DELIVERY, f"{model}: unrelated features flagged: {drifted - DELIVERY}"
+        carrier = next(c for c in result.checks if c.feature == "carrier")
+        assert NEW_CARRIER in carrier.unseen_values and carrier.test == "chi2" and carrier.p_value < 1e-6
+        assert result.severe(CFG)
+    assert set(results["churn"].drifted) <= CHURN_DELIVERY
+    decision = gate_decision(results, RUN_DATE, CFG)
+    assert decision.severe and set(decision.models) == {"return", "negative_review"}
+
+
+def test_a_price_change_in_one_category_is_detected_on_price_features_only(shop: Shop) -> None:
+    results = drift_of(shop, shop.price_change)
+    print("price change:", figures(results, PRICE | DELIVERY | {"probability"}))
+    for model in ("return", "negative_review"):
+        drifted = set(results[model].drifted)
+        assert {"order_value", "mean_unit_price", "max_unit_price"} <= drifted, (model, drifted)
+        assert drifted <= PRICE, f"{model}: unrelated features flagged: {drifted - PRICE}"
+    assert results["churn"].drifted == [] or set(results["churn"].drifted) <= {"value_90d", "value_365d",
+                                                                                "avg_order_value"}
+
+
+def test_realised_performance_only_for_matured_runs_and_as_sklearn_computes_it(shop: Shop, monkeypatch) -> None:
+    from flows.score import score_flow
+    from tasks.labels import entity_key, labels
+    from tasks.monitoring import realised_performance_task
+
+    monkeypatch.setenv("AFTERSALES_PATHS__WAREHOUSE", str(shop.stable))
+    reset_settings_cache()
+    settings = shop.settings()
+    state = score_flow(run_date=pd.Timestamp(MATURED).date(), return_state=True)  # scores + that day's list
+    assert not state.is_failed(), state.message
+    score_day(settings, IMMATURE)
+
+    new, history = realised_performance_task(settings)
+    assert len(history) == len(new)
+    assert {(f"{d:%Y-%m-%d}", m) for d, m in zip(new["run_date"], new["model"], strict=True)} == {
+        (MATURED, "return"), (MATURED, "negative_review")}, "churn (90 days) and the later run are not matured"
+
+    wh = Warehouse(shop.stable)
+    try:
+        for model in ("return", "negative_review"):
+            row = new[new["model"] == model].iloc[0]
+            key = entity_key(model)
+            risks = ("return",) if model == "return" else ("negative_review", "late_delivery")
+            scores = wh.query(f"SELECT {key}, probability FROM scores WHERE run_date = ? AND risk IN "
+                              f"({', '.join('?' for _ in risks)})", [pd.Timestamp(MATURED).to_pydatetime(), *risks])
+            joined = scores.merge(labels(wh, model, MATURED, settings)[[key, "label"]], on=key).sort_values(key)
+            y, p = joined["label"].to_numpy(), joined["probability"].to_numpy()
+            assert row["n"] == len(joined) == row["scored_rows"] and row["positives"] == y.sum() > 0
+            assert row["roc_auc"] == pytest.approx(roc_auc_score(y, p))
+            assert row["pr_auc"] == pytest.approx(average_precision_score(y, p))
+            assert row["brier"] == pytest.approx(brier_score_loss(y, p))
+            top = np.argsort(-p, kind="stable")[: settings.training.top_k]
+            assert row["precision_at_k"] == pytest.approx(y[top].mean())
+            bins = np.array_split(np.argsort(p, kind="stable"), 10)
+            ece = sum(abs(y[b].mean() - p[b].mean()) * b.size for b in bins) / y.size
+            assert row["ece"] == pytest.approx(ece)
+            listed = wh.query(f"SELECT {key}, rank FROM task_list WHERE run_date = ? AND risk_code IN "
+                              f"({', '.join('?' for _ in risks)}) ORDER BY rank",
+                              [pd.Timestamp(MATURED).to_pydatetime(), *risks]).merge(joined, on=key)
+            assert row["listed"] == len(listed) and row["listed_positives"] == listed["label"].sum()
+            at_k = json.loads(row["listed_precision_at_k"])
+            for k in CFG.top_k:
+                expected = listed["label"].head(k).mean() if len(listed) >= k else None
+                assert at_k[str(k)] == (pytest.approx(expected) if expected is not None else None)
+            assert len(json.loads(row["reliability"])) == 10
+            assert row["expected_roc_auc"] > 0.5, "the version's test ROC-AUC is kept for the trend"
+        assert wh.row_count(PERFORMANCE_TABLE) == 2
+    finally:
+        wh.close()
+
+    again, _ = realised_performance_task(settings)
+    assert again.empty, "a run is evaluated once"
+
+    client = MlflowClient(settings.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("aftersales-return").experiment_id],
+                              "tags.aftersales_monitoring = 'true'")
+    assert len(runs) == 1 and runs[0].data.tags["model_version"] == "1"
+    logged = client.get_metric_history(runs[0].info.run_id, "realised_roc_auc")
+    step = (pd.Timestamp(MATURED) - pd.Timestamp("1970-01-01")).days
+    assert [(m.step, round(m.value, 9)) for m in logged] == [
+        (step, round(float(new.loc[new["model"] == "return", "roc_auc"].iloc[0]), 9))]
+    assert os.path.exists(settings.reports_dir / "tasks" / MATURED / "tasks.csv")
