@@ -9,6 +9,11 @@ Every numeric feature is a float so that "unknown" is NaN everywhere (XGBoost re
 missing): a feature whose optional source (returns, tickets, reviews, events) has no rows at the
 cutoff is NaN rather than a misleading 0. ``needs`` names the optional sources without which a
 feature is unknown; it defaults to the optional sources among ``sources``.
+
+Besides the source tables, a feature may read a *derived* table (``DERIVED_SOURCES``): the text
+features read ``text_insights``, the per-text sentiment and complaint reason written by
+``aftersales text``. A derived table is always optional: a shop that never ran the flow, or whose
+table has no text written by the cutoff, gets NaN for those features, never an error.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import pandera.pandas as pa
 from pandera.typing.pandas import Series
 
 from schemas.sources import TABLES
+from schemas.text import COMPLAINTS, TEXT_INSIGHTS_TABLE, complaint_column
 
 ModelName = Literal["return", "negative_review", "churn"]
 Entity = Literal["order", "customer"]
@@ -54,12 +60,16 @@ class FeatureWindows:
 WINDOWS = FeatureWindows()
 
 
+# tables written by the project's own flows that features may read; always optional
+DERIVED_SOURCES: tuple[str, ...] = (TEXT_INSIGHTS_TABLE,)
+
+
 def _meta(kind: FeatureKind, sources: tuple[str, ...], needs: tuple[str, ...] | None) -> dict[str, Any]:
-    unknown = [s for s in sources if s not in TABLES]
+    unknown = [s for s in sources if s not in TABLES and s not in DERIVED_SOURCES]
     if unknown:
         raise ValueError(f"unknown source tables {unknown}")
     if needs is None:
-        needs = tuple(s for s in sources if TABLES[s].optional_source)
+        needs = tuple(s for s in sources if s in DERIVED_SOURCES or TABLES[s].optional_source)
     return {"kind": kind, "sources": sources, "needs": needs}
 
 
@@ -106,6 +116,17 @@ def key(description: str, unique: bool = False) -> Any:
 
 
 PRE = WINDOWS.pre_purchase_days
+TI = TEXT_INSIGHTS_TABLE
+# complaint reasons with their own count feature: the ones structured data does not already carry
+# (lateness and damage in transit show in the delivery features, price_value has only lexicon
+# weak labels); 4 of 7 keep the feature count modest
+TEXT_COMPLAINTS: tuple[str, ...] = ("size_fit", "quality_defect", "not_as_described", "service_attitude")
+# what every text feature says about where its values come from (and the text models' own horizon)
+TEXT_NOTE = (
+    "; from the per-text predictions of `aftersales text`, counting only texts created by the cutoff "
+    "(the text models themselves are fitted on texts up to text.train_until, by default all texts: "
+    "set it no later than the earliest training cutoff for a strict backtest); empty when "
+    "text_insights is missing or has no text by the cutoff")
 
 
 class _Derived(pa.DataFrameModel):
@@ -215,6 +236,25 @@ class OrderFeatures(_Derived):
         "reviews on the customer's orders written by the cutoff", "orders", "reviews")
     customer_bad_reviews: Series[float] = count(
         "of those, bad reviews (score at or below the negative-review threshold)", "orders", "reviews")
+    # what the texts said (reviews, tickets, return reasons) as of the cutoff
+    order_negative_text_count: Series[float] = count(
+        "reviews, tickets and return reasons about this order that the sentiment model finds negative"
+        + TEXT_NOTE, TI)
+    customer_negative_text_count: Series[float] = count(
+        "the customer's reviews, tickets and return reasons (any order) that the sentiment model finds "
+        "negative" + TEXT_NOTE, TI)
+    customer_negative_text_share: Series[float] = rate(
+        "share of the customer's texts that are negative; empty without a text" + TEXT_NOTE, TI)
+    customer_days_since_negative_text: Series[float] = days(
+        "days since the customer's latest negative text; empty without one" + TEXT_NOTE, TI)
+    customer_complaint_size_fit_count: Series[float] = count(
+        "the customer's texts whose complaint reason is size or fit" + TEXT_NOTE, TI)
+    customer_complaint_quality_defect_count: Series[float] = count(
+        "the customer's texts whose complaint reason is a quality defect" + TEXT_NOTE, TI)
+    customer_complaint_not_as_described_count: Series[float] = count(
+        "the customer's texts whose complaint reason is an item not as described" + TEXT_NOTE, TI)
+    customer_complaint_service_attitude_count: Series[float] = count(
+        "the customer's texts whose complaint reason is the service staff's attitude" + TEXT_NOTE, TI)
     customer_tenure_days: Series[float] = days(
         "days from sign-up (or first order) to the cutoff", "customers", "orders")
 
@@ -264,6 +304,20 @@ class CustomerFeatures(_Derived):
     days_since_bad_experience: Series[float] = days(
         "days since the latest late or overdue delivery, bad review or escalated ticket; empty if "
         "none (uses whichever of reviews and tickets exist)", "orders", "reviews", "tickets", needs=())
+    negative_text_count: Series[float] = count(
+        "reviews, tickets and return reasons the sentiment model finds negative" + TEXT_NOTE, TI)
+    negative_text_share: Series[float] = rate(
+        "share of the customer's texts that are negative; empty without a text" + TEXT_NOTE, TI)
+    days_since_negative_text: Series[float] = days(
+        "days since the latest negative text; empty without one" + TEXT_NOTE, TI)
+    complaint_size_fit_count: Series[float] = count(
+        "texts whose complaint reason is size or fit" + TEXT_NOTE, TI)
+    complaint_quality_defect_count: Series[float] = count(
+        "texts whose complaint reason is a quality defect" + TEXT_NOTE, TI)
+    complaint_not_as_described_count: Series[float] = count(
+        "texts whose complaint reason is an item not as described" + TEXT_NOTE, TI)
+    complaint_service_attitude_count: Series[float] = count(
+        "texts whose complaint reason is the service staff's attitude" + TEXT_NOTE, TI)
     sessions_30d: Series[float] = count("browsing sessions in the 30 days before the cutoff", "events")
     events_30d: Series[float] = count("behaviour events in the 30 days before the cutoff", "events")
     cart_adds_30d: Series[float] = count("add-to-cart events in the 30 days before the cutoff", "events")
@@ -292,6 +346,20 @@ def _check_window_names(w: FeatureWindows) -> None:
 
 
 _check_window_names(WINDOWS)
+
+
+def _check_text_features() -> None:
+    """The declared complaint-count features are exactly ``TEXT_COMPLAINTS`` (the SQL builds them)."""
+    if not set(TEXT_COMPLAINTS) <= set(COMPLAINTS):
+        raise ValueError(f"TEXT_COMPLAINTS {TEXT_COMPLAINTS} must be complaint reasons of {COMPLAINTS}")
+    for model, prefix in ((OrderFeatures, "customer_"), (CustomerFeatures, "")):
+        names = set(model.to_schema().columns)
+        declared = {c for c in COMPLAINTS if f"{prefix}{complaint_column(c)}" in names}
+        if declared != set(TEXT_COMPLAINTS):
+            raise ValueError(f"{model.__name__}: complaint counts {sorted(declared)} != {TEXT_COMPLAINTS}")
+
+
+_check_text_features()
 
 
 class _Labelled(pa.DataFrameModel):

@@ -8,6 +8,13 @@ response and satisfaction count only once known, its escalation only when the ro
 touched (or resolved) by the cutoff. Historical rates (product, category, carrier) are built from
 the same as-of view, so they too are what a care agent could have known that morning.
 
+Text features read ``text_insights`` (one row per review, ticket and return text with the
+sentiment and complaint reason ``aftersales text`` gave it) and count only texts created by the
+cutoff, like ``tasks.text.text_features``. Each text is scored from its own words, but the text
+models are fitted on every text up to ``text.train_until`` (default: all), so for strict backtests
+of the risk models set ``aftersales text --train-until`` no later than the earliest training
+cutoff. Without the table (the flow never ran) or without a text by the cutoff they are NaN.
+
 One DuckDB query per entity does the work (millions of orders in seconds); pandas only nulls the
 features whose optional source had no rows by the cutoff, sets categorical levels and validates
 against the contract in ``schemas/derived.py`` — which is also the feature registry behind
@@ -31,6 +38,7 @@ import pandas as pd
 from schemas.derived import (
     ENTITY_KEY,
     FEATURE_MODELS,
+    TEXT_COMPLAINTS,
     UNKNOWN,
     WINDOWS,
     Entity,
@@ -38,6 +46,7 @@ from schemas.derived import (
 )
 from schemas.settings import DEFAULTS_DIR, Settings, get_settings
 from schemas.sources import PAYMENT_TYPES, Events, Returns, Reviews, Tickets
+from schemas.text import TEXT_INSIGHTS_TABLE, TextInsights, complaint_column
 from tasks.warehouse import Warehouse
 
 CATALOGUE_PATH = DEFAULTS_DIR / "feature_catalogue.csv"
@@ -53,10 +62,11 @@ OPTIONAL_SOURCE_TIME = {
     "reviews": Reviews.created_at,
     "events": Events.occurred_at,
 }
+# the same for the derived tables features read (text_insights may not exist at all)
+DERIVED_SOURCE_TIME = {TEXT_INSIGHTS_TABLE: TextInsights.created_at}
+TEXT_INSIGHT_COLUMNS = ("customer_id", "order_id", "created_at", "negative", "complaint")
 # categorical features with a closed vocabulary keep every level even when unseen
 FIXED_LEVELS = {"payment_type": PAYMENT_TYPES}
-
-
 
 
 # ---- registry and catalogue ------------------------------------------------------------------
@@ -189,12 +199,59 @@ def _tickets_as_of_sql() -> str:
     FROM tickets WHERE opened_at <= $cutoff"""
 
 
+def has_text_insights(wh: Warehouse) -> bool:
+    """``text_insights`` exists with the columns the features read (``aftersales text`` has run)."""
+    return wh.has_table(TEXT_INSIGHTS_TABLE) and set(TEXT_INSIGHT_COLUMNS) <= set(wh.columns(TEXT_INSIGHTS_TABLE))
+
+
+def _texts_as_of_sql(present: bool) -> str:
+    """Scored texts created by ``$cutoff`` (an empty relation of the same columns without the table).
+
+    Only each text's own prediction is read, never ``weak_label`` (it may borrow the reason of a
+    return filed after the text, and after the cutoff).
+    """
+    if not present:
+        return ("SELECT NULL::VARCHAR AS customer_id, NULL::VARCHAR AS order_id, NULL::TIMESTAMP AS created_at, "
+                "NULL::BOOLEAN AS negative, NULL::VARCHAR AS complaint WHERE FALSE")
+    cols = ", ".join(TEXT_INSIGHT_COLUMNS)
+    return f'SELECT {cols} FROM "{TEXT_INSIGHTS_TABLE}" WHERE created_at <= $cutoff'
+
+
+def _text_counts_sql(key: str, within: str | None = None) -> str:
+    """Per ``key`` (optionally only those in relation ``within``): texts, negative texts, the latest
+    negative one and counts per complaint reason, from the texts as of the cutoff (``tx``)."""
+    counts = ",\n".join(f"count(*) FILTER (WHERE complaint = '{c}') AS n_{c}" for c in TEXT_COMPLAINTS)
+    return f"""
+        SELECT {key}, count(*) AS n, count(*) FILTER (WHERE negative) AS n_neg,
+            max(created_at) FILTER (WHERE negative) AS last_neg_at,
+            {counts}
+        FROM tx WHERE {key} IS NOT NULL {f"AND {key} IN (SELECT {key} FROM {within})" if within else ""}
+        GROUP BY {key}"""
+
+
+def _text_features_sql(alias: str, prefix: str) -> str:
+    """The text feature columns from the per-customer counts ``alias`` (0 / NaN without a text)."""
+    complaints = ", ".join(f"coalesce({alias}.n_{c}, 0) AS {prefix}{complaint_column(c)}" for c in TEXT_COMPLAINTS)
+    return f"""coalesce({alias}.n_neg, 0) AS {prefix}negative_text_count,
+        {alias}.n_neg / nullif({alias}.n, 0) AS {prefix}negative_text_share,
+        {days_between(f"{alias}.last_neg_at", "$cutoff")} AS {prefix}days_since_negative_text,
+        {complaints}"""
+
+
 def available_sources(wh: Warehouse, cutoff: pd.Timestamp) -> dict[str, bool]:
-    """Which optional sources had any row by the cutoff (point-in-time, so later loads change nothing)."""
+    """Which optional sources had any row by the cutoff (point-in-time, so later loads change nothing).
+
+    Also the derived ``text_insights``: False when it does not exist (yet) or has no text by then.
+    """
     out = {}
     for table, column in OPTIONAL_SOURCE_TIME.items():
         out[table] = bool(run_sql(wh, f'SELECT EXISTS (SELECT 1 FROM "{table}" WHERE "{column}" <= $cutoff) AS x',
                                   {"cutoff": cutoff})["x"].iloc[0])
+    for table, column in DERIVED_SOURCE_TIME.items():
+        present = has_text_insights(wh) if table == TEXT_INSIGHTS_TABLE else wh.has_table(table)
+        out[table] = present and bool(run_sql(
+            wh, f'SELECT EXISTS (SELECT 1 FROM "{table}" WHERE "{column}" <= $cutoff) AS x', {"cutoff": cutoff}
+        )["x"].iloc[0])
     return out
 
 
@@ -217,7 +274,7 @@ def _subset_view(wh: Warehouse, ids: str | pd.DataFrame | Sequence[str] | None, 
 
 
 # ---- order features --------------------------------------------------------------------------
-def _order_features_sql(subset: str | None, w: FeatureWindows) -> str:
+def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = False) -> str:
     pre = ago(w.pre_purchase_days, "t.ordered_at")
     subset_filter = f"WHERE order_id IN (SELECT order_id FROM {subset})" if subset else ""
     return f"""
@@ -317,7 +374,11 @@ def _order_features_sql(subset: str | None, w: FeatureWindows) -> str:
     cust_hist AS (
         SELECT customer_id, sum(delivered::INTEGER) AS n_deliv, sum(returned::INTEGER) AS n_ret
         FROM hist_ord GROUP BY customer_id),
-    cust_first AS (SELECT customer_id, min(ordered_at) AS first_at FROM ord GROUP BY customer_id)
+    cust_first AS (SELECT customer_id, min(ordered_at) AS first_at FROM ord GROUP BY customer_id),
+    tx AS ({_texts_as_of_sql(texts)}),
+    tx_order AS (SELECT order_id, count(*) FILTER (WHERE negative) AS n_neg FROM tx
+                 WHERE order_id IN (SELECT order_id FROM tgt) GROUP BY order_id),
+    tx_cust AS ({_text_counts_sql("customer_id", "tgt")})
     SELECT t.order_id, t.customer_id,
         t.total_amount AS order_value,
         coalesce(least(1.0, coalesce(t.discount_amount, ia.line_discount, 0)
@@ -356,6 +417,8 @@ def _order_features_sql(subset: str | None, w: FeatureWindows) -> str:
         coalesce(tkc.n_escalated, 0) AS customer_escalated_tickets,
         coalesce(tkc.n_open, 0) AS customer_unresolved_tickets,
         coalesce(rvc.n, 0) AS customer_reviews, coalesce(rvc.n_bad, 0) AS customer_bad_reviews,
+        coalesce(txo.n_neg, 0) AS order_negative_text_count,
+        {_text_features_sql("txc", "customer_")},
         {days_between("least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, cf.first_at)", "$cutoff")}
             AS customer_tenure_days
     FROM tgt t
@@ -373,7 +436,9 @@ def _order_features_sql(subset: str | None, w: FeatureWindows) -> str:
     LEFT JOIN rv_cust rvc ON rvc.customer_id = t.customer_id
     LEFT JOIN hist_ord h ON h.order_id = t.order_id
     LEFT JOIN cust_hist chs ON chs.customer_id = t.customer_id
-    LEFT JOIN cust_first cf ON cf.customer_id = t.customer_id"""
+    LEFT JOIN cust_first cf ON cf.customer_id = t.customer_id
+    LEFT JOIN tx_order txo ON txo.order_id = t.order_id
+    LEFT JOIN tx_cust txc ON txc.customer_id = t.customer_id"""
 
 
 def order_features(
@@ -391,14 +456,15 @@ def order_features(
     settings = settings or get_settings()
     cutoff = as_timestamp(cutoff)
     with _subset_view(wh, orders, ENTITY_KEY["order"]) as subset:
-        sql = numeric_as_double(_order_features_sql(subset, windows), _text_columns("order"))
+        sql = numeric_as_double(_order_features_sql(subset, windows, has_text_insights(wh)),
+                                _text_columns("order"))
         raw = run_sql(wh, sql, {"cutoff": cutoff, "m": windows.smoothing_strength,
                                 "bad": settings.labels.negative_review_max_score})
     return finish_features(raw, "order", available_sources(wh, cutoff))
 
 
 # ---- customer features -----------------------------------------------------------------------
-def _customer_features_sql(subset: str | None, w: FeatureWindows) -> str:
+def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = False) -> str:
     freq = ",\n".join(
         f"count(*) FILTER (WHERE ordered_at > {ago(d)}) AS orders_{d}d" for d in w.frequency_days
     )
@@ -457,7 +523,9 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows) -> str:
         SELECT customer_id, count(*) AS n FROM (
             SELECT customer_id, session_id FROM ev WHERE session_id IS NOT NULL GROUP BY ALL
             HAVING bool_or(event_type = 'add_to_cart') AND NOT bool_or(event_type = 'checkout'))
-        GROUP BY customer_id)
+        GROUP BY customer_id),
+    tx AS ({_texts_as_of_sql(texts)}),
+    tx_cust AS ({_text_counts_sql("customer_id")})
     SELECT c.customer_id,
         {days_between("c.last_at", "$cutoff")} AS recency_days,
         c.orders_total, {", ".join(f"c.orders_{d}d" for d in w.frequency_days)},
@@ -473,6 +541,7 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows) -> str:
         coalesce(rv.n, 0) AS reviews_total, rv.mean_score AS mean_review_score, coalesce(rv.n_bad, 0) AS bad_reviews,
         {days_between("greatest(c.last_late_at, rv.last_bad_at, k.last_escalated_at)", "$cutoff")}
             AS days_since_bad_experience,
+        {_text_features_sql("txc", "")},
         coalesce(e.sessions, 0) AS sessions_30d, coalesce(e.n, 0) AS events_30d,
         coalesce(e.cart_adds, 0) AS cart_adds_30d, coalesce(a.n, 0) AS abandoned_carts_30d,
         {days_between("least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, c.first_at)", "$cutoff")}
@@ -485,6 +554,7 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows) -> str:
     LEFT JOIN rv ON rv.customer_id = c.customer_id
     LEFT JOIN ev_cust e ON e.customer_id = c.customer_id
     LEFT JOIN abandoned a ON a.customer_id = c.customer_id
+    LEFT JOIN tx_cust txc ON txc.customer_id = c.customer_id
     {subset_filter}"""
 
 
@@ -502,7 +572,8 @@ def customer_features(
     settings = settings or get_settings()
     cutoff = as_timestamp(cutoff)
     with _subset_view(wh, customers, ENTITY_KEY["customer"]) as subset:
-        raw = run_sql(wh, numeric_as_double(_customer_features_sql(subset, windows), _text_columns("customer")),
+        sql = _customer_features_sql(subset, windows, has_text_insights(wh))
+        raw = run_sql(wh, numeric_as_double(sql, _text_columns("customer")),
                       {"cutoff": cutoff, "bad": settings.labels.negative_review_max_score})
     return finish_features(raw, "customer", available_sources(wh, cutoff))
 

@@ -161,26 +161,26 @@ def _texts_sql() -> str:
         SELECT order_id, any_value(product_id) AS product_id FROM order_items
         GROUP BY order_id HAVING count(DISTINCT product_id) = 1),
     order_return AS (
-        SELECT order_id, arg_min(reason_code, requested_at) AS order_return_reason
+        SELECT order_id, arg_min(reason_code, requested_at) AS order_return_reason, min(requested_at) AS order_return_at
         FROM returns WHERE reason_code IS NOT NULL GROUP BY order_id),
     order_ticket AS (
-        SELECT order_id, arg_min(category, opened_at) AS order_ticket_category
+        SELECT order_id, arg_min(category, opened_at) AS order_ticket_category, min(opened_at) AS order_ticket_at
         FROM tickets WHERE order_id IS NOT NULL AND category IS NOT NULL GROUP BY order_id)
     SELECT 'review' AS source, r.review_id AS source_id, coalesce(r.customer_id, o.customer_id) AS customer_id,
            r.order_id, coalesce(r.product_id, sp.product_id) AS product_id, r.created_at, r.language, r.text,
            CAST(r.score AS DOUBLE) AS score, NULL::VARCHAR AS code, x.order_return_reason,
-           k.order_ticket_category
+           k.order_ticket_category, x.order_return_at, k.order_ticket_at
     FROM reviews r LEFT JOIN orders o USING (order_id) LEFT JOIN single_product sp USING (order_id)
          LEFT JOIN order_return x USING (order_id) LEFT JOIN order_ticket k USING (order_id)
     WHERE trim(coalesce(r.text, '')) <> ''
     UNION ALL
     SELECT 'ticket', t.ticket_id, t.customer_id, t.order_id, sp.product_id, t.opened_at, t.language, t.text,
-           NULL, t.category, NULL, NULL
+           NULL, t.category, NULL, NULL, NULL, NULL
     FROM tickets t LEFT JOIN single_product sp USING (order_id)
     WHERE trim(coalesce(t.text, '')) <> ''
     UNION ALL
     SELECT 'return', x.return_id, o.customer_id, x.order_id, coalesce(x.product_id, sp.product_id),
-           x.requested_at, NULL, x.reason_text, NULL, x.reason_code, NULL, NULL
+           x.requested_at, NULL, x.reason_text, NULL, x.reason_code, NULL, NULL, NULL, NULL
     FROM returns x LEFT JOIN orders o USING (order_id) LEFT JOIN single_product sp USING (order_id)
     WHERE trim(coalesce(x.reason_text, '')) <> ''
     ORDER BY created_at, source, source_id"""
@@ -452,6 +452,10 @@ def train_text_models(texts: pd.DataFrame, settings: Settings) -> TextModels:
     lexicon = load_lexicon(cfg.lexicon_file)
     until = pd.Timestamp(cfg.train_until) if cfg.train_until else None
     train = texts[texts["created_at"] <= until] if until is not None else texts
+    if until is not None and "order_return_at" in train:  # a review may not borrow a reason filed later
+        train = train.assign(
+            order_return_reason=train["order_return_reason"].where(train["order_return_at"] <= until),
+            order_ticket_category=train["order_ticket_category"].where(train["order_ticket_at"] <= until))
     neg_max = settings.labels.negative_review_max_score
     sentiment = train_sentiment(train, cfg, neg_max)
     complaints = train_complaints(train, lexicon, cfg, neg_max)

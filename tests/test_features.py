@@ -1,18 +1,21 @@
 """Point-in-time features: leakage, missing optional sources, one-time buyers, catalogue.
 
 A small hand-made shop lives in a real DuckDB file; the cutoff is CUT. The leakage tests append
-or update rows dated after CUT and demand every feature of every entity stays exactly the same.
+or update rows dated after CUT (source rows and scored texts in ``text_insights``) and demand
+every feature of every entity stays exactly the same.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from schemas.derived import UNKNOWN, CustomerFeatures, OrderFeatures
+from schemas.derived import TEXT_COMPLAINTS, UNKNOWN, CustomerFeatures, OrderFeatures
 from schemas.settings import Settings
+from schemas.text import TEXT_INSIGHTS_TABLE, TextInsights, complaint_column
 from tasks.features import (
     CATALOGUE_PATH,
     WINDOWS,
@@ -26,7 +29,13 @@ from tasks.features import (
 from tasks.warehouse import Warehouse
 
 CUT = pd.Timestamp("2026-03-01")
-OPTIONAL = ("returns", "tickets", "reviews", "events")
+OPTIONAL = ("returns", "tickets", "reviews", "events", TEXT_INSIGHTS_TABLE)
+TEXT_FEATURES = {
+    "customer": ["negative_text_count", "negative_text_share", "days_since_negative_text",
+                 *(complaint_column(c) for c in TEXT_COMPLAINTS)],
+    "order": ["order_negative_text_count", "customer_negative_text_count", "customer_negative_text_share",
+              "customer_days_since_negative_text", *(f"customer_{complaint_column(c)}" for c in TEXT_COMPLAINTS)],
+}
 
 
 def at(days: float) -> pd.Timestamp:
@@ -122,6 +131,40 @@ def build_optional(wh: Warehouse) -> None:
     ])
 
 
+def insights(rows: list[tuple]) -> pd.DataFrame:
+    """``text_insights`` rows from (source, id, customer, order, day, negative, complaint)."""
+    return TextInsights.validate(pd.DataFrame([
+        {"source": src, "source_id": sid, "customer_id": cust, "order_id": order, "product_id": None,
+         "created_at": at(day), "language": "en", "negative_probability": 0.9 if neg else 0.1, "negative": neg,
+         "complaint": complaint, "complaint_confidence": 0.8, "method": "model", "weak_label": None,
+         "model_run_id": "run-1"}
+        for src, sid, cust, order, day, neg, complaint in rows]))
+
+
+def build_texts(wh: Warehouse) -> None:
+    """What ``aftersales text`` wrote about the texts of ``build_optional`` (all before the cutoff)."""
+    wh.replace_table(TEXT_INSIGHTS_TABLE, insights([
+        ("review", "v1", "c1", "o1", -190, True, "size_fit"),
+        ("return", "r1", "c1", "o1", -190, True, "size_fit"),
+        ("ticket", "t1", "c1", "o2", -52, True, "logistics_late"),
+        ("ticket", "t3", "c1", None, -3, False, "other"),
+        ("ticket", "t2", "c2", "o4", -1, True, "service_attitude"),
+        ("review", "v2", "c3", "o6", -15, False, "other"),
+    ]))
+
+
+def add_future_texts(wh: Warehouse) -> None:
+    """Scored texts written after the cutoff, by known and new customers, about old and new orders."""
+    wh.append(TEXT_INSIGHTS_TABLE, insights([
+        ("review", "v3", "c1", "o3", 3, True, "quality_defect"),
+        ("review", "v4", "c2", "o4", 0.1, True, "not_as_described"),
+        ("ticket", "t4", "c3", "o6", 1, True, "service_attitude"),
+        ("return", "r3", "c1", "o3", 2, True, "size_fit"),
+        ("return", "r4", "c3", "o6", 0.5, False, "quality_defect"),
+        ("ticket", "t9", "c9", "o9", 2, True, "size_fit"),
+    ]))
+
+
 def add_future(wh: Warehouse) -> None:
     """Everything that happens after the cutoff: new rows and later facts on existing rows."""
     put(wh, "customers", [{"customer_id": "c9", "signup_at": at(1), "region": "west"}])
@@ -163,6 +206,7 @@ def add_future(wh: Warehouse) -> None:
     con.execute("UPDATE orders SET status = 'cancelled', updated_at = ? WHERE order_id = 'o5'", [at(1)])
     con.execute("UPDATE tickets SET first_response_at = ?, resolved_at = ?, escalated = TRUE, satisfaction = 1,"
                 " updated_at = ? WHERE ticket_id IN ('t2', 't3')", [at(0.5), at(1), at(1)])
+    add_future_texts(wh)
 
 
 @pytest.fixture
@@ -170,13 +214,14 @@ def wh(tmp_path: Path) -> Warehouse:
     warehouse = Warehouse(tmp_path / "w.duckdb")
     build_core(warehouse)
     build_optional(warehouse)
+    build_texts(warehouse)
     yield warehouse
     warehouse.close()
 
 
 @pytest.fixture
 def bare(tmp_path: Path) -> Warehouse:
-    """Only the required sources: no returns, tickets, reviews or events at all."""
+    """Only the required sources: no returns, tickets, reviews, events or text_insights at all."""
     warehouse = Warehouse(tmp_path / "bare.duckdb")
     build_core(warehouse)
     yield warehouse
@@ -205,11 +250,22 @@ def test_customer_features_ignore_everything_after_the_cutoff(wh: Warehouse) -> 
 
 
 def test_features_on_bare_shop_ignore_future_optional_rows(bare: Warehouse) -> None:
-    """Optional sources that only start after the cutoff must not switch features on."""
+    """Optional sources (and scored texts) that only start after the cutoff must not switch features on."""
     before_o, before_c = order_features(bare, CUT), customer_features(bare, CUT)
     add_future(bare)
     pd.testing.assert_frame_equal(before_o, order_features(bare, CUT), check_exact=True)
     pd.testing.assert_frame_equal(before_c, customer_features(bare, CUT), check_exact=True)
+
+
+def test_text_features_ignore_texts_after_the_cutoff(wh: Warehouse) -> None:
+    """Only the scored texts change: appended later texts move no feature, the new ones included."""
+    before_o, before_c = order_features(wh, CUT), customer_features(wh, CUT)
+    add_future_texts(wh)
+    assert wh.row_count(TEXT_INSIGHTS_TABLE) == 12
+    pd.testing.assert_frame_equal(before_o, order_features(wh, CUT), check_exact=True)
+    pd.testing.assert_frame_equal(before_c, customer_features(wh, CUT), check_exact=True)
+    for frame, entity in ((before_o, "order"), (before_c, "customer")):
+        assert frame[TEXT_FEATURES[entity]].notna().any().all()  # the features were on, not all NaN
 
 
 def test_an_earlier_cutoff_sees_less(wh: Warehouse) -> None:
@@ -219,6 +275,8 @@ def test_an_earlier_cutoff_sees_less(wh: Warehouse) -> None:
     assert early.loc["o3", "is_delivered"] == 0
     assert early.loc["o3", "days_late"] == pytest.approx(1)  # promised at -6: overdue by a day at -5
     assert early.loc["o3", "is_late"] == 1
+    c1 = by(customer_features(wh, at(-60)), "customer_id").loc["c1"]  # texts of day -52 and -3 not yet written
+    assert c1["negative_text_count"] == 2 and c1["days_since_negative_text"] == pytest.approx(130)
 
 
 # ---- values ---------------------------------------------------------------------------------
@@ -296,6 +354,63 @@ def test_customer_feature_values(wh: Warehouse) -> None:
     assert c2["days_since_bad_experience"] == pytest.approx(3)  # o4 overdue since its promise
     assert c2["payment_type"] == "card"  # latest order o5
     assert c2["late_deliveries"] == 1 and c2["late_delivery_rate"] == 1.0  # o5 not due, o7 cancelled
+
+
+def test_text_feature_values(wh: Warehouse) -> None:
+    c = by(customer_features(wh, CUT), "customer_id")
+    c1, c2, c3 = c.loc["c1"], c.loc["c2"], c.loc["c3"]
+    assert c1["negative_text_count"] == 3 and c1["negative_text_share"] == pytest.approx(0.75)
+    assert c1["days_since_negative_text"] == pytest.approx(52)  # the delivery ticket
+    assert c1[complaint_column("size_fit")] == 2 and c1[complaint_column("quality_defect")] == 0
+    assert c2["negative_text_count"] == 1 and c2["days_since_negative_text"] == pytest.approx(1)
+    assert c2[complaint_column("service_attitude")] == 1
+    assert c3["negative_text_count"] == 0 and c3["negative_text_share"] == 0
+    assert c3["days_since_negative_text"] != c3["days_since_negative_text"]  # NaN: never negative
+    o = by(order_features(wh, CUT), "order_id")
+    assert o.loc["o1", "order_negative_text_count"] == 2  # bad review and return reason of o1
+    assert o.loc["o2", "order_negative_text_count"] == 1 and o.loc["o3", "order_negative_text_count"] == 0
+    assert o.loc["o4", "order_negative_text_count"] == 1
+    for order, customer in (("o3", c1), ("o5", c2), ("o6", c3)):  # the customer's texts, as in customer features
+        names = TEXT_FEATURES["customer"]
+        ours = o.loc[order, [f"customer_{n}" for n in names]].to_numpy(dtype=float)
+        assert np.array_equal(ours, customer[names].to_numpy(dtype=float), equal_nan=True), order
+
+
+def test_text_features_agree_with_the_text_module(wh: Warehouse) -> None:
+    """The feature layer counts exactly what ``tasks.text.text_features`` counts."""
+    from tasks.text import text_features
+
+    ours = by(customer_features(wh, CUT), "customer_id")
+    theirs = by(text_features(wh, CUT), "customer_id")
+    assert set(theirs.index) == {"c1", "c2", "c3"}
+    pd.testing.assert_frame_equal(ours.loc[theirs.index, TEXT_FEATURES["customer"]],
+                                  theirs[TEXT_FEATURES["customer"]], check_exact=False, check_names=False)
+
+
+def test_features_build_without_text_insights(wh: Warehouse) -> None:
+    """No table (the text flow never ran) or an empty one: text features NaN, everything else unchanged."""
+    with_texts_o, with_texts_c = order_features(wh, CUT), customer_features(wh, CUT)
+    wh.con.execute(f'DELETE FROM "{TEXT_INSIGHTS_TABLE}"')
+    empty_o, empty_c = order_features(wh, CUT), customer_features(wh, CUT)
+    wh.con.execute(f'DROP TABLE "{TEXT_INSIGHTS_TABLE}"')
+    assert not wh.has_table(TEXT_INSIGHTS_TABLE)
+    none_o, none_c = order_features(wh, CUT), customer_features(wh, CUT)
+    assert available_sources(wh, CUT)[TEXT_INSIGHTS_TABLE] is False
+    for entity, full, frames in (("order", with_texts_o, (empty_o, none_o)),
+                                 ("customer", with_texts_c, (empty_c, none_c))):
+        text = TEXT_FEATURES[entity]
+        for frame in frames:
+            assert frame[text].isna().all().all(), entity
+            pd.testing.assert_frame_equal(frame.drop(columns=text), full.drop(columns=text), check_exact=True)
+    pd.testing.assert_frame_equal(empty_o, none_o, check_exact=True)
+    pd.testing.assert_frame_equal(empty_c, none_c, check_exact=True)
+
+
+def test_text_features_null_until_a_text_exists(wh: Warehouse) -> None:
+    """Before the first scored text the features are unknown (NaN), not 0."""
+    first = by(customer_features(wh, at(-191)), "customer_id")
+    assert first[TEXT_FEATURES["customer"]].isna().all().all()
+    assert available_sources(wh, at(-190))[TEXT_INSIGHTS_TABLE]
 
 
 def test_one_time_buyer_gets_sane_features(wh: Warehouse) -> None:
