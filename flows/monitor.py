@@ -107,7 +107,10 @@ def trigger(decisions: list[Decision], settings: Settings) -> list[Decision]:
     chosen = [d for d in decisions if d.decision == "retrain"]
     if not chosen:
         return decisions
-    mode, run_id, error = start_retrain([d.model for d in chosen], settings)
+    try:
+        mode, run_id, error = start_retrain([d.model for d in chosen], settings)
+    except Exception as exc:  # the decision and its evidence are still recorded, with why the start failed
+        mode, run_id, error = settings.monitoring.retrain, None, f"{type(exc).__name__}: {exc}"[:300]
     for d in chosen:
         d.trigger, d.flow_run_id = mode, run_id
         if error:

@@ -67,7 +67,7 @@ from schemas.monitoring import (
 )
 from schemas.settings import MonitoringSettings, Settings
 from schemas.tasks import TASK_TABLE, ControlGroup, TaskList
-from tasks.datasets import categorical_columns, feature_columns, scoring_frame
+from tasks.datasets import categorical_columns, scoring_frame
 from tasks.evaluation import classification_metrics, reliability_table
 from tasks.labels import data_end, entity_key, label_matured, labels
 from tasks.registry import configure, ensure_experiment
@@ -353,14 +353,15 @@ def load_reference(settings: Settings, model: str, version: str, scorer: Any = N
     name = settings.registered_model_name(model)
     frame, run_id, expected = _reference_frame(settings.tracking_uri, registry_uri, name, str(version))
     if scorer is None:
-        probabilities = _reference_probabilities(settings.tracking_uri, registry_uri, name, str(version), model)
+        probabilities = _reference_probabilities(settings.tracking_uri, registry_uri, name, str(version))
     else:
-        probabilities = _predict(scorer, frame, model)
+        probabilities = _predict(scorer, frame)
     return Reference(frame, probabilities, run_id, expected)
 
 
-def _predict(scorer: Any, frame: pd.DataFrame, model: str) -> np.ndarray:
-    return np.clip(np.asarray(scorer.predict_proba(frame[feature_columns(model)]), dtype=float), 0.0, 1.0)
+def _predict(scorer: Any, frame: pd.DataFrame) -> np.ndarray:
+    """The version's probabilities on its own training sample (the model picks its own features)."""
+    return np.clip(np.asarray(scorer.predict_proba(frame), dtype=float), 0.0, 1.0)
 
 
 @lru_cache(maxsize=16)
@@ -380,13 +381,12 @@ def _reference_frame(tracking_uri: str, registry_uri: str, name: str,
 
 
 @lru_cache(maxsize=16)
-def _reference_probabilities(tracking_uri: str, registry_uri: str, name: str, version: str,
-                             model: str) -> np.ndarray:
+def _reference_probabilities(tracking_uri: str, registry_uri: str, name: str, version: str) -> np.ndarray:
     frame, _, _ = _reference_frame(tracking_uri, registry_uri, name, version)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(registry_uri)
     scorer = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-    return _predict(scorer, frame, model)
+    return _predict(scorer, frame)
 
 
 def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
@@ -420,7 +420,9 @@ def model_drift(wh: Warehouse, settings: Settings, run_date: Any, model: str, sc
     result = ModelDrift(model, label, reference_rows=len(reference.frame), current_rows=len(current))
     if len(current) < cfg.min_rows:
         result.status = "too_few_rows"
-    result.checks = feature_drift(reference.frame, current, feature_columns(model), categorical_columns(model), cfg)
+    # the version's own features (its reference columns): a feature added to the code since is not its input
+    features = [f for f in reference.frame.columns if f in current.columns]
+    result.checks = feature_drift(reference.frame, current, features, categorical_columns(model), cfg)
     result.checks.append(score_drift(reference.probabilities, scores["probability"].to_numpy(dtype=float), cfg))
     return result
 

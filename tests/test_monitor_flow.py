@@ -197,6 +197,18 @@ def test_with_a_deployment_on_the_server_the_trigger_runs_the_deployment(shop: S
             client.delete_deployment(deployment_id)
 
 
+def test_a_retrain_that_cannot_start_is_recorded_as_failed(shop: Shop, use) -> None:
+    from flows.monitor import monitor_flow
+
+    use(shop.shifted, cooldown_days="0", retrain="deployment", retrain_deployment="retrain/no-such-deployment")
+    result = monitor_flow(run_date=DAY, return_state=True).result()
+    failed = {d["model"]: d for d in result["decisions"] if d["decision"] == "failed"}
+    assert set(failed) == {"return", "negative_review"} and failed["return"]["flow_run_id"] is None
+    assert "the retrain failed" in failed["return"]["reason"]
+    log = query(shop.shifted, f"SELECT decision FROM {DECISIONS_TABLE} WHERE decision = 'failed'")
+    assert len(log) == 2
+
+
 def test_cli_monitor_prints_the_verdicts(shop: Shop, use) -> None:
     from typer.testing import CliRunner
 
