@@ -78,9 +78,9 @@ class LabelSettings(BaseModel):
 
 
 class SplitSettings(BaseModel):
-    n_cutoffs: int = Field(12, description="rolling cutoffs used to build training sets (all splits)")
-    test_cutoffs: int = Field(2, description="latest cutoffs that form the test window")
-    valid_cutoffs: int = Field(2, description="cutoffs of the validation window, a gap before the test")
+    n_cutoffs: int = Field(24, description="rolling cutoffs used to build training sets (all splits)")
+    test_cutoffs: int = Field(3, description="latest cutoffs that form the test window")
+    valid_cutoffs: int = Field(4, description="cutoffs of the validation window, a gap before the test")
     cutoff_step_days: int = 14
     gap_days: int = Field(
         30, description="gap between train, validation and test windows (at least the label window)"
@@ -91,11 +91,11 @@ class SplitSettings(BaseModel):
 
 
 class XGBSettings(BaseModel):
-    max_depth: int = 5
+    max_depth: int = 4
     learning_rate: float = 0.08
     n_estimators: int = 400
     early_stopping_rounds: int = 30
-    min_child_weight: float = 5.0
+    min_child_weight: float = 20.0
     subsample: float = 0.85
     colsample_bytree: float = 0.8
     reg_lambda: float = 1.0
@@ -108,6 +108,9 @@ class TrainingSettings(BaseModel):
     models: list[str] = ["return", "negative_review", "churn"]
     xgb: XGBSettings = XGBSettings()
     calibration: Literal["isotonic", "sigmoid"] = "isotonic"
+    class_weighting: Literal["balanced", "sqrt", "none"] = Field(
+        "sqrt", description="scale_pos_weight: negatives/positives, its square root, or 1"
+    )
     top_k: int = Field(200, description="cases a care team can contact per day; precision/lift@k")
     shap_sample_rows: int = 2_000
     promotion_metric: Literal["pr_auc", "roc_auc", "brier"] = "pr_auc"

@@ -320,6 +320,12 @@ class TrainedModel:
         return {f: float(gain.get(f, 0.0)) for f in self.features}
 
 
+def class_weight(negatives: float, positives: float, how: str) -> float:
+    """Weight of a positive row: full balance, its square root (gentler on rare, noisy labels), or none."""
+    ratio = negatives / positives
+    return {"balanced": ratio, "sqrt": float(np.sqrt(ratio)), "none": 1.0}[how]
+
+
 def xgb_params(settings: Settings, scale_pos_weight: float) -> dict[str, Any]:
     """Booster parameters from settings; fixed seed and thread count make reruns identical."""
     cfg = settings.training.xgb
@@ -403,7 +409,7 @@ def train_model(
     features = list(X_train.columns)
     categories = category_levels(X_train)
     positives = float(y_tr.sum())
-    scale_pos_weight = (y_tr.size - positives) / positives
+    scale_pos_weight = class_weight(y_tr.size - positives, positives, settings.training.class_weighting)
     params = xgb_params(settings, scale_pos_weight)
     cfg = settings.training.xgb
 

@@ -62,6 +62,7 @@ def splits() -> DataSplits:
 @pytest.fixture
 def fast(settings):
     settings.training.xgb.n_estimators = 150
+    settings.training.class_weighting = "balanced"  # full reweighting: what calibration must undo
     return settings
 
 
