@@ -345,6 +345,43 @@ def monitor(
     console.print(f"report: {result['report']}")
 
 
+@app.command()
+def serve(
+    only: Annotated[list[str] | None,
+                    typer.Option("--deployment", help="serve only this deployment; repeatable")] = None,
+    inbox: Annotated[Path | None, typer.Option(help="folder daily-ingest reads (default: prefect.yaml's)")] = None,
+    ephemeral: Annotated[bool, typer.Option(help="serve without a Prefect server: manual runs only, "
+                                                  "cron never fires")] = False,
+) -> None:
+    """Serve the deployments of deploy/prefect.yaml from this process (same names, schedules, parameters)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.deployments import PREFECT_FILE, DeploymentFileError, api_problem, load_deployments, on_ephemeral_server
+    from flows.deployments import serve as serve_deployments
+
+    try:
+        specs = load_deployments(PREFECT_FILE, only)
+    except DeploymentFileError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    problem = api_problem(allow_ephemeral=ephemeral)
+    if problem:
+        err.print(f"[bold red]{problem}[/]: schedules only fire on a Prefect server (an embedded, temporary one "
+                  "has no scheduler). Start one first, in another shell:\n"
+                  "  prefect server start --host 127.0.0.1 --port 4200\n"
+                  "  export PREFECT_API_URL=http://127.0.0.1:4200/api\n"
+                  "  aftersales serve\n"
+                  "or pass --ephemeral to serve anyway (runs started by hand only: cron does not fire).")
+        raise typer.Exit(2)
+    if on_ephemeral_server():
+        err.print("[yellow]--ephemeral: cron schedules will NOT fire on this temporary server; start runs by hand "
+                  "(prefect deployment run 'score/daily-score', same PREFECT_HOME).[/]")
+    overrides = {"daily-ingest": {"data_dir": str(inbox.resolve())}} if inbox else {}
+    for spec in specs:
+        when = ", ".join(f"{s.cron} {s.timezone}" for s in spec.schedules) or "no schedule"
+        console.print(f"[bold]{spec.name}[/] ({spec.module_entrypoint}): {when}")
+    serve_deployments(specs, overrides)
+
+
 def main() -> None:
     app()
 
