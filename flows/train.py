@@ -19,6 +19,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from flows.promote import promote_flow
+from flows.runtime import task_runner
 from schemas.settings import Settings, get_settings
 from tasks.datasets import build_training_set, feature_columns, rolling_cutoffs, time_split
 from tasks.features import CATALOGUE_PATH
@@ -45,7 +46,7 @@ def settings_for_run(settings: Settings, cutoff: date | None = None, **label_win
 
 def training_splits(model: str, settings: Settings) -> DataSplits:
     """Rolling cutoffs → one training frame → train/valid/test by time with a gap."""
-    with open_warehouse(settings) as wh:
+    with open_warehouse(settings, read_only=True) as wh:  # Dask workers in other processes read too
         cutoffs = rolling_cutoffs(wh, settings, model)
         if len(cutoffs) < 3:
             raise NotEnoughData(f"{model}: only {len(cutoffs)} usable cutoffs (need 3: train, validation, test); "
@@ -62,11 +63,16 @@ def training_splits(model: str, settings: Settings) -> DataSplits:
 
 
 def log_reference_sample(registered: RegisteredVersion, splits: DataSplits, settings: Settings) -> None:
-    """Keep a sample of the training rows beside the model: the drift monitor's reference."""
+    """Keep a sample of the model's most recent data beside it: the drift monitor's reference.
+
+    The validation and test windows, not the whole training history: a year of history would make
+    an ordinary season look like drift, and these windows are what the model was judged on.
+    """
     if not registered.is_new or registered.run_id is None:
         return
-    sample = splits.X_train.sample(min(len(splits.X_train), settings.training.reference_sample_rows),
-                                   random_state=settings.training.seed)
+    recent = pd.concat([splits.X_valid, splits.X_test], ignore_index=True)
+    sample = recent.sample(min(len(recent), settings.training.reference_sample_rows),
+                           random_state=settings.training.seed)
     configure(settings)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "reference_sample.parquet"
@@ -149,7 +155,8 @@ def train_flow(models: list[str] | None = None, cutoff: date | None = None,
 @flow(name="retrain")
 def retrain_flow(models: list[str] | None = None, promote: bool = True) -> dict[str, Any] | Failed:
     """The weekly retrain: new challengers, each promoted only if it beats its champion."""
-    trained = train_flow(models=models, return_state=True)
+    runner = task_runner(get_settings())  # a subflow keeps its own runner unless given this one
+    trained = train_flow.with_options(task_runner=runner)(models=models, return_state=True)
     if trained.is_failed():
         return Failed(message=trained.message)
     results = trained.result()

@@ -374,7 +374,12 @@ class Settings(BaseSettings):
 
     @property
     def artifact_location(self) -> str:
-        return self.mlflow.artifact_location or (self.paths.home / "mlartifacts").resolve().as_uri()
+        """Local files next to a local store; through the tracking server when there is one."""
+        if self.mlflow.artifact_location:
+            return self.mlflow.artifact_location
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"mlflow-artifacts:/{self.mlflow.experiment_prefix}"
+        return (self.paths.home / "mlartifacts").resolve().as_uri()
 
     def registered_model_name(self, model: str) -> str:
         return f"{self.training.registered_model_prefix}{model.replace('_', '-')}"
