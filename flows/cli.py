@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,6 +25,8 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("DISABLE_PANDERA_IMPORT_WARNING", "True")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow's INFO/advice lines drown the tables
+    warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", module="mlflow")
 
 
 def _finish(state: Any, what: str) -> Any:

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from shared_shop import RUN, shop_copy
 
 from schemas.analytics import (
     CUSTOMER_TAGS_TABLE,
@@ -20,30 +21,10 @@ from schemas.analytics import (
     TagHistory,
 )
 from schemas.settings import Settings
-from tasks.ingest import ingest_batch
 from tasks.segments import PreviousRun, Scaling, choose_k, match_segments, name_segments, segment_customers
-from tasks.synthetic import ARCHETYPES_FILE, generate_shop
+from tasks.synthetic import ARCHETYPES_FILE
 from tasks.tags import TagBook, behaviour_features, current_tags, evaluate_tags, load_tag_book
 from tasks.warehouse import Warehouse
-
-SHOP_CUSTOMERS, SHOP_SEED = 2_000, 5
-RUN = pd.Timestamp("2026-11-02")  # the synthetic shop's history ends on 2026-11-01
-
-
-def shop_copy(factory: pytest.TempPathFactory, name: str) -> tuple[Path, Path]:
-    """A private copy of one generated, ingested shop (built once per session): warehouse, data folder."""
-    base = factory.getbasetemp() / f"analytics-shop-{SHOP_CUSTOMERS}-{SHOP_SEED}"
-    source = base / "warehouse.duckdb"
-    if not source.exists():
-        base.mkdir(exist_ok=True)
-        generate_shop(base / "data", customers=SHOP_CUSTOMERS, seed=SHOP_SEED, dirty_share=0.0)
-        wh = Warehouse(base / "building.duckdb")
-        ingest_batch(base / "data", wh, Settings())
-        wh.close()
-        (base / "building.duckdb").rename(source)
-    target = factory.mktemp(name) / "warehouse.duckdb"
-    shutil.copy(source, target)
-    return target, base / "data"
 
 
 @pytest.fixture(scope="module")
