@@ -385,6 +385,21 @@ def serve(
     serve_deployments(specs, overrides)
 
 
+@app.command()
+def uplift(
+    since: Annotated[datetime | None, typer.Option(help="first task-list day to include")] = None,
+    until: Annotated[datetime | None, typer.Option(help="last task-list day to include")] = None,
+) -> None:
+    """Return, review and churn rates of contacted vs control customers, with 95% intervals."""
+    _quiet_defaults()
+    from flows.score import as_day
+    from flows.uplift import uplift_flow
+
+    result = _finish(uplift_flow(as_day(since), as_day(until), return_state=True), "uplift")
+    console.print(result["markdown"])
+    console.print(f"report: {result['report']}")
+
+
 def main() -> None:
     app()
 

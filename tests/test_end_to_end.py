@@ -55,7 +55,8 @@ def counts(home: Path) -> dict[str, int]:
 
 def test_help_lists_every_command(cli) -> None:
     out = cli("--help").output
-    for command in ("generate", "ingest", "train", "promote", "models", "score", "run", "config"):
+    for command in ("generate", "ingest", "train", "promote", "models", "score", "run", "config", "uplift",
+                    "monitor", "serve", "segments", "journeys", "service-scores", "text", "alerts", "report"):
         assert command in out
 
 
@@ -130,6 +131,12 @@ def test_scoring_follows_a_champion_moved_by_hand(cli, home: Path) -> None:
     assert by_day["2026-11-03"] == f"aftersales-return v{challenger}"
     history = cli("models").output
     assert "manual" in history
+
+
+def test_uplift_waits_for_outcome_windows_to_close(cli, home: Path) -> None:
+    out = cli("uplift").output
+    assert "control" in out and "no outcome window has closed" in out
+    assert (home / "home" / "reports" / "uplift").is_dir()
 
 
 def test_backfill_produces_each_days_list(cli, home: Path) -> None:
