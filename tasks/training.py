@@ -78,11 +78,16 @@ def prepare_features(X: pd.DataFrame, features: list[str], categories: Mapping[s
         raise KeyError(f"input lacks feature columns: {missing}")
     out: dict[str, Any] = {}
     for column in features:
+        values = X[column]
         if column in categories:
-            values = X[column].astype("string")
-            out[column] = pd.Categorical(values, categories=categories[column])
+            if isinstance(values.dtype, pd.CategoricalDtype) and all(isinstance(c, str) for c in values.cat.categories):
+                out[column] = values.cat.set_categories(categories[column])  # cheap re-levelling
+            else:
+                out[column] = pd.Categorical(values.astype("string"), categories=categories[column])
+        elif values.dtype == "float64":
+            out[column] = values  # already what the booster takes: no copy
         else:
-            out[column] = pd.to_numeric(X[column], errors="coerce").astype("float64")
+            out[column] = pd.to_numeric(values, errors="coerce").astype("float64")
     return pd.DataFrame(out, index=X.index)
 
 
