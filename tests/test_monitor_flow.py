@@ -138,7 +138,8 @@ def test_severe_drift_holds_the_list_but_keeps_the_scores(shop: Shop, use) -> No
 def test_crossing_a_threshold_triggers_exactly_one_retrain_then_cools_down(shop: Shop, use) -> None:
     from flows.monitor import monitor_flow
 
-    settings = use(shop.shifted)
+    # embedded mode: a subflow, whatever deployments other tests registered on the shared test server
+    settings = use(shop.shifted, retrain="subflow")
     assert flow_runs("retrain") == []
     state = monitor_flow(run_date=DAY, return_state=True)
     assert not state.is_failed(), state.message
