@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
@@ -46,6 +45,7 @@ from schemas.analytics import (
 )
 from schemas.settings import SegmentSettings, Settings
 from tasks.features import as_timestamp
+from tasks.registry import ensure_experiment
 from tasks.tags import CUSTOMER, TAG, Language, TagBook, tag_strings
 from tasks.warehouse import Warehouse
 
@@ -373,27 +373,12 @@ def write_segmentation(wh: Warehouse, snapshot: pd.DataFrame, history: pd.DataFr
 
 
 # ---- MLflow --------------------------------------------------------------------------------------------------
-def _experiment_id(client: MlflowClient, settings: Settings) -> str:
-    name = f"{settings.mlflow.experiment_prefix}-{EXPERIMENT}"
-    experiment = client.get_experiment_by_name(name)
-    if experiment is None:
-        try:
-            return client.create_experiment(name, artifact_location=f"{settings.artifact_location.rstrip('/')}/{name}")
-        except MlflowException:  # created concurrently
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                raise
-    if experiment.lifecycle_stage == "deleted":
-        client.restore_experiment(experiment.experiment_id)
-    return experiment.experiment_id
-
-
 def log_segmentation(seg: Segmentation, settings: Settings, report: str) -> str:
     """Log one run to MLflow (no global MLflow state is touched); returns the run id."""
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     cfg = settings.analytics.segments
-    run = client.create_run(_experiment_id(client, settings), run_name=f"segments {seg.run_date:%Y-%m-%d}",
-                            tags={"run_date": f"{seg.run_date:%Y-%m-%d}"})
+    run = client.create_run(ensure_experiment(client, settings, EXPERIMENT),
+                            run_name=f"segments {seg.run_date:%Y-%m-%d}", tags={"run_date": f"{seg.run_date:%Y-%m-%d}"})
     run_id = run.info.run_id
     try:
         params = {"k": seg.k, "k_min": cfg.k_min, "k_max": cfg.k_max, "criterion": "silhouette",
