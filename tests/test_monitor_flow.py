@@ -18,10 +18,10 @@ import pytest
 from mlflow import MlflowClient
 from test_monitoring import (
     RUN_DATE,
-    build_trained_shop,
     plant_late_carrier,
     plant_price_change,
     shifted_copy,
+    trained_shop,
 )
 
 from schemas.monitoring import DECISIONS_TABLE, GATE_TABLE
@@ -43,15 +43,9 @@ class Shop:
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[Shop]:
     root = tmp_path_factory.mktemp("monitor-flow")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AFTERSALES_PATHS__HOME", str(root / "home"))
-        mp.setenv("AFTERSALES_TRAINING__XGB__N_ESTIMATORS", "150")
-        mp.setenv("AFTERSALES_TRAINING__SHAP_SAMPLE_ROWS", "300")
-        reset_settings_cache()
-        stable = build_trained_shop(root)
+    with trained_shop(root) as stable:
         yield Shop(root / "home", stable,
                    shifted_copy(stable, root / "shifted.duckdb", plant_late_carrier, plant_price_change))
-    reset_settings_cache()
 
 
 @pytest.fixture

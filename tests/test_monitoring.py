@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,19 +206,25 @@ def build_trained_shop(root: Path, customers: int = 3_000, seed: int = 5) -> Pat
     return settings.warehouse_path
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[Shop]:
-    root = tmp_path_factory.mktemp("monitoring")
+@contextmanager
+def trained_shop(root: Path) -> Iterator[Path]:
+    """``build_trained_shop`` with home ``root/home`` and small models; those settings hold inside the block."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AFTERSALES_PATHS__HOME", str(root / "home"))
         mp.setenv("AFTERSALES_TRAINING__XGB__N_ESTIMATORS", "150")
         mp.setenv("AFTERSALES_TRAINING__SHAP_SAMPLE_ROWS", "300")
         reset_settings_cache()
-        stable = build_trained_shop(root)
+        yield build_trained_shop(root)
+    reset_settings_cache()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory, prefect_api: None) -> Iterator[Shop]:
+    root = tmp_path_factory.mktemp("monitoring")
+    with trained_shop(root) as stable:
         yield Shop(root / "home", stable,
                    shifted_copy(stable, root / "late_carrier.duckdb", plant_late_carrier),
                    shifted_copy(stable, root / "price_change.duckdb", plant_price_change))
-    reset_settings_cache()
 
 
 @pytest.fixture(autouse=True)
