@@ -337,7 +337,7 @@ def parse_types(frame: pd.DataFrame, spec: TableSpec, tm: TableMapping) -> tuple
         parsed[name] = value
     typed = pd.DataFrame(parsed, index=frame.index)
     if spec.derived_key:
-        typed = _derive_key(typed, spec, frame)
+        typed = _derive_key(typed, spec)
     return typed, _concat_failures(failures)
 
 
@@ -368,7 +368,7 @@ def humane_reason(column: str, check: str) -> str:
     return f"{column}: {check}"
 
 
-def _derive_key(typed: pd.DataFrame, spec: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
+def _derive_key(typed: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
     """Exports without an id (e.g. click logs) get one from the row's content."""
     key = spec.key[0]
     missing = typed[key].isna()
@@ -497,6 +497,24 @@ def stage_file(wh: Warehouse, source: SourceFile, tm: TableMapping, settings: Se
     return result
 
 
+def _ident(column: str) -> str:
+    return f'"{column}"'
+
+
+def move_to_quarantine(wh: Warehouse, spec: TableSpec, rejected: str, batch_id: str, column: str,
+                       check_sql: str, value_sql: str, reason_sql: str, params: list | None = None) -> dict[str, int]:
+    """Move staged rows (``rejected``: a relation with ``_rid`` and the staged columns) to the
+    quarantine stage with their check, value and reason; returns rows moved per source file."""
+    row_json = f"to_json(struct_pack({', '.join(f'{_ident(c)} := {_ident(c)}' for c in spec.columns)}))"
+    wh.con.execute(f"""INSERT INTO {QUARANTINE_STAGE}
+        SELECT ?, ?, _source_file, _file_hash, _source_row, ?, {check_sql}, {value_sql}, {reason_sql},
+               {row_json}::VARCHAR, now()::TIMESTAMP
+        FROM {rejected}""", [batch_id, spec.name, column, *(params or [])])
+    counts = dict(wh.con.execute(f"SELECT _source_file, count(*) FROM {rejected} GROUP BY 1").fetchall())
+    wh.con.execute(f"DELETE FROM {_stage_name(spec.name)} WHERE rowid IN (SELECT _rid FROM {rejected})")
+    return counts
+
+
 def quarantine_duplicate_keys(wh: Warehouse, spec: TableSpec, batch_id: str) -> dict[str, int]:
     """Keep the newest copy of each key in the batch; quarantine the others with the reason."""
     stage = _stage_name(spec.name)
@@ -506,23 +524,19 @@ def quarantine_duplicate_keys(wh: Warehouse, spec: TableSpec, batch_id: str) -> 
     same_content = " AND ".join(f'"{c}" IS NOT DISTINCT FROM first_value("{c}") OVER w' for c in data_cols)
     wh.con.execute(f"""CREATE OR REPLACE TEMP TABLE _dups AS
         WITH dup_keys AS (SELECT {keys} FROM {stage} GROUP BY {keys} HAVING count(*) > 1)
-        SELECT s.rowid AS _rid, s.*, row_number() OVER w AS _rank,
-               first_value(_source_row) OVER w AS _kept_row, first_value(_source_file) OVER w AS _kept_file,
-               ({same_content or 'TRUE'}) AS _identical
-        FROM {stage} s SEMI JOIN dup_keys USING ({keys})
-        WINDOW w AS (PARTITION BY {keys} ORDER BY {version}_file_order DESC, _source_row DESC)""")
-    wh.con.execute(f"""INSERT INTO {QUARANTINE_STAGE}
-        SELECT ?, ?, _source_file, _file_hash, _source_row, ?,
-               CASE WHEN _identical THEN 'duplicate_row' ELSE 'duplicate_key' END,
-               concat_ws('|', {keys}),
-               CASE WHEN _identical THEN 'exact copy of row ' || _kept_row || ' of ' || _kept_file
-                    ELSE 'key appears again; kept the newer row ' || _kept_row || ' of ' || _kept_file END,
-               to_json(struct_pack({', '.join(f'"{c}" := "{c}"' for c in spec.columns)}))::VARCHAR,
-               now()::TIMESTAMP
-        FROM _dups WHERE _rank > 1""", [batch_id, spec.name, "+".join(spec.key)])
-    counts = dict(wh.con.execute(
-        "SELECT _source_file, count(*) FROM _dups WHERE _rank > 1 GROUP BY 1").fetchall())
-    wh.con.execute(f"DELETE FROM {stage} WHERE rowid IN (SELECT _rid FROM _dups WHERE _rank > 1)")
+        SELECT * FROM (
+            SELECT s.rowid AS _rid, s.*, row_number() OVER w AS _rank,
+                   first_value(_source_row) OVER w AS _kept_row, first_value(_source_file) OVER w AS _kept_file,
+                   ({same_content or 'TRUE'}) AS _identical
+            FROM {stage} s SEMI JOIN dup_keys USING ({keys})
+            WINDOW w AS (PARTITION BY {keys} ORDER BY {version}_file_order DESC, _source_row DESC))
+        WHERE _rank > 1""")
+    counts = move_to_quarantine(
+        wh, spec, "_dups", batch_id, "+".join(spec.key),
+        check_sql="CASE WHEN _identical THEN 'duplicate_row' ELSE 'duplicate_key' END",
+        value_sql=f"concat_ws('|', {keys})",
+        reason_sql="CASE WHEN _identical THEN 'exact copy of row ' || _kept_row || ' of ' || _kept_file "
+                   "ELSE 'key appears again; kept the newer row ' || _kept_row || ' of ' || _kept_file END")
     wh.con.execute("DROP TABLE _dups")
     return counts
 
@@ -548,15 +562,12 @@ def quarantine_orphans(wh: Warehouse, spec: TableSpec, batch_id: str, staged_tab
             SELECT s.rowid AS _rid, s.* FROM {stage} s
             WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM ({' UNION ALL '.join(parent_sources)}) p WHERE {join})""")
         column = "+".join(fk.columns)
-        wh.con.execute(f"""INSERT INTO {QUARANTINE_STAGE}
-            SELECT ?, ?, _source_file, _file_hash, _source_row, ?, 'orphan',
-                   concat_ws('|', {', '.join(f'"{c}"' for c in fk.columns)}),
-                   ? , to_json(struct_pack({', '.join(f'"{c}" := "{c}"' for c in spec.columns)}))::VARCHAR,
-                   now()::TIMESTAMP FROM _orphans""",
-                       [batch_id, spec.name, column, f"{column}: no such {fk.parent} ({fk.parent_columns[0]})"])
-        for file, n in wh.con.execute("SELECT _source_file, count(*) FROM _orphans GROUP BY 1").fetchall():
+        moved = move_to_quarantine(
+            wh, spec, "_orphans", batch_id, column, check_sql="'orphan'",
+            value_sql=f"concat_ws('|', {', '.join(_ident(c) for c in fk.columns)})",
+            reason_sql="?", params=[f"{column}: no such {fk.parent} ({fk.parent_columns[0]})"])
+        for file, n in moved.items():
             counts[file] = counts.get(file, 0) + n
-        wh.con.execute(f"DELETE FROM {stage} WHERE rowid IN (SELECT _rid FROM _orphans)")
         wh.con.execute("DROP TABLE _orphans")
     return counts
 

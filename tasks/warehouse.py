@@ -134,12 +134,11 @@ class Warehouse:
     def replace_partition(self, table: str, df: pd.DataFrame, where: dict[str, Any]) -> None:
         """Idempotent write of a derived table: delete the partition, then insert it."""
         with self.transaction():
-            if self.has_table(table) and where:
-                clause = " AND ".join(f'"{k}" = ?' for k in where)
+            exists = self.has_table(table)
+            if exists:
+                clause = " AND ".join(f'"{k}" = ?' for k in where) or "TRUE"
                 self.con.execute(f'DELETE FROM "{table}" WHERE {clause}', list(where.values()))
-            elif self.has_table(table):
-                self.con.execute(f'DELETE FROM "{table}"')
-            if len(df) or not self.has_table(table):
+            if len(df) or not exists:  # an empty first write still creates the table
                 self.append(table, df)
 
     def replace_table(self, table: str, df: pd.DataFrame) -> None:
