@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -110,25 +111,34 @@ def train(
     if promote:
         result = _finish(retrain_flow.with_options(task_runner=runner)(models=models, promote=True,
                                                                           return_state=True), "retraining")
-        console.print(_models_table(result["training"]))
+        _print_trained(result["training"])
         for decision in result["promotions"]:
             console.print(f"[bold]{decision['model']}[/]: {decision['message']}")
         return
     day = cutoff.date() if cutoff else None
     result = _finish(train_flow.with_options(task_runner=runner)(models=models, cutoff=day, return_state=True),
                      "training")
-    console.print(_models_table(result["models"]))
+    _print_trained(result["models"])
+
+
+def _print_trained(results: list[dict[str, Any]]) -> None:
+    console.print(_models_table(results))
+    for r in results:
+        if "skipped" in r:
+            console.print(f"[yellow]{r['model']} skipped:[/] {r['skipped']}")
 
 
 def _models_table(results: list[dict[str, Any]]) -> Table:
-    table = Table("model", "version", "aliases", "ROC-AUC", "PR-AUC", "Brier", "lift@k", "vs logistic PR-AUC",
-                  "vs rule PR-AUC", title="trained models (test window)")
+    """Fits an 80-column terminal: aliases are in `aftersales models`, baselines are PR-AUC only."""
+    table = Table("model", "ver", "ROC-AUC", "PR-AUC", "Brier", "lift@k", "PR-AUC\nlogistic", "PR-AUC\nrule",
+                  title="trained models, test window", box=box.SIMPLE_HEAD)
+    table.columns[0].no_wrap = True
     for r in results:
         if "skipped" in r:
-            table.add_row(r["model"], "-", "skipped", r["skipped"])
+            table.add_row(r["model"], "-", "skipped")
             continue
         m = r["metrics"]
-        table.add_row(r["model"], str(r["version"]), ", ".join(r["aliases"]),
+        table.add_row(r["model"], str(r["version"]),
                       *(f"{m.get(k, float('nan')):.3f}" for k in
                         ("test_roc_auc", "test_pr_auc", "test_brier", "test_lift_at_k",
                          "baseline_logreg_test_pr_auc", "baseline_rule_test_pr_auc")))
@@ -212,7 +222,7 @@ def run(
     from flows.main import main_flow
 
     result = _finish(main_flow(customers=customers, seed=seed, return_state=True), "the main job")
-    console.print(_models_table(result["training"]))
+    _print_trained(result["training"])
     console.print(f"[green]task list for {result['score']['run_date']}[/]: {result['score']['tasks']} tasks "
                   f"({result['score']['control']} customers held out as control)")
     console.print(f"  {result['score']['files'].get('csv')}")

@@ -9,17 +9,11 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 
+from flows.runtime import run_day
 from schemas.settings import get_settings
-from tasks.features import as_timestamp
 from tasks.journeys import JourneyRun, analyse_journeys, journeys_report, write_journeys
 from tasks.warehouse import open_warehouse
-
-
-def run_day(run_date: date | datetime | str | None) -> pd.Timestamp:
-    """The given day, else the day this run was scheduled for — never the wall clock of a task."""
-    return as_timestamp(run_date if run_date is not None else flow_run.scheduled_start_time).normalize()
 
 
 @task(cache_policy=NO_CACHE)

@@ -19,8 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.runtime import task_runner
-from flows.score import scheduled_run_date
+from flows.runtime import run_day, task_runner
 from schemas.monitoring import DECISIONS_TABLE
 from schemas.settings import Settings, get_settings
 from tasks.monitoring import (
@@ -150,7 +149,7 @@ def monitor_flow(run_date: date | None = None) -> dict[str, Any]:
     """Judge the day's scores for drift, evaluate matured runs, and retrain where a threshold is crossed."""
     logger = get_run_logger()
     settings = get_settings()
-    day = scheduled_run_date(run_date)
+    day = run_day(run_date)
     with run_lock(settings, "monitor"):  # the cool-down check and the trigger never interleave
         drift = check_drift_task(settings, day)
         new, history = realised_performance_task(settings, until=day)

@@ -9,9 +9,9 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.runtime import flow_run
 from prefect.states import Failed, State
 
+from flows.runtime import run_day
 from schemas.settings import Settings, get_settings
 from schemas.tasks import ScoredRows, TaskList
 from tasks.interventions import build_task_list_task, load_history, task_list_summary, write_task_list_task
@@ -27,16 +27,8 @@ from tasks.scoring import (
     scored_rows,
     scores_table,
 )
+from tasks.tags import current_tags
 from tasks.warehouse import open_warehouse, run_lock
-
-
-def scheduled_run_date(run_date: date | None) -> pd.Timestamp:
-    """The day this run is for: the parameter, else the scheduled time (late runs and backfills
-    produce the list their date would have had), never the wall clock inside a task."""
-    if run_date is not None:
-        return pd.Timestamp(run_date).normalize()
-    scheduled = flow_run.scheduled_start_time
-    return pd.Timestamp(scheduled).tz_convert("UTC").tz_localize(None).normalize()
 
 
 @task(name="resolve-champions", cache_policy=NO_CACHE)
@@ -50,37 +42,26 @@ def resolve_champions(settings: Settings) -> dict[str, Champion] | State:
 
 
 @task(name="score-populations", cache_policy=NO_CACHE)
-def score_populations(champions: dict[str, Champion], day: pd.Timestamp, settings: Settings) -> pd.DataFrame:
-    """Every model's population scored; all scores kept for monitoring, candidates explained."""
+def score_populations(champions: dict[str, Champion], day: pd.Timestamp,
+                      settings: Settings) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Every model's population scored: all scores kept for monitoring, candidates explained.
+
+    Returns the candidates as ``ScoredRows`` and each model's scored frame (for the drift gate).
+    """
     with open_warehouse(settings) as wh:
         scored = {model: score_model(wh, champion, day, settings) for model, champion in champions.items()}
-        everything = [scores_table(frame, day) for frame in scored.values() if len(frame)]
-        wh.replace_partition(SCORES_TABLE, pd.concat(everything, ignore_index=True) if everything
-                             else scores_table(pd.DataFrame(columns=["risk", "model_version", "customer_id",
-                                                                     "order_id", "probability",
-                                                                     "value_at_stake"]), day),
+        wh.replace_partition(SCORES_TABLE, pd.concat([scores_table(f, day) for f in scored.values()],
+                                                     ignore_index=True),
                              where={"run_date": day.to_pydatetime()})
-        tags = current_customer_tags(wh)
+        tags = current_tags(wh, day)  # tags as of the run date, so a backfill sees that day's tags
     rows = []
     for model, frame in scored.items():
-        candidates = list_candidates(frame, settings) if len(frame) else frame
+        candidates = list_candidates(frame, settings)
         if len(candidates):
             rows.append(scored_rows(candidates, explain(candidates, champions[model]), day, tags))
     if not rows:  # nobody eligible: an empty frame of the contract, so the day gets a valid empty list
-        return ScoredRows.validate(pd.DataFrame(columns=list(ScoredRows.to_schema().columns)))
-    return pd.concat(rows, ignore_index=True)
-
-
-def current_customer_tags(wh) -> pd.DataFrame | None:
-    """Tags and segment of each customer, when the segmentation flow has produced them."""
-    try:
-        from tasks.tags import current_tags
-    except ImportError:
-        return None
-    try:
-        return current_tags(wh)
-    except Exception:  # no tag run yet: the list simply carries no tags
-        return None
+        rows = [ScoredRows.validate(pd.DataFrame(columns=list(ScoredRows.to_schema().columns)))]
+    return pd.concat(rows, ignore_index=True), scored
 
 
 @flow(name="score")
@@ -88,7 +69,7 @@ def score_flow(run_date: date | None = None) -> dict[str, Any] | Failed:
     """Score as of the run date with the current champions and write that day's task list."""
     logger = get_run_logger()
     settings = get_settings()
-    day = scheduled_run_date(run_date)
+    day = run_day(run_date)
     with run_lock(settings, f"score-{day:%Y-%m-%d}"):  # two runs for one date never interleave
         resolved = resolve_champions(settings, return_state=True)
         if resolved.is_failed():
@@ -97,9 +78,10 @@ def score_flow(run_date: date | None = None) -> dict[str, Any] | Failed:
         champions = resolved.result()
         versions = {model: champion.label for model, champion in champions.items()}
         logger.info("scoring %s with %s", day.date(), versions)
-        scored = score_populations(champions, day, settings)
+        scored, frames = score_populations(champions, day, settings)
         # scores are kept either way; severe drift holds the list or ships it flagged (monitoring.gate)
-        gate = drift_gate_task(settings, day, {model: champion.scorer for model, champion in champions.items()})
+        gate = drift_gate_task(settings, day, {model: champion.scorer for model, champion in champions.items()},
+                               frames)
         with open_warehouse(settings) as wh:
             history, held_out = load_history(wh, day, settings)
         if scored.empty:

@@ -37,6 +37,11 @@ _SAMPLE_VALUES: tuple[Any, ...] = (1.0, "sample")
 
 
 # ---- the catalogue ---------------------------------------------------------------------------
+# English templates say "{value} orders"; a value of 1 reads "1 order" (Chinese needs no plural)
+ONE_OF_MANY = re.compile(
+    r"(?<![\d.])1 ((?:\w+ )?)(order|ticket|hour|time|day|review|return|view|item|session|unit|text|complaint|"
+    r"cart|week|event|line|action|contact|visit)s\b")
+
 class Phrase(BaseModel):
     model_config = ConfigDict(extra="forbid")
     en: str
@@ -240,6 +245,8 @@ def phrase(reason: str | None, value: Any, language: Language = "en",
         text = template.format(value=shown)
     except (ValueError, TypeError, KeyError, IndexError):
         return group_phrase
+    if language == "en":
+        text = ONE_OF_MANY.sub(r"1 \1\2", text)  # "1 orders" -> "1 order"
     return text if "_" not in text else group_phrase
 
 

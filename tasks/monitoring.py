@@ -406,7 +406,7 @@ def scores_of_day(wh: Warehouse, run_date: Any, model: str | None = None) -> pd.
 
 
 def model_drift(wh: Warehouse, settings: Settings, run_date: Any, model: str, scores: pd.DataFrame,
-                scorer: Any = None) -> ModelDrift:
+                scorer: Any = None, current: pd.DataFrame | None = None) -> ModelDrift:
     """Recompute the day's features, load the scoring version's reference, judge every feature and the score."""
     cfg = settings.monitoring
     if scores.empty:
@@ -416,7 +416,8 @@ def model_drift(wh: Warehouse, settings: Settings, run_date: Any, model: str, sc
         reference = load_reference(settings, model, version_of_label(label)[1], scorer)
     except (LookupError, MlflowException, OSError, ValueError) as exc:
         return ModelDrift(model, label, status=f"no reference: {str(exc).splitlines()[0][:200]}")
-    current = scoring_frame(wh, model, run_date, settings)
+    if current is None:  # the scoring run passes the frame it scored; the monitor recomputes it
+        current = scoring_frame(wh, model, run_date, settings)
     result = ModelDrift(model, label, reference_rows=len(reference.frame), current_rows=len(current))
     if len(current) < cfg.min_rows:
         result.status = "too_few_rows"
@@ -427,14 +428,15 @@ def model_drift(wh: Warehouse, settings: Settings, run_date: Any, model: str, sc
     return result
 
 
-def drift_for_day(wh: Warehouse, settings: Settings, run_date: Any,
-                  scorers: Mapping[str, Any] | None = None) -> dict[str, ModelDrift]:
+def drift_for_day(wh: Warehouse, settings: Settings, run_date: Any, scorers: Mapping[str, Any] | None = None,
+                  frames: Mapping[str, pd.DataFrame] | None = None) -> dict[str, ModelDrift]:
     """Every configured model's drift on the day's scoring run (models without scores: ``not_scored``)."""
     scores = scores_of_day(wh, run_date)
     out = {}
     for model in settings.training.models:
         rows = scores[scores["model"] == model]
-        out[model] = model_drift(wh, settings, run_date, model, rows, (scorers or {}).get(model))
+        out[model] = model_drift(wh, settings, run_date, model, rows, (scorers or {}).get(model),
+                                 (frames or {}).get(model))
     return out
 
 
@@ -547,13 +549,13 @@ def write_notice(decision: GateDecision, tasks_dir: Path) -> Path | None:
 
 
 def run_gate(settings: Settings, run_date: Any, scorers: Mapping[str, Any] | None = None,
-             flow_run_id: str | None = None) -> GateDecision:
+             flow_run_id: str | None = None, frames: Mapping[str, pd.DataFrame] | None = None) -> GateDecision:
     """The scoring run's gate: drift of the day's scores, recorded, and what to do with the list."""
     cfg = settings.monitoring
     if cfg.gate == "off":
         return GateDecision(_day(run_date), False, "off", [], "drift gate is off (monitoring.gate)")
     with open_warehouse(settings) as wh:
-        results = drift_for_day(wh, settings, run_date, scorers)
+        results = drift_for_day(wh, settings, run_date, scorers, frames)
         checks, runs = drift_tables(results, run_date, cfg, source="score")
         decision = gate_decision(results, run_date, cfg)
         write_drift(wh, checks, runs, run_date)
@@ -992,12 +994,13 @@ def mark_flow_run(flow_run_id: str, tag: str) -> None:
 
 
 @task(name="drift-gate", cache_policy=NO_CACHE)
-def drift_gate_task(settings: Settings, run_date: Any, scorers: Mapping[str, Any] | None = None) -> GateDecision:
+def drift_gate_task(settings: Settings, run_date: Any, scorers: Mapping[str, Any] | None = None,
+                    frames: Mapping[str, pd.DataFrame] | None = None) -> GateDecision:
     """Never fails the scoring run: a gate that cannot judge says so and lets the list ship."""
     logger = get_run_logger()
     flow_run_id = str(flow_run.id) if flow_run.id else None
     try:
-        decision = run_gate(settings, run_date, scorers, flow_run_id)
+        decision = run_gate(settings, run_date, scorers, flow_run_id, frames)
     except Exception as exc:  # monitoring must not stop the care team's list
         logger.warning("drift gate unavailable: %s", exc)
         return GateDecision(_day(run_date), False, "unavailable", [], f"{type(exc).__name__}: {exc}"[:300])

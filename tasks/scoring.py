@@ -83,8 +83,9 @@ def risk_of_rows(model: str, frame: pd.DataFrame) -> pd.Series:
 def score_model(wh: Warehouse, champion: Champion, run_date: pd.Timestamp, settings: Settings) -> pd.DataFrame:
     """The model's population at the run date with probability, risk and value at stake."""
     frame = scoring_frame(wh, champion.model, run_date, settings)
-    if frame.empty:
-        return frame
+    if frame.empty:  # the same columns, so downstream steps need no special case
+        return frame.assign(probability=pd.Series(dtype=float), risk=pd.Series(dtype=str),
+                            value_at_stake=pd.Series(dtype=float), model_version=pd.Series(dtype=str))
     features = feature_columns(champion.model)
     frame["probability"] = np.clip(champion.scorer.predict_proba(frame[features]), 0.0, 1.0)
     frame["risk"] = risk_of_rows(champion.model, frame)
@@ -129,8 +130,10 @@ def scored_rows(candidates: pd.DataFrame, reasons: pd.DataFrame, run_date: pd.Ti
         ScoredRows.model_version: candidates["model_version"],
     }, index=candidates.index)
     out = out.join(reasons)
-    if tags is not None and len(tags):
-        out = out.merge(tags, how="left", on=ScoredRows.customer_id)
+    if tags is not None and len(tags):  # agents read the segment's name, not its id
+        named = tags.assign(segment=tags["segment_name"].fillna(tags["segment"]))
+        out = out.merge(named[[ScoredRows.customer_id, ScoredRows.tags, ScoredRows.segment]], how="left",
+                        on=ScoredRows.customer_id)
     return out.reset_index(drop=True)
 
 
