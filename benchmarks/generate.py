@@ -20,7 +20,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.synthetic import generate_shop
+from tasks.data.synthetic import generate_shop
 
 
 class RssSampler:

@@ -22,8 +22,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from schemas.settings import Settings
-from tasks.ingest import ingest_batch
-from tasks.warehouse import Warehouse
+from tasks.data.ingest import ingest_batch
+from tasks.data.warehouse import Warehouse
 
 
 def peak_rss_gib() -> float:
@@ -57,7 +57,7 @@ def main() -> None:
     data = args.keep or work / "shop"
     if not (data / "_batch.json").exists():  # in a child process, so its memory is not counted here
         started = time.perf_counter()
-        code = ("from pathlib import Path; from tasks.synthetic import generate_shop; "
+        code = ("from pathlib import Path; from tasks.data.synthetic import generate_shop; "
                 f"generate_shop(Path({str(data)!r}), customers={args.customers}, seed={args.seed}, "
                 f"file_format={args.format!r})")
         subprocess.run([sys.executable, "-c", code], check=True)

@@ -32,7 +32,7 @@ counted. The scoring run is then timed stage by stage with the functions ``flows
 Stages 1-5 run ``--repeats`` times and the median is reported: on shared cores a stage swings
 several-fold between passes. Beside wall seconds the table shows CPU seconds of the process (all
 its threads): under contention wall time grows, CPU time much less. Quote the load average.
-Not timed: the drift gate (``tasks.monitoring``) and Prefect's own task overhead.
+Not timed: the drift gate (``tasks.monitoring.checks``) and Prefect's own task overhead.
 Peak memory is this process's maximum RSS (ru_maxrss, DuckDB included; setup and probe excluded).
 """
 
@@ -84,9 +84,9 @@ def build_shop(home: Path, customers: int, seed: int, train: bool) -> None:
     quiet()
     os.environ["AFTERSALES_PATHS__HOME"] = str(home)
     reset_settings_cache()
-    from tasks.ingest import ingest_batch
-    from tasks.synthetic import BATCH_MANIFEST, generate_shop
-    from tasks.warehouse import Warehouse
+    from tasks.data.ingest import ingest_batch
+    from tasks.data.synthetic import BATCH_MANIFEST, generate_shop
+    from tasks.data.warehouse import Warehouse
 
     settings = Settings(paths={"home": home})
     started = time.perf_counter()
@@ -195,8 +195,8 @@ def feature_probe(path: str, day: str, home: str) -> dict[str, tuple[int, Took]]
     Runs in a spawned child process, so its big frames do not count in the scoring run's memory.
     """
     quiet()
-    from tasks.features import customer_features, order_features
-    from tasks.warehouse import Warehouse
+    from tasks.data.warehouse import Warehouse
+    from tasks.models.features import customer_features, order_features
 
     settings = Settings(paths={"home": Path(home)})
     wh = Warehouse(path, read_only=True, memory_limit=settings.warehouse.memory_limit,
@@ -215,8 +215,8 @@ def feature_probe(path: str, day: str, home: str) -> dict[str, tuple[int, Took]]
 def features_pass(path: Path, models: list[str], day: pd.Timestamp,
                   settings: Settings) -> tuple[dict[str, pd.DataFrame], dict[str, Took]]:
     """``scoring_frame`` of every model on a freshly opened warehouse, as a morning run does."""
-    from tasks.datasets import scoring_frame
-    from tasks.warehouse import Warehouse
+    from tasks.data.warehouse import Warehouse
+    from tasks.models.datasets import scoring_frame
 
     wh = Warehouse(path, read_only=True, memory_limit=settings.warehouse.memory_limit,
                    threads=settings.warehouse.threads)
@@ -246,11 +246,11 @@ class Pass:
 def scoring_pass(champions: dict[str, Any], frames: dict[str, pd.DataFrame], day: pd.Timestamp,
                  settings: Settings, wh: Any, tags: pd.DataFrame | None) -> Pass:
     """predict, prepare + bare, reasons and list once, each with the code the scoring flow runs."""
-    from tasks import scoring
-    from tasks.datasets import feature_columns
-    from tasks.explain import load_reason_catalogue
-    from tasks.interventions import build_task_list, load_history
-    from tasks.playbook import load_playbook
+    from tasks.care.interventions import build_task_list, load_history
+    from tasks.care.playbook import load_playbook
+    from tasks.models import scoring
+    from tasks.models.datasets import feature_columns
+    from tasks.models.explain import load_reason_catalogue
 
     took: dict[str, Took] = {"prepare": Took(), "bare": Took(), "explain": Took()}
     scored: dict[str, pd.DataFrame] = {}
@@ -324,7 +324,7 @@ def measure(home: Path, args: argparse.Namespace) -> None:
     day = pd.Timestamp(args.run_date or pd.Timestamp(settings.generator.end_date) + pd.Timedelta(days=1)).normalize()
     print(f"scoring run date {day:%Y-%m-%d}; {load()}", flush=True)
 
-    from tasks.scoring import ScoringError, load_champions
+    from tasks.models.scoring import ScoringError, load_champions
 
     try:
         load_champions(settings, list(settings.training.models))
@@ -347,9 +347,9 @@ def run(settings: Settings, day: pd.Timestamp, feature_path: Path, feature_sourc
         args: argparse.Namespace) -> None:
     """The timed scoring run; prints the table, end to end, ratios, memory and verdicts."""
     from flows.score import current_customer_tags
-    from tasks import scoring
-    from tasks.interventions import write_task_list
-    from tasks.warehouse import Warehouse
+    from tasks.care.interventions import write_task_list
+    from tasks.data.warehouse import Warehouse
+    from tasks.models import scoring
 
     models = list(settings.training.models)
     stages: list[Stage] = []

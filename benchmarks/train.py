@@ -25,8 +25,8 @@ import pandas as pd
 import psutil
 
 from schemas.settings import Settings
-from tasks.evaluation import classification_metrics
-from tasks.training import DataSplits, RuleSpec, train_baselines, train_model
+from tasks.models.evaluation import classification_metrics
+from tasks.models.training import DataSplits, RuleSpec, train_baselines, train_model
 
 CATEGORICAL = 6
 
@@ -126,7 +126,7 @@ def main() -> None:
         print(f"{'':<22} {name:<16} roc_auc {m['roc_auc']:.4f}  pr_auc {m['pr_auc']:.4f}  brier {m['brier']:.4f}")
     measure("contributions 10k rows", lambda: trained.contributions(X_te.head(10_000)))
     if not args.no_registry:
-        from tasks.registry import log_training_run
+        from tasks.models.registry import log_training_run
 
         measure(
             "log_training_run",

@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas.settings import Settings, get_settings
-from tasks.alerts import (
+from tasks.insight.alerts import (
     AlertRun,
     alerts_markdown,
     detect_alerts_task,
@@ -20,7 +20,7 @@ from tasks.alerts import (
     webhook_task,
     write_alert_files,
 )
-from tasks.text import load_lexicon
+from tasks.insight.text import load_lexicon
 
 
 @task(name="publish-product-alerts", cache_policy=NO_CACHE)

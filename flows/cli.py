@@ -56,7 +56,7 @@ def generate(
 ) -> None:
     """Write a synthetic shop (all eight source tables) with planted signal and dirty rows."""
     from schemas.settings import get_settings
-    from tasks.synthetic import generate_shop
+    from tasks.data.synthetic import generate_shop
 
     settings = get_settings()
     out = out or settings.data_dir
@@ -165,7 +165,7 @@ def models() -> None:
     import pandas as pd
 
     from schemas.settings import get_settings
-    from tasks.registry import list_models
+    from tasks.models.registry import list_models
 
     frame = list_models(get_settings())
     table = Table("registered model", "version", "aliases", "created", "ROC-AUC", "PR-AUC", "data hash", "code",

@@ -11,10 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from schemas.settings import get_settings
-from tasks.ingest import BatchResult, IngestError, ingest_batch, validation_report
-from tasks.mapping import MappingError
+from tasks.data.ingest import BatchResult, IngestError, ingest_batch, validation_report
+from tasks.data.mapping import MappingError
+from tasks.data.warehouse import open_warehouse
 from tasks.progress import row_progress
-from tasks.warehouse import open_warehouse
 
 
 @task(cache_policy=NO_CACHE)

@@ -12,8 +12,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.runtime import run_day
 from schemas.settings import get_settings
-from tasks.journeys import JourneyRun, analyse_journeys, journeys_report, write_journeys
-from tasks.warehouse import open_warehouse
+from tasks.data.warehouse import open_warehouse
+from tasks.insight.journeys import JourneyRun, analyse_journeys, journeys_report, write_journeys
 
 
 @task(cache_policy=NO_CACHE)

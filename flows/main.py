@@ -13,7 +13,7 @@ from flows.ingest import ingest_flow
 from flows.score import score_flow
 from flows.train import train_flow
 from schemas.settings import get_settings
-from tasks.synthetic import generate_shop
+from tasks.data.synthetic import generate_shop
 
 
 @task(name="generate-shop")

@@ -22,7 +22,8 @@ from prefect.runtime import flow_run
 from flows.runtime import run_day, task_runner
 from schemas.monitoring import DECISIONS_TABLE
 from schemas.settings import Settings, get_settings
-from tasks.monitoring import (
+from tasks.data.warehouse import open_warehouse, run_lock
+from tasks.monitoring.checks import (
     Decision,
     ModelDrift,
     check_drift_task,
@@ -38,7 +39,6 @@ from tasks.monitoring import (
     scores_of_day,
     version_of_label,
 )
-from tasks.warehouse import open_warehouse, run_lock
 
 
 def _current_flow_run_id() -> str | None:

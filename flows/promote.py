@@ -10,9 +10,9 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from schemas.settings import Settings, get_settings
-from tasks.datasets import build_training_set, feature_columns, rolling_cutoffs
-from tasks.registry import promote
-from tasks.warehouse import open_warehouse
+from tasks.data.warehouse import open_warehouse
+from tasks.models.datasets import build_training_set, feature_columns, rolling_cutoffs
+from tasks.models.registry import promote
 
 
 @task(name="latest-test-window", cache_policy=NO_CACHE)

@@ -10,7 +10,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from schemas.settings import get_settings
-from tasks.report import KPIS, build_report_task
+from tasks.insight.report import KPIS, build_report_task
 
 
 @flow(name="report")

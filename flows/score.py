@@ -14,9 +14,10 @@ from prefect.states import Failed, State
 from flows.runtime import run_day
 from schemas.settings import Settings, get_settings
 from schemas.tasks import ScoredRows, TaskList
-from tasks.interventions import build_task_list_task, load_history, task_list_summary, write_task_list_task
-from tasks.monitoring import drift_gate_task, empty_task_lists
-from tasks.scoring import (
+from tasks.care.interventions import build_task_list_task, load_history, task_list_summary, write_task_list_task
+from tasks.data.warehouse import open_warehouse, run_lock
+from tasks.insight.tags import current_tags
+from tasks.models.scoring import (
     SCORES_TABLE,
     Champion,
     ScoringError,
@@ -27,8 +28,7 @@ from tasks.scoring import (
     scored_rows,
     scores_table,
 )
-from tasks.tags import current_tags
-from tasks.warehouse import open_warehouse, run_lock
+from tasks.monitoring.checks import drift_gate_task, empty_task_lists
 
 
 @task(name="resolve-champions", cache_policy=NO_CACHE)

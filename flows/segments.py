@@ -12,7 +12,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.runtime import run_day
 from schemas.settings import get_settings
-from tasks.segments import (
+from tasks.data.warehouse import open_warehouse
+from tasks.insight.segments import (
     Segmentation,
     customer_tag_snapshot,
     log_segmentation,
@@ -21,7 +22,7 @@ from tasks.segments import (
     segments_report,
     write_segmentation,
 )
-from tasks.tags import (
+from tasks.insight.tags import (
     TagBook,
     behaviour_features,
     evaluate_tags,
@@ -30,7 +31,6 @@ from tasks.tags import (
     tag_changes,
     update_tag_history,
 )
-from tasks.warehouse import open_warehouse
 
 
 @task(cache_policy=NO_CACHE)

@@ -12,7 +12,8 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.runtime import run_day
 from schemas.settings import get_settings
-from tasks.service_quality import (
+from tasks.data.warehouse import open_warehouse
+from tasks.insight.service_quality import (
     ScoreBook,
     ServiceRun,
     load_score_book,
@@ -20,7 +21,6 @@ from tasks.service_quality import (
     service_scores,
     write_service_scores,
 )
-from tasks.warehouse import open_warehouse
 
 
 @task(cache_policy=NO_CACHE)

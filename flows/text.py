@@ -13,7 +13,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from schemas.settings import Settings, get_settings
-from tasks.text import (
+from tasks.insight.text import (
     TextModelError,
     TextModels,
     load_texts_task,

@@ -21,11 +21,11 @@ from prefect.states import Failed
 from flows.promote import promote_flow
 from flows.runtime import task_runner
 from schemas.settings import Settings, get_settings
-from tasks.datasets import build_training_set, feature_columns, rolling_cutoffs, time_split
-from tasks.features import CATALOGUE_PATH
-from tasks.registry import RegisteredVersion, configure, log_training_run
-from tasks.training import DataSplits, RuleSpec, train_baselines, train_model
-from tasks.warehouse import open_warehouse
+from tasks.data.warehouse import open_warehouse
+from tasks.models.datasets import build_training_set, feature_columns, rolling_cutoffs, time_split
+from tasks.models.features import CATALOGUE_PATH
+from tasks.models.registry import RegisteredVersion, configure, log_training_run
+from tasks.models.training import DataSplits, RuleSpec, train_baselines, train_model
 
 SCORERS = {"model": "XGBoost (calibrated)", "baseline_logreg": "logistic regression",
            "baseline_rule": "one-line rule"}

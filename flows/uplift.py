@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from schemas.settings import get_settings
-from tasks.uplift import uplift_report_task
+from tasks.care.uplift import uplift_report_task
 
 
 @flow(name="uplift")

@@ -2,7 +2,7 @@
 
 These pandera models are also the feature registry: every feature is declared once, here, with
 its plain-English description and the source tables it reads (``metadata``). The feature code in
-``tasks/features.py`` must produce exactly these columns (the models are strict and ordered), and
+``tasks/models/features.py`` must produce exactly these columns (the models are strict and ordered), and
 ``schemas/defaults/feature_catalogue.csv`` is generated from them.
 
 Every numeric feature is a float so that "unknown" is NaN everywhere (XGBoost reads it as

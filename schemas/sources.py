@@ -58,7 +58,7 @@ LANGUAGES = ["en", "zh", "other"]
 
 class _Base(pa.DataFrameModel):
     class Config:
-        coerce = True  # values arrive already parsed by tasks.ingest; this only aligns precision
+        coerce = True  # values arrive already parsed by tasks.data.ingest; this only aligns precision
         strict = "filter"
 
 

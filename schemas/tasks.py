@@ -4,7 +4,7 @@
 calibrated probability, the value at stake and the three features that pushed the risk up most.
 ``TaskList`` is what customer-care agents receive: one row per customer and day, in plain words.
 ``ControlGroup`` is the same row for customers held out on purpose (never contacted), so that
-the effect of the care tasks can be measured (``tasks/uplift.py``).
+the effect of the care tasks can be measured (``tasks/care/uplift.py``).
 
 Every column name of this layer is declared here once; code refers to ``TaskList.why`` etc.
 """

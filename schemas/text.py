@@ -2,9 +2,9 @@
 statistics and product alerts.
 
 ``text_insights`` holds one row per review, ticket and return text with its negative-sentiment
-probability and complaint reason; ``text_features`` (tasks/text.py) aggregates it per customer as
+probability and complaint reason; ``text_features`` (tasks/insight/text.py) aggregates it per customer as
 of a cutoff. ``product_week_stats`` and ``product_alerts`` are written by the early-warning flow
-(tasks/alerts.py) and read by the KPI report.
+(tasks/insight/alerts.py) and read by the KPI report.
 """
 
 from __future__ import annotations

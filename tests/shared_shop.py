@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from schemas.settings import Settings
-from tasks.ingest import ingest_batch
-from tasks.synthetic import generate_shop
-from tasks.warehouse import Warehouse
+from tasks.data.ingest import ingest_batch
+from tasks.data.synthetic import generate_shop
+from tasks.data.warehouse import Warehouse
 
 SHOP_CUSTOMERS, SHOP_SEED = 2_000, 5
 RUN = pd.Timestamp("2026-11-02")  # the synthetic shop's history ends on 2026-11-01

@@ -17,7 +17,8 @@ from test_text import shop_warehouse  # the shared generated shop (tests/ is on 
 
 from schemas.settings import AlertSettings, Settings
 from schemas.text import ALERTS_TABLE, COMPLAINTS, WEEK_STATS_TABLE, ProductAlerts, complaint_column
-from tasks.alerts import (
+from tasks.data.warehouse import Warehouse
+from tasks.insight.alerts import (
     WEEK,
     alerts_markdown,
     alerts_payload,
@@ -30,7 +31,6 @@ from tasks.alerts import (
     score_weeks,
     store_alerts,
 )
-from tasks.warehouse import Warehouse
 
 CFG = AlertSettings()
 START = pd.Timestamp("2026-01-05")  # a Monday

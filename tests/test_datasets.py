@@ -15,7 +15,8 @@ import pytest
 
 from schemas.derived import CUTOFF, LABEL, UNKNOWN, training_set_schema
 from schemas.settings import Settings
-from tasks.datasets import (
+from tasks.data.warehouse import Warehouse
+from tasks.models.datasets import (
     build_training_set,
     feature_columns,
     rolling_cutoffs,
@@ -23,9 +24,8 @@ from tasks.datasets import (
     split_gap_days,
     time_split,
 )
-from tasks.features import order_features
-from tasks.labels import label_horizon_days, latest_matured_cutoff, population
-from tasks.warehouse import Warehouse
+from tasks.models.features import order_features
+from tasks.models.labels import label_horizon_days, latest_matured_cutoff, population
 
 END = pd.Timestamp("2026-06-01")
 DAYS = 430
@@ -263,7 +263,7 @@ def test_training_sets_without_optional_sources(tmp_path: Path, frames: dict[str
 
 def test_synthetic_shop_end_to_end(tmp_path: Path) -> None:
     """The built-in synthetic shop: every model builds, splits by time and stays leak-free."""
-    synthetic = pytest.importorskip("tasks.synthetic")
+    synthetic = pytest.importorskip("tasks.data.synthetic")
     pq = pytest.importorskip("pyarrow.parquet")
     out = tmp_path / "shop"
     synthetic.generate_shop(out, customers=300, seed=4, dirty_share=0.0)

@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from schemas.settings import Settings
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
 
 RUN_DATE = "2026-11-02"
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from schemas.tasks import REASON_COLUMNS
-from tasks.explain import (
+from tasks.models.explain import (
     DEFAULT_REASONS_FILE,
     CatalogueError,
     default_catalogue,
@@ -21,7 +21,7 @@ from tasks.explain import (
     phrase_reasons,
     top_reasons,
 )
-from tasks.features import feature_registry
+from tasks.models.features import feature_registry
 
 REGISTRY = feature_registry()
 FEATURE_NAMES = sorted({f.name for f in REGISTRY})

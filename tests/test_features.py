@@ -16,7 +16,8 @@ import pytest
 from schemas.derived import TEXT_COMPLAINTS, UNKNOWN, CustomerFeatures, OrderFeatures
 from schemas.settings import Settings
 from schemas.text import TEXT_INSIGHTS_TABLE, TextInsights, complaint_column
-from tasks.features import (
+from tasks.data.warehouse import Warehouse
+from tasks.models.features import (
     CATALOGUE_PATH,
     WINDOWS,
     available_sources,
@@ -26,7 +27,6 @@ from tasks.features import (
     order_features,
     write_feature_catalogue,
 )
-from tasks.warehouse import Warehouse
 
 CUT = pd.Timestamp("2026-03-01")
 OPTIONAL = ("returns", "tickets", "reviews", "events", TEXT_INSIGHTS_TABLE)
@@ -377,8 +377,8 @@ def test_text_feature_values(wh: Warehouse) -> None:
 
 
 def test_text_features_agree_with_the_text_module(wh: Warehouse) -> None:
-    """The feature layer counts exactly what ``tasks.text.text_features`` counts."""
-    from tasks.text import text_features
+    """The feature layer counts exactly what ``tasks.insight.text.text_features`` counts."""
+    from tasks.insight.text import text_features
 
     ours = by(customer_features(wh, CUT), "customer_id")
     theirs = by(text_features(wh, CUT), "customer_id")
@@ -476,7 +476,7 @@ def test_bad_review_threshold_comes_from_settings(wh: Warehouse) -> None:
 def test_shipped_catalogue_matches_the_code(tmp_path: Path) -> None:
     generated = write_feature_catalogue(tmp_path / "catalogue.csv")
     assert CATALOGUE_PATH.read_text() == generated.read_text(), (
-        "run `python -c 'from tasks.features import write_feature_catalogue; write_feature_catalogue()'`"
+        "run `python -c 'from tasks.models.features import write_feature_catalogue; write_feature_catalogue()'`"
     )
     cat = feature_catalogue()
     assert not cat.duplicated(["entity", "name"]).any()

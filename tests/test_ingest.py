@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from schemas.settings import Settings
-from tasks.ingest import IngestError, ingest_batch, validation_report
-from tasks.mapping import MappingError, load_mapping
-from tasks.warehouse import Warehouse
+from tasks.data.ingest import IngestError, ingest_batch, validation_report
+from tasks.data.mapping import MappingError, load_mapping
+from tasks.data.warehouse import Warehouse
 
 DATA = Path(__file__).parent / "data"
 MAPPINGS = Path(__file__).parents[1] / "schemas" / "defaults" / "mappings"

@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 
 from schemas.settings import Settings
-from tasks.ingest import ingest_batch
-from tasks.synthetic import generate_shop
-from tasks.warehouse import Warehouse
+from tasks.data.ingest import ingest_batch
+from tasks.data.synthetic import generate_shop
+from tasks.data.warehouse import Warehouse
 
 
 @pytest.fixture(scope="module")

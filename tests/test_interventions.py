@@ -14,11 +14,11 @@ import yaml
 
 from schemas.settings import ScoringSettings
 from schemas.tasks import AGENT_TEXT_COLUMNS, CONTROL_TABLE, TASK_TABLE, ScoredRows
-from tasks.explain import default_catalogue
-from tasks.features import feature_registry
-from tasks.interventions import build_task_list, load_history, make_task_id, task_list_summary, write_task_list
-from tasks.playbook import DEFAULT_PLAYBOOK_FILE, PlaybookError, apply_playbook, load_playbook, parse_playbook
-from tasks.warehouse import Warehouse
+from tasks.care.interventions import build_task_list, load_history, make_task_id, task_list_summary, write_task_list
+from tasks.care.playbook import DEFAULT_PLAYBOOK_FILE, PlaybookError, apply_playbook, load_playbook, parse_playbook
+from tasks.data.warehouse import Warehouse
+from tasks.models.explain import default_catalogue
+from tasks.models.features import feature_registry
 
 DAY = "2026-11-02"
 FEATURES = {f.name for f in feature_registry()}

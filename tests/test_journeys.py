@@ -19,7 +19,8 @@ from schemas.analytics import (
     JourneyPredictions,
 )
 from schemas.settings import Settings
-from tasks.journeys import (
+from tasks.data.warehouse import Warehouse
+from tasks.insight.journeys import (
     NextStepModel,
     bad_outcome_probabilities,
     evaluate_models,
@@ -29,7 +30,6 @@ from tasks.journeys import (
     seen_counts,
     transitions,
 )
-from tasks.warehouse import Warehouse
 
 D = pd.Timestamp("2026-01-10")
 

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from schemas.settings import LabelSettings, Settings
-from tasks.labels import (
+from tasks.data.warehouse import Warehouse
+from tasks.models.labels import (
     check_label_settings,
     data_end,
     label_horizon_days,
@@ -20,7 +21,6 @@ from tasks.labels import (
     latest_matured_cutoff,
     population,
 )
-from tasks.warehouse import Warehouse
 
 CUT = pd.Timestamp("2026-03-01")
 S = Settings()

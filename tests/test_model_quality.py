@@ -7,11 +7,11 @@ import pytest
 
 from flows.train import training_splits
 from schemas.settings import Settings
-from tasks.evaluation import classification_metrics
-from tasks.ingest import ingest_batch
-from tasks.synthetic import generate_shop
-from tasks.training import RuleSpec, score_window, train_baselines, train_model
-from tasks.warehouse import Warehouse
+from tasks.data.ingest import ingest_batch
+from tasks.data.synthetic import generate_shop
+from tasks.data.warehouse import Warehouse
+from tasks.models.evaluation import classification_metrics
+from tasks.models.training import RuleSpec, score_window, train_baselines, train_model
 
 CUSTOMERS = 12_000  # big enough for a test window with >100 positives per order model
 PLANTED_DRIVERS = {

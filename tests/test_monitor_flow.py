@@ -26,7 +26,7 @@ from test_monitoring import (
 
 from schemas.monitoring import DECISIONS_TABLE, GATE_TABLE
 from schemas.settings import get_settings, reset_settings_cache
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 

@@ -24,7 +24,8 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 
 from schemas.monitoring import PERFORMANCE_TABLE
 from schemas.settings import MonitoringSettings, Settings, reset_settings_cache
-from tasks.monitoring import (
+from tasks.data.warehouse import Warehouse
+from tasks.monitoring.checks import (
     Check,
     ModelDrift,
     binned_counts,
@@ -38,7 +39,6 @@ from tasks.monitoring import (
     psi,
     reference_edges,
 )
-from tasks.warehouse import Warehouse
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
@@ -191,8 +191,8 @@ def shifted_copy(source: Path, target: Path, *plants) -> Path:
 def build_trained_shop(root: Path, customers: int = 3_000, seed: int = 5) -> Path:
     """Generate, ingest and train (``train_flow``) into ``root/home``; the settings come from the env."""
     from flows.train import train_flow
-    from tasks.ingest import ingest_batch
-    from tasks.synthetic import generate_shop
+    from tasks.data.ingest import ingest_batch
+    from tasks.data.synthetic import generate_shop
 
     settings = Settings()
     generate_shop(root / "data", customers=customers, seed=seed, dirty_share=0.0)
@@ -236,7 +236,7 @@ def _fresh_settings() -> Iterator[None]:
 def score_day(settings: Settings, day: str) -> None:
     """The scoring run's own scoring step: every population scored and written to ``scores``."""
     from flows.score import score_populations
-    from tasks.scoring import load_champions
+    from tasks.models.scoring import load_champions
 
     champions = load_champions(settings, list(settings.training.models))
     score_populations.fn(champions, pd.Timestamp(day), settings)
@@ -297,8 +297,8 @@ def test_a_price_change_in_one_category_is_detected_on_price_features_only(shop:
 
 def test_realised_performance_only_for_matured_runs_and_as_sklearn_computes_it(shop: Shop, monkeypatch) -> None:
     from flows.score import score_flow
-    from tasks.labels import entity_key, labels
-    from tasks.monitoring import realised_performance_task
+    from tasks.models.labels import entity_key, labels
+    from tasks.monitoring.checks import realised_performance_task
 
     monkeypatch.setenv("AFTERSALES_PATHS__WAREHOUSE", str(shop.stable))
     reset_settings_cache()

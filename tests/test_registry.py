@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from tasks.registry import (
+from tasks.models.registry import (
     AliasNotFoundError,
     ModelNotFoundError,
     alias_history,
@@ -18,7 +18,7 @@ from tasks.registry import (
     promote,
     resolve_alias,
 )
-from tasks.training import DataSplits, RuleSpec, train_baselines, train_model
+from tasks.models.training import DataSplits, RuleSpec, train_baselines, train_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
@@ -223,8 +223,8 @@ def test_missing_model_or_alias_gives_clear_errors(reg, fitted):
 def test_prefect_tasks_record_the_flow_run(reg, fitted, prefect_api):
     from prefect import flow
 
-    from tasks.registry import list_models_task, log_training_run_task, promote_task
-    from tasks.training import train_baselines_task, train_model_task
+    from tasks.models.registry import list_models_task, log_training_run_task, promote_task
+    from tasks.models.training import train_baselines_task, train_model_task
 
     splits = fitted["good"][0]
 

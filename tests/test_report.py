@@ -12,8 +12,8 @@ from test_text import shop_warehouse  # the shared generated shop (tests/ is on 
 
 from schemas.settings import Settings
 from schemas.text import ALERTS_TABLE, TEXT_INSIGHTS_TABLE
-from tasks.report import SECTIONS, build_report
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
+from tasks.insight.report import SECTIONS, build_report
 
 SNAKE = re.compile(r"\b[a-z]+_[a-z0-9_]+\b")
 

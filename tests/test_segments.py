@@ -21,10 +21,10 @@ from schemas.analytics import (
     TagHistory,
 )
 from schemas.settings import Settings
-from tasks.segments import PreviousRun, Scaling, choose_k, match_segments, name_segments, segment_customers
-from tasks.synthetic import ARCHETYPES_FILE
-from tasks.tags import TagBook, behaviour_features, current_tags, evaluate_tags, load_tag_book
-from tasks.warehouse import Warehouse
+from tasks.data.synthetic import ARCHETYPES_FILE
+from tasks.data.warehouse import Warehouse
+from tasks.insight.segments import PreviousRun, Scaling, choose_k, match_segments, name_segments, segment_customers
+from tasks.insight.tags import TagBook, behaviour_features, current_tags, evaluate_tags, load_tag_book
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,9 @@ from shared_shop import RUN, shop_copy
 
 from schemas.analytics import SERVICE_DIMENSIONS_TABLE, SERVICE_SCORES_TABLE, ServiceScores
 from schemas.settings import Settings
-from tasks.service_quality import (
+from tasks.data.synthetic import PLANTED_FILE
+from tasks.data.warehouse import Warehouse
+from tasks.insight.service_quality import (
     DEFAULT_SCORES_FILE,
     Dimension,
     Prior,
@@ -24,8 +26,6 @@ from tasks.service_quality import (
     service_scores,
     shrink,
 )
-from tasks.synthetic import PLANTED_FILE
-from tasks.warehouse import Warehouse
 
 
 @pytest.fixture(scope="module")

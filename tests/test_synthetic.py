@@ -20,7 +20,7 @@ from schemas.sources import (
     TABLES,
     TICKET_CHANNELS,
 )
-from tasks.synthetic import DIRTY, generate_shop
+from tasks.data.synthetic import DIRTY, generate_shop
 
 END = pd.Timestamp("2026-11-02")  # end_date 2026-11-01 is included in history
 NOT_AFTER = END + pd.Timedelta(days=1)  # what ingestion accepts: export time + 24 h

@@ -12,9 +12,10 @@ from shared_shop import RUN, shop_copy
 
 from schemas.analytics import CUSTOMER_TAGS_TABLE, TagHistory
 from schemas.settings import Settings
-from tasks.playbook import DEFAULT_PLAYBOOK_FILE
-from tasks.synthetic import ARCHETYPES_FILE
-from tasks.tags import (
+from tasks.care.playbook import DEFAULT_PLAYBOOK_FILE
+from tasks.data.synthetic import ARCHETYPES_FILE
+from tasks.data.warehouse import Warehouse
+from tasks.insight.tags import (
     TagBook,
     TagBookError,
     behaviour_features,
@@ -26,7 +27,6 @@ from tasks.tags import (
     tag_strings,
     update_tag_history,
 )
-from tasks.warehouse import Warehouse
 
 
 @pytest.fixture(scope="module")

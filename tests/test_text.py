@@ -12,7 +12,8 @@ import pytest
 
 from schemas.settings import Settings
 from schemas.text import COMPLAINT_REASONS, COMPLAINTS, TEXT_INSIGHTS_TABLE, TextFeatures, complaint_column
-from tasks.text import (
+from tasks.data.warehouse import Warehouse
+from tasks.insight.text import (
     Lexicon,
     detect_language,
     keyword_documents,
@@ -25,15 +26,14 @@ from tasks.text import (
     train_text_models,
     weak_labels,
 )
-from tasks.warehouse import Warehouse
 
 SHOP = {"customers": 8_000, "seed": 7}  # the shop every text/alert/report test reads
 
 
 def shop_warehouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An ingested synthetic shop, built once per session and shared by the test modules."""
-    from tasks.ingest import ingest_batch
-    from tasks.synthetic import generate_shop
+    from tasks.data.ingest import ingest_batch
+    from tasks.data.synthetic import generate_shop
 
     base = tmp_path_factory.getbasetemp() / f"shop-{SHOP['customers']}-{SHOP['seed']}"
     done = base / "warehouse.duckdb"
@@ -125,7 +125,7 @@ def test_weak_labels_come_from_codes_linked_orders_and_the_lexicon(lexicon: Lexi
 
 # ---- the hand-checked evaluation set -------------------------------------------------------------
 def test_evaluation_set_is_balanced_bilingual_and_not_from_the_generator() -> None:
-    from tasks.synthetic import FRAMES, PHRASES
+    from tasks.data.synthetic import FRAMES, PHRASES
 
     ev = load_eval_set(Settings().text.eval_file)
     assert 80 <= len(ev) <= 120

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from tasks.evaluation import (
+from tasks.models.evaluation import (
     classification_metrics,
     expected_calibration_error,
     higher_is_better,
@@ -20,7 +20,7 @@ from tasks.evaluation import (
     plot_shap_summary,
     precision_recall_at_k,
 )
-from tasks.training import (
+from tasks.models.training import (
     DataSplits,
     RuleSpec,
     score_window,

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 
 from schemas.settings import ScoringSettings, Settings
-from tasks.explain import default_catalogue
-from tasks.interventions import build_task_list, write_task_list
-from tasks.playbook import load_playbook
-from tasks.uplift import newcombe_difference, uplift_report, wilson_interval
-from tasks.warehouse import Warehouse
+from tasks.care.interventions import build_task_list, write_task_list
+from tasks.care.playbook import load_playbook
+from tasks.care.uplift import newcombe_difference, uplift_report, wilson_interval
+from tasks.data.warehouse import Warehouse
+from tasks.models.explain import default_catalogue
 
 DAY = pd.Timestamp("2026-09-01")
 TRUE_TREATED, TRUE_CONTROL = 0.20, 0.35

@@ -4,7 +4,7 @@ Sections: headline figures of the last ``report.recent_days`` against the window
 stands out, trends, customer service, returns, product quality, reviews and complaint reasons,
 delivery partners, early warnings, and how each figure is defined. Every chart is a matplotlib
 PNG embedded as base64, so the file can be mailed or opened offline; every label is in words,
-never a column name. Figures are as of the data's clock (``tasks.alerts.data_clock``) unless a
+never a column name. Figures are as of the data's clock (``tasks.insight.alerts.data_clock``) unless a
 date is given; nothing after it is counted.
 """
 
@@ -33,8 +33,8 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.settings import Settings
 from schemas.text import ALERTS_TABLE, COMPLAINTS, TEXT_INSIGHTS_TABLE
-from tasks.alerts import WEEK, data_clock, last_complete_week
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
+from tasks.insight.alerts import WEEK, data_clock, last_complete_week
 
 COMPLAINT_TICKETS = ("delivery", "product_defect", "size_fit", "complaint_service")
 RETURN_REASON_WORDS = {
@@ -355,7 +355,7 @@ class ReportData:
 
 def collect(wh: Warehouse, settings: Settings, as_of: Any = None) -> ReportData:
     """Every figure of the report, as of ``as_of`` (default: the data's clock)."""
-    from tasks.text import load_lexicon
+    from tasks.insight.text import load_lexicon
 
     as_of = pd.Timestamp(as_of) if as_of is not None else data_clock(wh)
     if as_of.tzinfo is not None:
@@ -775,7 +775,7 @@ def build_report(wh: Warehouse, settings: Settings, as_of: Any = None, out: Path
 
 @task(name="build-kpi-report", cache_policy=NO_CACHE)
 def build_report_task(settings: Settings, as_of: Any = None, out: Path | None = None) -> tuple[Path, dict]:
-    from tasks.warehouse import open_warehouse
+    from tasks.data.warehouse import open_warehouse
 
     with open_warehouse(settings, read_only=True) as wh:
         return build_report(wh, settings, as_of, out)

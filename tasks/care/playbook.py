@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from schemas.settings import DEFAULTS_DIR
 from schemas.tasks import REASON_COLUMNS, REASON_COUNT, RISKS, TAG_SEPARATOR, ScoredRows
-from tasks.explain import Language, ReasonCatalogue
+from tasks.models.explain import Language, ReasonCatalogue
 
 DEFAULT_PLAYBOOK_FILE = DEFAULTS_DIR / "playbook.yaml"
 

@@ -67,13 +67,13 @@ from schemas.monitoring import (
 )
 from schemas.settings import MonitoringSettings, Settings
 from schemas.tasks import TASK_TABLE, ControlGroup, TaskList
-from tasks.datasets import categorical_columns, scoring_frame
-from tasks.evaluation import classification_metrics, reliability_table
-from tasks.labels import data_end, entity_key, label_matured, labels
-from tasks.registry import configure, ensure_experiment
-from tasks.warehouse import Warehouse, open_warehouse
+from tasks.data.warehouse import Warehouse, open_warehouse
+from tasks.models.datasets import categorical_columns, scoring_frame
+from tasks.models.evaluation import classification_metrics, reliability_table
+from tasks.models.labels import data_end, entity_key, label_matured, labels
+from tasks.models.registry import configure, ensure_experiment
 
-SCORES_TABLE = "scores"  # written by the scoring run (tasks/scoring.py)
+SCORES_TABLE = "scores"  # written by the scoring run (tasks/models/scoring.py)
 RISKS_OF_MODEL: dict[str, tuple[str, ...]] = {
     "return": ("return",),
     "negative_review": ("negative_review", "late_delivery"),

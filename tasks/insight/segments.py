@@ -44,10 +44,10 @@ from schemas.analytics import (
     SegmentProfiles,
 )
 from schemas.settings import SegmentSettings, Settings
-from tasks.features import as_timestamp
-from tasks.registry import ensure_experiment
-from tasks.tags import CUSTOMER, TAG, Language, TagBook, tag_strings
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
+from tasks.insight.tags import CUSTOMER, TAG, Language, TagBook, tag_strings
+from tasks.models.features import as_timestamp
+from tasks.models.registry import ensure_experiment
 
 SEGMENT = CustomerTags.segment
 SEGMENT_NAME = CustomerTags.segment_name

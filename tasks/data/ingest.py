@@ -29,8 +29,8 @@ from pandera.errors import SchemaError, SchemaErrors
 
 from schemas.settings import Settings
 from schemas.sources import TABLES, TableSpec
-from tasks.mapping import Mapping, TableMapping, apply_renames_and_values, load_mapping, mapping_fingerprint
-from tasks.warehouse import Warehouse
+from tasks.data.mapping import Mapping, TableMapping, apply_renames_and_values, load_mapping, mapping_fingerprint
+from tasks.data.warehouse import Warehouse
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
 BATCH_MANIFEST = "_batch.json"

@@ -19,7 +19,8 @@ import pandera.pandas as pa
 from schemas.derived import CUTOFF, LABEL, MODEL_ENTITY, ModelName, scoring_frame_schema, training_set_schema
 from schemas.settings import Settings, get_settings
 from schemas.sources import Orders
-from tasks.features import (
+from tasks.data.warehouse import Warehouse
+from tasks.models.features import (
     FIXED_LEVELS,
     as_timestamp,
     categorical_features,
@@ -28,8 +29,15 @@ from tasks.features import (
     feature_names,
     order_features,
 )
-from tasks.labels import MODELS, entity_key, key_columns, label_horizon_days, labels, latest_matured_cutoff, population
-from tasks.warehouse import Warehouse
+from tasks.models.labels import (
+    MODELS,
+    entity_key,
+    key_columns,
+    label_horizon_days,
+    labels,
+    latest_matured_cutoff,
+    population,
+)
 
 
 def feature_columns(model: ModelName) -> list[str]:

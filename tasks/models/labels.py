@@ -28,8 +28,8 @@ import pandas as pd
 from schemas.derived import ENTITY_KEY, LABEL, MODEL_ENTITY, ModelName
 from schemas.settings import LabelSettings, Settings, get_settings
 from schemas.sources import Orders, Returns, Reviews
-from tasks.features import ago, as_timestamp, orders_as_of_sql, run_sql
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
+from tasks.models.features import ago, as_timestamp, orders_as_of_sql, run_sql
 
 MODELS: tuple[ModelName, ...] = ("return", "negative_review", "churn")
 

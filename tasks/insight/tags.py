@@ -3,7 +3,7 @@
 Why rules and not a model: a tag is a promise to the care team ("high value" gets the VIP desk),
 so it must be explainable in one line and editable without code — the rules live in
 ``schemas/defaults/tags.yaml``. Each run re-evaluates every rule on the features as of the run date
-(``tasks.features.customer_features`` plus a few behaviour features computed here) and the history
+(``tasks.models.features.customer_features`` plus a few behaviour features computed here) and the history
 table records when a customer gained and lost each tag, so tags follow behaviour.
 
 The history is rewritten as a whole: spells that started on or after the run date are dropped and
@@ -26,8 +26,8 @@ from pydantic import BaseModel, Field, model_validator
 from schemas.analytics import CUSTOMER_TAGS_TABLE, TAG_HISTORY_TABLE, TAG_NAME, CustomerTags, TagHistory
 from schemas.settings import DEFAULTS_DIR, Settings
 from schemas.tasks import TAG_SEPARATOR, TASK_TABLE, ScoredRows, TaskList
-from tasks.features import as_timestamp, customer_features, run_sql
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
+from tasks.models.features import as_timestamp, customer_features, run_sql
 
 DEFAULT_TAGS_FILE = DEFAULTS_DIR / "tags.yaml"
 CUSTOMER = CustomerTags.customer_id

@@ -19,10 +19,10 @@ from mlflow.exceptions import MlflowException
 from schemas.derived import MODEL_ENTITY
 from schemas.settings import Settings
 from schemas.tasks import REASON_COUNT, ScoredRows
-from tasks.datasets import feature_columns, scoring_frame
-from tasks.explain import top_reasons
-from tasks.registry import RegistryError, configure, resolve_alias
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
+from tasks.models.datasets import feature_columns, scoring_frame
+from tasks.models.explain import top_reasons
+from tasks.models.registry import RegistryError, configure, resolve_alias
 
 CHAMPION = "champion"
 SCORES_TABLE = "scores"

@@ -52,7 +52,7 @@ from schemas.text import (
     TextInsights,
     complaint_column,
 )
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
 
 TEXT = "text"  # the one input column of the text pipelines (also their MLflow signature)
 LANGS = ("en", "zh")
@@ -501,7 +501,7 @@ def log_text_run(models: TextModels, settings: Settings) -> str:
     import sklearn
     from mlflow.models import infer_signature
 
-    from tasks.registry import code_version, configure, ensure_experiment
+    from tasks.models.registry import code_version, configure, ensure_experiment
 
     client = configure(settings)
     experiment_id = ensure_experiment(client, settings, settings.text.experiment)
@@ -605,7 +605,7 @@ def text_features(wh: Warehouse, cutoff: Any) -> pd.DataFrame:
 # ---- Prefect tasks ------------------------------------------------------------------------------
 @task(name="load-texts", cache_policy=NO_CACHE)
 def load_texts_task(settings: Settings) -> pd.DataFrame:
-    from tasks.warehouse import open_warehouse
+    from tasks.data.warehouse import open_warehouse
 
     with open_warehouse(settings, read_only=True) as wh:
         return load_texts(wh)
@@ -623,7 +623,7 @@ def log_text_run_task(models: TextModels, settings: Settings) -> str:
 
 @task(name="score-texts", cache_policy=NO_CACHE)
 def score_and_store_task(texts: pd.DataFrame, models: TextModels, settings: Settings) -> int:
-    from tasks.warehouse import open_warehouse
+    from tasks.data.warehouse import open_warehouse
 
     insights = score_texts(texts, models, settings)
     with open_warehouse(settings) as wh:

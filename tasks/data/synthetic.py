@@ -2126,7 +2126,7 @@ def _planted_facts(w: World, shop: Shop, seed: int, end_date: str) -> dict[str, 
     policy_items = o["policy"][it["order"]] & delivered
     hunter_items = (arch[o["cust"][it["order"]]] == HUNTER) & delivered
     return {
-        "generator": "tasks.synthetic.generate_shop",
+        "generator": "tasks.data.synthetic.generate_shop",
         "seed": seed,
         "customers": int(w.customers.n),
         "history": {"start": _iso(w.cal.start), "end_date": end_date, "end_exclusive": _iso(w.end)},

@@ -55,7 +55,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.settings import Settings
-from tasks.evaluation import (
+from tasks.models.evaluation import (
     classification_metrics,
     evaluate_scores,
     higher_is_better,
@@ -66,7 +66,15 @@ from tasks.evaluation import (
     prefixed,
     sample_rows,
 )
-from tasks.training import OUTPUTS, Baselines, DataSplits, RuleSpec, TrainedModel, score_window, training_config_hash
+from tasks.models.training import (
+    OUTPUTS,
+    Baselines,
+    DataSplits,
+    RuleSpec,
+    TrainedModel,
+    score_window,
+    training_config_hash,
+)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -430,7 +438,7 @@ def _pip_requirements() -> list[str]:
         f"scikit-learn=={sklearn.__version__}",
         f"pandas=={pd.__version__}",
         f"numpy=={np.__version__}",
-        # The pickled wrapper class lives in tasks.training, so loading needs this project installed.
+        # The pickled wrapper class lives in tasks.models.training, so loading needs this project installed.
         # It is deliberately not listed: "aftersales" is not ours on PyPI (dependency confusion).
     ]
 

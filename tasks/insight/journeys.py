@@ -40,9 +40,9 @@ from schemas.analytics import (
     JourneyTransitions,
 )
 from schemas.settings import Settings
-from tasks.features import as_timestamp, run_sql
-from tasks.segments import embedded_png, figure, markdown_table
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
+from tasks.insight.segments import embedded_png, figure, markdown_table
+from tasks.models.features import as_timestamp, run_sql
 
 START = "start"  # the virtual state before the first step (the order was placed)
 STEP_RANK = {s: i for i, s in enumerate(JOURNEY_STEPS)}

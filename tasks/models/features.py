@@ -10,7 +10,7 @@ the same as-of view, so they too are what a care agent could have known that mor
 
 Text features read ``text_insights`` (one row per review, ticket and return text with the
 sentiment and complaint reason ``aftersales text`` gave it) and count only texts created by the
-cutoff, like ``tasks.text.text_features``. Each text is scored from its own words, but the text
+cutoff, like ``tasks.insight.text.text_features``. Each text is scored from its own words, but the text
 models are fitted on every text up to ``text.train_until`` (default: all), so for strict backtests
 of the risk models set ``aftersales text --train-until`` no later than the earliest training
 cutoff. Without the table (the flow never ran) or without a text by the cutoff they are NaN.
@@ -47,7 +47,7 @@ from schemas.derived import (
 from schemas.settings import DEFAULTS_DIR, Settings, get_settings
 from schemas.sources import PAYMENT_TYPES, Events, Returns, Reviews, Tickets
 from schemas.text import TEXT_INSIGHTS_TABLE, TextInsights, complaint_column
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
 
 CATALOGUE_PATH = DEFAULTS_DIR / "feature_catalogue.csv"
 CATALOGUE_COLUMNS = ["name", "entity", "kind", "description", "sources", "null_without"]

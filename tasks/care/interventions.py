@@ -45,8 +45,7 @@ from schemas.tasks import (
     ScoredRows,
     TaskList,
 )
-from tasks.explain import Language, ReasonCatalogue, default_catalogue, load_reason_catalogue, reason_phrases
-from tasks.playbook import (
+from tasks.care.playbook import (
     ACTION_COST,
     ACTION_ID,
     CHANNEL,
@@ -57,7 +56,8 @@ from tasks.playbook import (
     apply_playbook,
     load_playbook,
 )
-from tasks.warehouse import Warehouse, open_warehouse
+from tasks.data.warehouse import Warehouse, open_warehouse
+from tasks.models.explain import Language, ReasonCatalogue, default_catalogue, load_reason_catalogue, reason_phrases
 
 EXPECTED_VALUE = TaskList.expected_value
 PEAK = TaskList.peak_probability

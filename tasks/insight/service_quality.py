@@ -34,10 +34,10 @@ from schemas.analytics import (
     ServiceScores,
 )
 from schemas.settings import DEFAULTS_DIR, ServiceScoreSettings, Settings
-from tasks.features import as_timestamp, hours_between, run_sql
-from tasks.segments import embedded_png, figure, markdown_table
-from tasks.tags import Words
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
+from tasks.insight.segments import embedded_png, figure, markdown_table
+from tasks.insight.tags import Words
+from tasks.models.features import as_timestamp, hours_between, run_sql
 
 DEFAULT_SCORES_FILE = DEFAULTS_DIR / "service_scores.yaml"
 Measure = Literal["first_response_hours", "resolution_hours", "first_contact_resolved", "repeat_complaint",

@@ -45,7 +45,7 @@ from schemas.text import (
     ProductWeekStats,
     complaint_column,
 )
-from tasks.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse
 
 WEEK = pd.Timedelta(days=7)
 COMPLAINT_COLUMNS = [complaint_column(c) for c in COMPLAINTS]
@@ -359,7 +359,7 @@ def evaluated_weeks(weekly: pd.DataFrame, as_of: pd.Timestamp, n_weeks: int) -> 
 
 def detect_alerts(wh: Warehouse, settings: Settings, as_of: Any = None, weeks: int | None = None) -> AlertRun:
     """Weekly statistics, tests and evidence as of ``as_of`` (default: the data's clock)."""
-    from tasks.text import load_lexicon
+    from tasks.insight.text import load_lexicon
 
     cfg = settings.alerts
     as_of = pd.Timestamp(as_of) if as_of is not None else data_clock(wh)
@@ -485,7 +485,7 @@ def post_webhook(url: str, payload: dict[str, Any], timeout: float) -> tuple[boo
 # ---- Prefect tasks -----------------------------------------------------------------------------------
 @task(name="detect-product-alerts", cache_policy=NO_CACHE)
 def detect_alerts_task(settings: Settings, as_of: Any = None, weeks: int | None = None) -> AlertRun:
-    from tasks.warehouse import open_warehouse
+    from tasks.data.warehouse import open_warehouse
 
     with open_warehouse(settings, read_only=True) as wh:
         return detect_alerts(wh, settings, as_of, weeks)
@@ -493,7 +493,7 @@ def detect_alerts_task(settings: Settings, as_of: Any = None, weeks: int | None 
 
 @task(name="store-product-alerts", cache_policy=NO_CACHE)
 def store_alerts_task(run: AlertRun, settings: Settings) -> int:
-    from tasks.warehouse import open_warehouse
+    from tasks.data.warehouse import open_warehouse
 
     with open_warehouse(settings) as wh:
         store_alerts(wh, run)

@@ -12,7 +12,7 @@ prevent, looked up in the warehouse after the run date:
 - ``churn``: no order by the customer within ``churn_horizon_days``.
 
 A unit counts only once its window has closed (the data, per the label clocks of
-``tasks/labels.py``, reaches run date + window); the others are reported as pending. By default
+``tasks/models/labels.py``, reaches run date + window); the others are reported as pending. By default
 the control arm keeps only customers who would have fit their queue's capacity, so both arms
 face the same expected-value cut. The difference is treated minus control (negative = fewer bad
 outcomes with a contact) with a 95% Newcombe hybrid score interval (Wilson score interval per
@@ -34,9 +34,9 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.settings import LabelSettings, Settings, get_settings
 from schemas.tasks import CONTROL_TABLE, RISKS, TASK_TABLE, ControlGroup, TaskList
-from tasks.interventions import as_run_date
-from tasks.labels import data_end
-from tasks.warehouse import Warehouse, open_warehouse
+from tasks.care.interventions import as_run_date
+from tasks.data.warehouse import Warehouse, open_warehouse
+from tasks.models.labels import data_end
 
 METHOD = "Newcombe hybrid score interval (Wilson score per arm), 95%"
 REACHED = ("contacted", "resolved", "returned_anyway")

@@ -1,0 +1,1 @@
+"""The care loop: playbook, task lists with control groups, uplift."""

@@ -1,0 +1,1 @@
+"""Ingestion, the warehouse, mapping files and the synthetic shop."""

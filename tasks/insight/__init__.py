@@ -1,0 +1,1 @@
+"""Analytics for people: tags, segments, journeys, service scores, text, product alerts, the KPI report."""

@@ -1,0 +1,1 @@
+"""Drift, realised performance, the drift gate and retrain triggers."""
