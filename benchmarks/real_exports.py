@@ -26,14 +26,23 @@ Judges' reading (``--definition judge``, chosen by ``auto`` when no order has a 
 - negative_review: orders placed in (T-14d, T] with no review by T; label 1 if a review <= 2 is
   written in (T, ordered_at+30d].
 
-Commands per export (see docs/real-exports-findings.md for the ingest/train/score commands):
+Commands per export (mappings in schemas/defaults/mappings/, findings and numbers in
+docs/real-exports-findings.md). The platform side, on a fresh home per test date T:
 
-    # Complete Journey (churn), after `aftersales score --date 2017-10-01`
+    export AFTERSALES_PATHS__HOME=/work/realdata/completejourney/home
+    aftersales ingest DIR --mapping schemas/defaults/mappings/completejourney.yaml
+    aftersales train --cutoff T
+    AFTERSALES_TRAINING__MODELS='["churn"]' aftersales score --date T   # see finding F1
+
+then the yardstick (T = 2017-10-01 with home, T = 2017-09-17 with home_t2; churn trains on a
+12-month export only for T in about 2017-09-07 .. 2017-10-03, finding F3):
+
     python benchmarks/real_exports.py --warehouse /work/realdata/completejourney/home/warehouse.duckdb \
         --task churn --date 2017-10-01
-    # Amazon Fashion 5-core (negative_review; orders synthesised from reviews)
+    # Amazon Fashion 5-core (negative_review; orders synthesised from reviews): too few orders per
+    # date for a one-date comparison, but it runs (use more, closer cutoffs):
     python benchmarks/real_exports.py --warehouse /work/realdata/amazon_fashion/home/warehouse.duckdb \
-        --task negative_review --date 2018-03-01
+        --task negative_review --date 2017-10-01 --step-days 3 --cutoffs 200
     # seconds, on the committed sample (what tests/test_real_exports.py runs)
     python benchmarks/real_exports.py --smoke
 """

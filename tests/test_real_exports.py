@@ -24,3 +24,32 @@ def test_real_exports_smoke(tmp_path):
         for metric in ("roc_auc", "pr_auc", "brier", "p@100", "p@1%"):
             assert math.isfinite(both.loc[scorer, metric]), (scorer, metric)
     assert "not scored by the platform: 0" in done.stdout
+
+
+def test_yardstick_definitions_match_the_platform(tmp_path_factory):
+    """The yardstick re-implements populations and labels; on a synthetic shop they equal the platform's."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import real_exports
+    from shared_shop import shop_copy
+
+    from schemas.settings import Settings
+    from tasks.labels import labels
+    from tasks.warehouse import Warehouse
+
+    path, _ = shop_copy(tmp_path_factory, "real-exports")
+    tables, _ = real_exports.load_warehouse(path)
+    cutoffs = [pd.Timestamp("2026-05-04"), pd.Timestamp("2026-07-13")]
+    wh = Warehouse(path)
+    try:
+        for task in ("churn", "return", "negative_review"):
+            key = "customer_id" if task == "churn" else "order_id"
+            for cutoff in cutoffs:
+                ours = real_exports.population_and_labels(tables, task, cutoff, "platform")
+                theirs = labels(wh, task, cutoff, Settings())
+                assert len(ours) > 0 and ours["label"].sum() > 0, (task, cutoff)
+                merged = ours.assign(k=ours[key].astype(str)).merge(
+                    theirs.assign(k=theirs[key].astype(str)), on="k", how="outer", indicator=True)
+                assert (merged["_merge"] == "both").all(), (task, cutoff, merged["_merge"].value_counts())
+                assert (merged["label_x"] == merged["label_y"]).all(), (task, cutoff)
+    finally:
+        wh.close()
