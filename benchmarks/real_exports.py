@@ -39,6 +39,9 @@ then the yardstick (T = 2017-10-01 with home, T = 2017-09-17 with home_t2; churn
 
     python benchmarks/real_exports.py --warehouse /work/realdata/completejourney/home/warehouse.duckdb \
         --task churn --date 2017-10-01
+    # groceryElog (BTYDplus; two years of an online grocer's purchases), churn, home per date
+    python benchmarks/real_exports.py --warehouse /work/realdata/groceryelog/home_2007-10-01/warehouse.duckdb \
+        --task churn --date 2007-10-01
     # Amazon Fashion 5-core (negative_review; orders synthesised from reviews): too few orders per
     # date for a one-date comparison, but it runs (use more, closer cutoffs):
     python benchmarks/real_exports.py --warehouse /work/realdata/amazon_fashion/home/warehouse.duckdb \
