@@ -33,8 +33,8 @@ def test_yardstick_definitions_match_the_platform(tmp_path_factory):
     from shared_shop import shop_copy
 
     from schemas.settings import Settings
-    from tasks.labels import labels
-    from tasks.warehouse import Warehouse
+    from tasks.data.warehouse import Warehouse
+    from tasks.models.labels import labels
 
     path, _ = shop_copy(tmp_path_factory, "real-exports")
     tables, _ = real_exports.load_warehouse(path)
