@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -543,7 +544,7 @@ def monitor(
 def serve(
     only: Annotated[list[str] | None,
                     typer.Option("--deployment", help="serve only this deployment; repeatable")] = None,
-    inbox: Annotated[Path | None, typer.Option(help="folder daily-ingest reads (default: prefect.yaml's)")] = None,
+    inbox: Annotated[Path | None, typer.Option(help="folder daily-ingest reads (default: prefect.inbox)")] = None,
     ephemeral: Annotated[bool, typer.Option(help="serve without a Prefect server: manual runs only, "
                                                   "cron never fires")] = False,
 ) -> None:
@@ -570,10 +571,60 @@ def serve(
         err.print("[yellow]--ephemeral: cron schedules will NOT fire on this temporary server; start runs by hand "
                   "(prefect deployment run 'score/daily-score', same PREFECT_HOME).[/]")
     overrides = {"daily-ingest": {"data_dir": str(inbox.resolve())}} if inbox else {}
+    if any(spec.name == "daily-ingest" for spec in specs) and not inbox:
+        from flows.deployments import inbox_problem
+
+        problem = inbox_problem(_settings())
+        if problem:
+            raise UserError(f"{problem} (or pass --inbox)")
+    if not on_ephemeral_server():
+        _server_setup()
     for spec in specs:
         when = ", ".join(f"{s.cron} {s.timezone}" for s in spec.schedules) or "no schedule"
         console.print(f"[bold]{spec.name}[/] ({spec.module_entrypoint}): {when}")
     serve_deployments(specs, overrides)
+
+
+def _server_setup() -> None:
+    """What the deployments need on the server besides themselves: limits and automations."""
+    from flows.deployments import ensure_automations, ensure_concurrency_limits
+
+    settings = _settings()
+    limits = ensure_concurrency_limits(settings)
+    console.print("concurrency limits: " + ", ".join(f"{n} ({v} slots)" for n, v in limits.items()))
+    automations = ensure_automations(settings.prefect.notify_url)
+    console.print(f"automations: {', '.join(automations)}" if automations else
+                  "automations: none (set prefect.notify_url to be told of flagged lists and failed runs)")
+
+
+@app.command()
+def deploy(
+    pool: Annotated[str, typer.Option(help="process work pool the deployments run on")] = "aftersales",
+) -> None:
+    """The deploy step on a Prefect server: checks the inbox, creates the work pool, the concurrency
+    limits and the automations, then deploys deploy/prefect.yaml with `prefect deploy`."""
+    import subprocess
+
+    from flows.deployments import PREFECT_FILE, PROJECT_DIR, api_problem, inbox_problem
+
+    problem = inbox_problem(_settings())
+    if problem:
+        raise UserError(problem)
+    problem = api_problem()
+    if problem:
+        raise UserError(f"{problem}: deploy to a Prefect server (export PREFECT_API_URL=http://HOST:4200/api)")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    _server_setup()
+    done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
+                           str(PREFECT_FILE)], cwd=PROJECT_DIR, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UserError("prefect deploy failed: " + (done.stdout + done.stderr).strip().splitlines()[-1])
+    console.print(f"deployed {PREFECT_FILE} to work pool {pool!r}; start a worker: prefect worker start --pool {pool}")
 
 
 @app.command()

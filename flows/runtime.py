@@ -170,3 +170,12 @@ def start_embedded_server(settings: Settings) -> Any:
             records = []
         path.write_text(json.dumps([*records, record]), encoding="utf-8")
     return server
+
+
+def failure_reason(state: Any) -> str:
+    """A failed run's reason in words: the exception's own message, not Prefect's wrapper text."""
+    try:
+        state.result()
+    except Exception as exc:
+        return str(exc).strip() or type(exc).__name__
+    return state.message or "failed"

@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from flows.runtime import run_day, run_name, with_retries
+from flows.runtime import failure_reason, run_day, run_name, with_retries
 from schemas.settings import Settings, get_settings
 from schemas.tasks import ScoredRows, TaskList
 from tasks.care.interventions import build_task_list_task, load_history, task_list_summary, write_task_list_task
@@ -97,7 +97,7 @@ def score_flow(run_date: date | None = None, models: list[str] | None = None) ->
     with run_lock(settings, f"score-{day:%Y-%m-%d}"):  # two runs for one date never interleave
         resolved = with_retries(resolve_champions, settings)(settings, wanted, return_state=True)
         if resolved.is_failed():
-            message = _failure(resolved)
+            message = failure_reason(resolved)
             logger.error("scoring stopped: %s", message)
             return Failed(message=message)
         champions, skipped = resolved.result()
@@ -107,7 +107,7 @@ def score_flow(run_date: date | None = None, models: list[str] | None = None) ->
         for model, champion in list(champions.items()):
             state = with_retries(score_one, settings)(model, champion, day, settings, return_state=True)
             if state.is_failed():
-                skipped[model] = _failure(state)
+                skipped[model] = failure_reason(state)
                 champions.pop(model)
                 logger.warning("%s not scored: %s", model, skipped[model])
             else:
@@ -163,15 +163,6 @@ def emit_flagged(day: pd.Timestamp, gate: Any, result: dict[str, Any]) -> None:
                related=related,
                payload={"reason": gate.reason, "models": gate.models, "tasks": result["tasks"],
                         "file": result["files"].get("csv")})
-
-
-def _failure(state: State) -> str:
-    """The reason of a failed task in words: the exception's message, not Prefect's wrapper text."""
-    try:
-        state.result()
-    except Exception as exc:
-        return str(exc) or type(exc).__name__
-    return state.message or "failed"
 
 
 @flow(name="score-backfill", flow_run_name="score-backfill-{start}-to-{end}")

@@ -182,6 +182,8 @@ class PrefectSettings(BaseModel):
                          "registry, a webhook)")
     retry_delay_seconds: list[float] = Field([10.0, 60.0], description="wait before each retry (back-off)")
     inbox: Path | None = Field(None, description="folder the daily-ingest deployment reads; checked at deploy time")
+    notify_url: str | None = Field(None, description="Apprise URL (slack://, msteams://, mailto://, json://...) the "
+                                   "deploy step's automations notify of flagged/held lists and failed runs")
 
 
 class TagSettings(BaseModel):

@@ -33,6 +33,7 @@ from filelock import FileLock, ReadWriteLock, Timeout
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
+notice = logging.getLogger("aftersales.notice")  # the CLI prints these lines; a run logs them too
 _held = threading.local()
 _limits_seen: dict[tuple[str, str], bool] = {}
 
@@ -90,8 +91,8 @@ def describe_holder(settings: Settings, name: str) -> str:
 
 
 def _notice(message: str) -> None:
-    """Once per wait: the module log (the CLI prints it) and the Prefect run log (the UI shows it)."""
-    log.warning(message)
+    """Once per wait: the notice log (the CLI prints it) and the Prefect run log (the UI shows it)."""
+    notice.warning(message)
     if "prefect" not in sys.modules:
         return
     with contextlib.suppress(Exception):

@@ -22,7 +22,7 @@ from schemas.settings import Settings, get_settings
 from schemas.sources import TABLES, TableSpec
 from tasks.locks import hold
 
-log = logging.getLogger(__name__)
+notice = logging.getLogger("aftersales.notice")  # the CLI prints these lines; a run logs them too
 
 LINEAGE_COLUMNS = {"_batch_id": "VARCHAR", "_loaded_at": "TIMESTAMP"}
 
@@ -260,7 +260,7 @@ def _connect(settings: Settings, read_only: bool) -> Warehouse:
                 raise WarehouseBusyError(f"the warehouse {path} is locked by another program after "
                                          f"{cfg.open_retries + 1} tries: {problem}") from exc
             wait = cfg.open_retry_seconds * 2**attempt
-            log.warning("the warehouse is locked by another program; trying again in %.0f s", wait)
+            notice.warning("the warehouse is locked by another program; trying again in %.0f s", wait)
             time.sleep(wait)
     raise AssertionError("unreachable")
 
