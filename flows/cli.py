@@ -90,7 +90,7 @@ def _quiet_defaults() -> None:
     started (and recorded) with a line saying so, instead of long silence.
     """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # a busy 2-core machine
     os.environ.setdefault("DISABLE_PANDERA_IMPORT_WARNING", "True")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # to the log file and the Prefect UI, not the console
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow's INFO/advice lines drown the tables
@@ -112,7 +112,12 @@ def _quiet_defaults() -> None:
         err.print("[dim]starting the embedded Prefect server ...[/]")
         from flows.runtime import start_embedded_server
 
-        start_embedded_server(settings)
+        try:
+            start_embedded_server(settings)
+        except RuntimeError as exc:
+            raise UserError(f"the embedded Prefect server did not start ({str(exc).splitlines()[0][:160]}); "
+                            "a busy machine needs more time (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS), "
+                            "or point PREFECT_API_URL at a Prefect server") from exc
 
 
 def _failure_message(state: Any) -> str:
@@ -662,6 +667,23 @@ def main() -> None:
         raise SystemExit(130) from None
     except typer.Exit as exc:
         raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise SystemExit(130) from None
+    except Exception as exc:  # a bug or an environment problem: one line here, the traceback in the log
+        import logging
+
+        where = ""
+        with contextlib.suppress(Exception):
+            path = _log_file or _log_path()
+            crash = logging.getLogger("aftersales.crash")
+            crash.propagate = False
+            crash.addHandler(logging.FileHandler(path, encoding="utf-8"))
+            crash.exception("unexpected error in: aftersales %s", " ".join(sys.argv[1:]))
+            where = f" (details: {path})"
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc).splitlines()[0] if str(exc) else '')}"
+                  f"{where}", soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

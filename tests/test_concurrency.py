@@ -65,7 +65,16 @@ def test_two_ingests_at_once_both_load_one_after_the_other(home: Path, tmp_path:
     shop = write_shop(tmp_path / "shop")
     logs = tmp_path / "logs"
     logs.mkdir()
-    runs = []
+    runs: list = []
+    try:
+        _two_ingests(settings, shop, logs, home, tmp_path, runs)
+    finally:
+        for process, err in runs:
+            process.kill()
+            err.close()
+
+
+def _two_ingests(settings: Settings, shop: Path, logs: Path, home: Path, tmp_path: Path, runs: list) -> None:
     with hold(settings, "warehouse", label="the warehouse"):
         for i in range(2):
             err = open(logs / f"{i}.err", "w")  # noqa: SIM115 (closed below)
@@ -75,13 +84,17 @@ def test_two_ingests_at_once_both_load_one_after_the_other(home: Path, tmp_path:
             runs.append((subprocess.Popen([sys.executable, "-m", "flows.cli", "ingest", str(shop),
                                            *(["--force"] if i else [])], cwd=tmp_path, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=err), err))
-        wait_for(lambda: all("waiting for the warehouse" in (logs / f"{i}.err").read_text() for i in range(2)),
-                 600, "both commands to say they wait")
-        assert all(p.poll() is None for p, _ in runs), "nobody failed while waiting"
+        def both_wait() -> bool:
+            for (process, _), i in zip(runs, range(2), strict=True):
+                if process.poll() is not None:  # ended while the warehouse was held: it failed
+                    raise AssertionError(f"command {i} ended early: {(logs / f'{i}.err').read_text()[-2000:]}")
+            return all("waiting for the warehouse" in (logs / f"{i}.err").read_text() for i in range(2))
+
+        wait_for(both_wait, 900, "both commands to say they wait")
     outputs = []
     for (process, err), i in zip(runs, range(2), strict=True):
-        out, _ = process.communicate(timeout=600)
-        err.close()
+        out, _ = process.communicate(timeout=900)
+        err.flush()
         text = out + (logs / f"{i}.err").read_text()
         outputs.append(text)
         assert process.returncode == 0, text
