@@ -683,17 +683,16 @@ def _what_changed(client: MlflowClient, name: str, data_hash: str, code: str, co
 
 def _description(model: str, splits: DataSplits, metrics: Mapping[str, float], changed: str) -> str:
     """Markdown shown on the run and the version in the MLflow UI."""
-    lines = [f"**{model}** risk model (XGBoost, calibrated). {changed}.", "",
-             "| split | window | rows | positives |", "|---|---|---:|---:|"]
-    for split, (_, y, t) in splits.parts().items():
-        lines.append(f"| {split} | {_window(t)} | {len(y):,} | {int(np.asarray(y).sum()):,} |")
-    lines += ["", "| test window | ROC-AUC | PR-AUC | Brier | lift@k |", "|---|---:|---:|---:|---:|"]
-    for scorer, label in (("model", "model"), *((k, v[0]) for k, v in BASELINE_RUNS.items())):
-        prefix = SCORER_PREFIX[scorer]
-        if f"{prefix}roc_auc" in metrics:
-            lines.append(f"| {label} | " + " | ".join(f"{metrics.get(prefix + m, math.nan):.3f}"
-                                                     for m in ("roc_auc", "pr_auc", "brier", "lift_at_k")) + " |")
-    return "\n".join(lines)
+    windows = pd.DataFrame([{"split": split, "window": _window(t), "rows": f"{len(y):,}",
+                             "positives": f"{int(np.asarray(y).sum()):,}"}
+                            for split, (_, y, t) in splits.parts().items()])
+    scorers = [("model", "model"), *((k, v[0]) for k, v in BASELINE_RUNS.items())]
+    scores = pd.DataFrame([{"test window": label, **{name: metrics.get(SCORER_PREFIX[scorer] + m, math.nan)
+                                                     for name, m in (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"),
+                                                                     ("Brier", "brier"), ("lift@k", "lift_at_k"))}}
+                           for scorer, label in scorers if f"{SCORER_PREFIX[scorer]}roc_auc" in metrics])
+    return (f"**{model}** risk model (XGBoost, calibrated). {changed}.\n\n{windows.to_markdown(index=False)}\n\n"
+            f"{scores.to_markdown(index=False, floatfmt='.3f')}")
 
 
 def log_training_run(
