@@ -228,6 +228,8 @@ def train(
 ) -> None:
     """Train risk models on point-in-time data, compare with baselines, register challengers."""
     models = _check_models(models)
+    err.print(f"training {', '.join(models or _settings().training.models)}: point-in-time sets, XGBoost, baselines, "
+              "MLflow logging (a minute or more per model on 2 cores)")
     _quiet_defaults()
     from flows.train import retrain_flow, train_flow
 
@@ -279,6 +281,7 @@ def promote(
     """Compare champion and challenger on the same latest window; promote if better by the margin."""
     _check_models([model])
     if to is not None:
+        _quiet_mlflow()
         from tasks.models.registry import set_champion
 
         move = _registry_call(lambda: set_champion(model, _settings(), str(to), note="aftersales promote --to"))
@@ -298,15 +301,22 @@ def rollback(
 ) -> None:
     """Move champion back to previous_champion (recorded in the alias history with who did it)."""
     _check_models([model])
+    _quiet_mlflow()
     from tasks.models.registry import rollback as rollback_model
 
     move = _registry_call(lambda: rollback_model(model, _settings()))
     console.print(f"[green]{move.message}[/]", soft_wrap=True)
 
 
+def _quiet_mlflow() -> None:
+    """Before MLflow is imported: its INFO lines ("Creating initial MLflow database tables") stay off the console."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
 def _registry_call(call: Any) -> Any:
     """A registry operation run from the CLI: its refusals are user errors, one line each."""
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
     from tasks.models.registry import RegistryError
 
     try:
@@ -322,6 +332,7 @@ def models(
     """List each model's versions, aliases and the latest alias moves (who moved what, and why)."""
     import pandas as pd
 
+    _quiet_mlflow()
     from tasks.models.registry import list_models
 
     frame = _registry_call(lambda: list_models(_settings()))
