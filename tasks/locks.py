@@ -58,7 +58,9 @@ def _holder_file(settings: Settings, name: str) -> Path:
 
 
 def _whoami(what: str) -> dict[str, Any]:
-    me: dict[str, Any] = {"pid": os.getpid(), "what": what or " ".join(Path(a).name for a in sys.argv[:3]),
+    program = Path(sys.argv[0]).stem if sys.argv else "python"
+    program = "aftersales" if program in ("cli", "aftersales") else program
+    me: dict[str, Any] = {"pid": os.getpid(), "what": what or " ".join([program, *sys.argv[1:3]]),
                           "since": time.strftime("%Y-%m-%d %H:%M:%S")}
     if "prefect" not in sys.modules:
         return me

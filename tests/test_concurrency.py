@@ -39,7 +39,7 @@ def write_shop(folder: Path, customers: int = 30) -> Path:
 def cli(home: Path, *args: str, prefect_home: Path, extra: dict[str, str] | None = None) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env |= {"AFTERSALES_PATHS__HOME": str(home), "PREFECT_HOME": str(prefect_home), "COLUMNS": "200",
-            **(extra or {})}
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "900", **(extra or {})}
     return subprocess.Popen([sys.executable, "-m", "flows.cli", *args], cwd=home.parent, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -75,22 +75,24 @@ def test_two_ingests_at_once_both_load_one_after_the_other(home: Path, tmp_path:
 
 
 def _two_ingests(settings: Settings, shop: Path, logs: Path, home: Path, tmp_path: Path, runs: list) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env |= {"AFTERSALES_PATHS__HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200",
+            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "900"}  # two embedded servers on 2 busy cores
+
+    def waiting(i: int) -> bool:
+        process = runs[i][0]
+        if process.poll() is not None:  # ended while the warehouse was held: it failed
+            raise AssertionError(f"command {i} ended early: {(logs / f'{i}.err').read_text()[-2000:]}")
+        return "waiting for the warehouse" in (logs / f"{i}.err").read_text()
+
     with hold(settings, "warehouse", label="the warehouse"):
-        for i in range(2):
-            err = open(logs / f"{i}.err", "w")  # noqa: SIM115 (closed below)
-            env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-            env |= {"AFTERSALES_PATHS__HOME": str(home), "PREFECT_HOME": str(tmp_path / "prefect"),
-                    "COLUMNS": "200"}
+        for i in range(2):  # one after the other: two fresh embedded servers migrating one DB would race
+            err = open(logs / f"{i}.err", "w")  # noqa: SIM115 (closed by the caller)
             runs.append((subprocess.Popen([sys.executable, "-m", "flows.cli", "ingest", str(shop),
                                            *(["--force"] if i else [])], cwd=tmp_path, env=env, text=True,
                                           stdout=subprocess.PIPE, stderr=err), err))
-        def both_wait() -> bool:
-            for (process, _), i in zip(runs, range(2), strict=True):
-                if process.poll() is not None:  # ended while the warehouse was held: it failed
-                    raise AssertionError(f"command {i} ended early: {(logs / f'{i}.err').read_text()[-2000:]}")
-            return all("waiting for the warehouse" in (logs / f"{i}.err").read_text() for i in range(2))
-
-        wait_for(both_wait, 900, "both commands to say they wait")
+            wait_for(lambda i=i: waiting(i), 900, f"command {i} to say it waits")
+        assert waiting(0) and waiting(1), "both wait at the same time"
     outputs = []
     for (process, err), i in zip(runs, range(2), strict=True):
         out, _ = process.communicate(timeout=900)
