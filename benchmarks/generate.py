@@ -56,7 +56,11 @@ def main() -> None:
     parser.add_argument("--dirty-share", type=float, default=0.003)
     parser.add_argument("--out", type=Path, default=None, help="keep the files here (default: temp, deleted)")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="tiny size (300 customers, 3 months), in seconds: "
+                        "tests/test_benchmarks.py runs it so the script cannot rot")
     args = parser.parse_args()
+    if args.smoke:
+        args.customers, args.months = 300, 3
 
     out = args.out or Path(tempfile.mkdtemp(prefix="aftersales-bench-"))
     started = time.perf_counter()

@@ -51,7 +51,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--format", choices=["csv", "parquet"], default="parquet")
     parser.add_argument("--keep", type=Path, help="reuse/keep the generated shop in this folder")
+    parser.add_argument("--smoke", action="store_true", help="tiny size (300 customers), in seconds: "
+                        "tests/test_benchmarks.py runs it so the script cannot rot")
     args = parser.parse_args()
+    if args.smoke:
+        args.customers = 300
 
     work = Path(tempfile.mkdtemp(prefix="aftersales-bench-"))
     data = args.keep or work / "shop"

@@ -304,7 +304,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="passes of stages 1-5; the median is reported")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--home", type=Path, help="keep/reuse the shops, warehouses and MLflow store here")
+    parser.add_argument("--smoke", action="store_true", help="tiny size (2,000 customers, features on that shop, "
+                        "3,000 rows scored, 40 trees, one pass): tests/test_benchmarks.py runs it so the script "
+                        "cannot rot; its figures mean nothing")
     args = parser.parse_args()
+    if args.smoke:
+        args.customers, args.feature_customers, args.open_orders, args.scored_customers = 2_000, 0, 2_000, 1_000
+        args.repeats = 1
+        os.environ.setdefault("AFTERSALES_TRAINING__XGB__N_ESTIMATORS", "40")
+        os.environ.setdefault("AFTERSALES_TRAINING__SHAP_SAMPLE_ROWS", "200")
     args.repeats = max(1, args.repeats)
     quiet()
 
@@ -346,9 +354,9 @@ def measure(home: Path, args: argparse.Namespace) -> None:
 def run(settings: Settings, day: pd.Timestamp, feature_path: Path, feature_source: str,
         args: argparse.Namespace) -> None:
     """The timed scoring run; prints the table, end to end, ratios, memory and verdicts."""
-    from flows.score import current_customer_tags
     from tasks.care.interventions import write_task_list
     from tasks.data.warehouse import Warehouse
+    from tasks.insight.tags import current_tags
     from tasks.models import scoring
 
     models = list(settings.training.models)
@@ -394,7 +402,7 @@ def run(settings: Settings, day: pd.Timestamp, feature_path: Path, feature_sourc
     # 2-5, repeated (median)
     wh = Warehouse(settings.warehouse_path, memory_limit=settings.warehouse.memory_limit)
     try:
-        tags = current_customer_tags(wh)  # none in a fresh shop: the list carries no tags
+        tags = current_tags(wh, day)  # none in a fresh shop: the list carries no tags
         last = scoring_pass(champions, frames, day, settings, wh, tags)
         passes = [last.took]
         for _ in range(args.repeats - 1):

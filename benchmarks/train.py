@@ -92,7 +92,11 @@ def main() -> None:
     parser.add_argument("--valid-rows", type=int, default=200_000)
     parser.add_argument("--test-rows", type=int, default=200_000)
     parser.add_argument("--no-registry", action="store_true", help="skip timing log_training_run")
+    parser.add_argument("--smoke", action="store_true", help="tiny size (5k rows, 12 features), in seconds: "
+                        "tests/test_benchmarks.py runs it so the script cannot rot")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.valid_rows, args.test_rows, args.features = 5_000, 2_000, 2_000, 12
     warnings.filterwarnings("ignore", module="mlflow")
 
     home = Path(tempfile.mkdtemp(prefix="aftersales-bench-"))

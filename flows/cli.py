@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import warnings
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="After-sales risk platform: ingest, train, score and hand care teams a task list.",
@@ -20,22 +23,138 @@ console = Console()
 err = Console(stderr=True)
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s %(message)s"
+NOTICE_LOGGER = "aftersales.notice"  # one-line notices for people: waiting for the warehouse, a step begun
+_log_file: Path | None = None
+
+
+class UserError(Exception):
+    """A mistake in what was asked (unknown model, missing folder): one line, exit code 2, no start-up."""
+
+
+def _settings():
+    from schemas.settings import get_settings
+
+    return get_settings()
+
+
+def _log_path() -> Path:
+    settings = _settings()
+    folder = settings.paths.home / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    return (folder / "aftersales.log").resolve()
+
+
+def _console_quiet() -> None:
+    """Logs go to ``<home>/logs/aftersales.log`` in full; the console keeps our own lines only.
+
+    Prefect's console handlers print every failure with its traceback, once per task, flow and
+    parent flow (the same refusal four times, and "NoneType: None"); the CLI prints one line per
+    failure instead. ``AFTERSALES_VERBOSE=1`` shows the logs on the console as well.
+    """
+    import logging
+    from logging.handlers import RotatingFileHandler
+
+    global _log_file
+    verbose = os.environ.get("AFTERSALES_VERBOSE", "").lower() in ("1", "true", "yes")
+    path = _log_path()
+    handler = RotatingFileHandler(path, maxBytes=5_000_000, backupCount=3, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setLevel(logging.INFO)
+    loggers = [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for existing in getattr(logger, "handlers", []):
+            if isinstance(existing, logging.StreamHandler) and not isinstance(existing, logging.FileHandler) \
+                    and not getattr(existing, "_aftersales", False):
+                existing.setLevel(logging.INFO if verbose else logging.CRITICAL + 1)
+    root = logging.getLogger()
+    if not any(getattr(h, "_aftersales", False) for h in root.handlers):
+        handler._aftersales = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+        for name in ("prefect._internal", "uvicorn", "fastapi"):  # they do not propagate to the root
+            logging.getLogger(name).addHandler(handler)
+    notice = logging.getLogger(NOTICE_LOGGER)
+    if not notice.handlers:
+        plain = logging.StreamHandler(sys.stderr)
+        plain.setFormatter(logging.Formatter("%(message)s"))
+        plain._aftersales = True  # type: ignore[attr-defined]
+        notice.addHandler(plain)
+        notice.setLevel(logging.INFO)
+    _log_file = path
+
+
 def _quiet_defaults() -> None:
-    """Embedded-mode defaults that keep the console readable; users may override any of them."""
+    """Start-up of every command that runs a flow: quiet console, full log file, embedded server.
+
+    Leaked embedded servers of killed commands are stopped first; then this command's server is
+    started (and recorded) with a line saying so, instead of long silence.
+    """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # a busy 2-core machine
     os.environ.setdefault("DISABLE_PANDERA_IMPORT_WARNING", "True")
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")  # to the log file and the Prefect UI, not the console
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")  # MLflow's INFO/advice lines drown the tables
     warnings.filterwarnings("ignore", message="Hint: Inferred schema contains integer", module="mlflow")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    settings = _settings()
+    from flows.runtime import clean_leaked_servers
+
+    stopped = clean_leaked_servers(settings)
+    import prefect  # noqa: F401  (configures Prefect's logging, which _console_quiet then adjusts)
+
+    _console_quiet()
+    if stopped:
+        err.print(f"stopped {len(stopped)} embedded Prefect server(s) left running by killed commands "
+                  f"(pid {', '.join(map(str, stopped))})")
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        err.print("[dim]starting the embedded Prefect server ...[/]")
+        from flows.runtime import start_embedded_server
+
+        try:
+            start_embedded_server(settings)
+        except RuntimeError as exc:
+            raise UserError(f"the embedded Prefect server did not start ({str(exc).splitlines()[0][:160]}); "
+                            "a busy machine needs more time (PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS), "
+                            "or point PREFECT_API_URL at a Prefect server") from exc
+
+
+def _failure_message(state: Any) -> str:
+    """A failed run's reason in words: the exception's own message, not Prefect's wrapper text."""
+    try:
+        state.result()
+    except Exception as exc:
+        text = str(exc).strip() or type(exc).__name__
+        known = ("Error", "Exception")
+        if type(exc).__name__ in ("FailedRun", "CrashedRun", "UnfinishedRun") or not text:
+            text = state.message or text
+        elif not any(type(exc).__name__.endswith(k) for k in known) or type(exc).__module__ == "builtins":
+            text = f"{type(exc).__name__}: {text}"
+        for prefix in ("Flow run encountered an exception: ", "Task run encountered an exception "):
+            text = text.removeprefix(prefix)
+        return text.splitlines()[0]
+    return (state.message or "failed").splitlines()[0]
 
 
 def _finish(state: Any, what: str) -> Any:
     """Turn a failed flow run into one clear line and exit code 1, never a traceback."""
-    if state.is_failed():
-        err.print(f"[bold red]{what} failed:[/] {state.message}")
+    if state.is_failed() or state.is_crashed():
+        detail = f" (details: {_log_file})" if _log_file else ""
+        err.print(f"[bold red]{what} failed:[/] {escape(_failure_message(state))}{detail}", soft_wrap=True)
         raise typer.Exit(1)
     return state.result()
+
+
+def _check_models(models: list[str] | None) -> list[str] | None:
+    """Unknown model names are refused at once, before any start-up."""
+    if not models:
+        return None
+    known = list(_settings().training.models)
+    unknown = [m for m in models if m not in known]
+    if unknown:
+        raise UserError(f"unknown model {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
+    return list(models)
 
 
 @app.command()
@@ -77,6 +196,10 @@ def ingest(
     force: Annotated[bool, typer.Option(help="re-read files already loaded with the same content")] = False,
 ) -> None:
     """Validate and load a batch of files into the warehouse (quarantine keeps bad rows)."""
+    if not data_dir.is_dir():
+        raise UserError(f"{data_dir} is not a folder (give the folder that holds the export files)")
+    if mapping is not None and not mapping.is_file():
+        raise UserError(f"mapping file {mapping} does not exist")
     _quiet_defaults()
     from flows.ingest import ingest_flow
 
@@ -104,6 +227,9 @@ def train(
     promote: Annotated[bool, typer.Option(help="then promote each challenger that beats its champion")] = False,
 ) -> None:
     """Train risk models on point-in-time data, compare with baselines, register challengers."""
+    models = _check_models(models)
+    err.print(f"training {', '.join(models or _settings().training.models)}: point-in-time sets, XGBoost, baselines, "
+              "MLflow logging (a minute or more per model on 2 cores)")
     _quiet_defaults()
     from flows.train import retrain_flow, train_flow
 
@@ -149,8 +275,18 @@ def _models_table(results: list[dict[str, Any]]) -> Table:
 def promote(
     model: Annotated[str, typer.Argument(help="return, negative_review or churn")],
     force: Annotated[bool, typer.Option(help="move champion even if the challenger is not better")] = False,
+    to: Annotated[int | None, typer.Option("--to", help="make this version champion now, without a "
+                                                       "comparison (the old one becomes previous_champion)")] = None,
 ) -> None:
     """Compare champion and challenger on the same latest window; promote if better by the margin."""
+    _check_models([model])
+    if to is not None:
+        _quiet_mlflow()
+        from tasks.models.registry import set_champion
+
+        move = _registry_call(lambda: set_champion(model, _settings(), str(to), note="aftersales promote --to"))
+        console.print(f"[green]{move.message}[/]", soft_wrap=True)
+        return
     _quiet_defaults()
     from flows.promote import promote_flow
 
@@ -160,29 +296,68 @@ def promote(
 
 
 @app.command()
-def models() -> None:
-    """List each model's versions, aliases and the history of alias moves."""
+def rollback(
+    model: Annotated[str, typer.Argument(help="return, negative_review or churn")],
+) -> None:
+    """Move champion back to previous_champion (recorded in the alias history with who did it)."""
+    _check_models([model])
+    _quiet_mlflow()
+    from tasks.models.registry import rollback as rollback_model
+
+    move = _registry_call(lambda: rollback_model(model, _settings()))
+    console.print(f"[green]{move.message}[/]", soft_wrap=True)
+
+
+def _quiet_mlflow() -> None:
+    """Before MLflow is imported: its INFO lines ("Creating initial MLflow database tables") stay off the console."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "ERROR")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _registry_call(call: Any) -> Any:
+    """A registry operation run from the CLI: its refusals are user errors, one line each."""
+    from tasks.models.registry import RegistryError
+
+    try:
+        return call()
+    except RegistryError as exc:
+        raise UserError(str(exc)) from None
+
+
+@app.command()
+def models(
+    history: Annotated[int, typer.Option(help="latest alias moves shown (0: none)")] = 15,
+) -> None:
+    """List each model's versions, aliases and the latest alias moves (who moved what, and why)."""
     import pandas as pd
 
-    from schemas.settings import get_settings
+    _quiet_mlflow()
     from tasks.models.registry import list_models
 
-    frame = list_models(get_settings())
-    table = Table("registered model", "version", "aliases", "created", "ROC-AUC", "PR-AUC", "data hash", "code",
-                  title="registered models")
+    frame = _registry_call(lambda: list_models(_settings()))
+    if frame.empty:
+        console.print("no registered models yet: run `aftersales train`")
+        return
+    table = Table("model", "v", "aliases", "created", "ROC-AUC", "PR-AUC", "data", title="registered models",
+                  box=box.SIMPLE_HEAD)
     for row in frame.itertuples():
-        table.add_row(row.registered_model, str(row.version), row.aliases or "", f"{row.created:%Y-%m-%d %H:%M}",
-                      f"{row.test_roc_auc:.3f}", f"{row.test_pr_auc:.3f}", str(row.train_data_hash)[:10],
-                      str(row.code_version)[:10])
+        table.add_row(row.model, str(row.version), "\n".join((row.aliases or "").split(",")),
+                      f"{row.created:%Y-%m-%d}", f"{row.test_roc_auc:.3f}", f"{row.test_pr_auc:.3f}",
+                      str(row.train_data_hash)[:7])
     console.print(table)
-    history = frame.attrs.get("alias_history")
-    if history is not None and len(history):
-        shown = ["ts", "model", "alias", "from_version", "to_version", "reason", "actor", "metric",
-                 "champion_score", "challenger_score"]
-        moves = Table(*shown, title="alias history (append-only)")
-        for row in history[shown].itertuples(index=False):
-            moves.add_row(*("" if pd.isna(v) else str(v) for v in row))
-        console.print(moves)
+    moves = frame.attrs.get("alias_history")
+    if history and moves is not None and len(moves):
+        shown = Table("when (UTC)", "model", "alias", "move", "why, who", title="alias history (latest)",
+                      box=box.SIMPLE_HEAD)
+        shown.columns[0].no_wrap = True
+        for row in moves.tail(history).itertuples(index=False):
+            before = "-" if pd.isna(row.from_version) else f"v{row.from_version}"
+            after = "-" if pd.isna(row.to_version) else f"v{row.to_version}"
+            shown.add_row(str(row.ts)[:16].replace("T", " "), row.model, row.alias, f"{before}>{after}",
+                          f"{row.reason}, {row.actor}")
+        console.print(shown)
+    console.print(f"full history: {_settings().paths.home / 'registry' / 'alias_history.jsonl'}", soft_wrap=True)
 
 
 @app.command()
@@ -190,26 +365,40 @@ def score(
     run_date: Annotated[datetime | None, typer.Option("--date", help="day to score (default: today, UTC)")] = None,
     start: Annotated[datetime | None, typer.Option("--from", help="first day of a backfill")] = None,
     end: Annotated[datetime | None, typer.Option("--to", help="last day of a backfill")] = None,
+    models: Annotated[list[str] | None,
+                      typer.Option("--model", help="return, negative_review, churn; repeatable "
+                                                   "(default: every model with a champion)")] = None,
 ) -> None:
     """Score with the current champions and write the day's care task list (or backfill a range)."""
+    models = _check_models(models)
+    if (start or end) and (not (start and end) or end < start):
+        raise UserError("--from and --to go together, --from first")
     _quiet_defaults()
     from flows.score import as_day, backfill_flow, score_flow
 
     if start or end:
-        if not (start and end) or end < start:
-            err.print("[red]--from and --to go together, --from first[/]")
-            raise typer.Exit(2)
-        results = _finish(backfill_flow(as_day(start), as_day(end), return_state=True), "backfill")
+        results = _finish(backfill_flow(as_day(start), as_day(end), models=models, return_state=True), "backfill")
         for r in results:
             line = f"{r['tasks']} tasks, {r['control']} held out" if r["ok"] else f"[red]failed:[/] {r['message']}"
             console.print(f"{r['run_date']}: {line}")
         if not all(r["ok"] for r in results):
             raise typer.Exit(1)
         return
-    result = _finish(score_flow(run_date=as_day(run_date), return_state=True), "scoring")
+    result = _finish(score_flow(run_date=as_day(run_date), models=models, return_state=True), "scoring")
+    _print_scored(result)
+
+
+def _print_scored(result: dict[str, Any]) -> None:
     console.print(f"[green]{result['run_date']}[/]: {result['tasks']} tasks, {result['control']} held out "
                   f"as control; models {', '.join(result['models'].values())}")
-    console.print(f"task list: {result['files'].get('csv')}")
+    for model, why in (result.get("skipped") or {}).items():
+        console.print(f"[yellow]{model} not scored:[/] {escape(why)}", soft_wrap=True)
+    gate = result.get("drift_gate") or {}
+    if gate.get("action") in ("flag", "hold"):
+        verb = "shipped FLAGGED" if gate["action"] == "flag" else "HELD (no tasks issued)"
+        console.print(f"[bold yellow]task list {verb}: severe drift in {', '.join(gate.get('models') or [])}[/]"
+                      " (aftersales monitor for details)")
+    console.print(f"task list: {result['files'].get('csv')}", soft_wrap=True)
 
 
 @app.command()
@@ -218,15 +407,21 @@ def run(
     seed: Annotated[int, typer.Option(help="same seed, same shop")] = 42,
 ) -> None:
     """The main job on the embedded default: generate → ingest → train → register → score → task list."""
+    err.print(f"main job: generate a {customers:,}-customer shop, ingest it, train 3 models, score "
+              "(a few minutes; the steps are listed as they start)")
     _quiet_defaults()
     from flows.main import main_flow
 
     result = _finish(main_flow(customers=customers, seed=seed, return_state=True), "the main job")
     _print_trained(result["training"])
-    console.print(f"[green]task list for {result['score']['run_date']}[/]: {result['score']['tasks']} tasks "
-                  f"({result['score']['control']} customers held out as control)")
-    console.print(f"  {result['score']['files'].get('csv')}")
-    console.print(f"MLflow UI: mlflow ui --backend-store-uri {result['tracking_uri']}")
+    ingest = result.get("ingest") or {}
+    if ingest.get("rows_quarantined"):
+        console.print(f"{ingest['rows_quarantined']:,} rows quarantined: see {ingest.get('report')}", soft_wrap=True)
+    _print_scored(result["score"])
+    console.print("next: aftersales models (versions, aliases) | aftersales report (KPI report) | "
+                  "aftersales monitor (drift)", soft_wrap=True)
+    console.print("MLflow UI:", soft_wrap=True)
+    print(f"  mlflow ui --backend-store-uri {result['tracking_uri']} --port 5000")  # never wrapped: copy-paste
 
 
 @app.command()
@@ -335,15 +530,18 @@ def report(
 def monitor(
     run_date: Annotated[datetime | None,
                         typer.Option("--date", help="scoring date to judge (default: today, UTC)")] = None,
+    models: Annotated[list[str] | None,
+                      typer.Option("--model", help="return, negative_review, churn; repeatable")] = None,
 ) -> None:
     """Drift of the day's scores, realised performance of matured runs, and retrain triggers."""
+    models = _check_models(models)
     _quiet_defaults()
     from rich.markup import escape
 
     from flows.monitor import monitor_flow
     from flows.score import as_day
 
-    result = _finish(monitor_flow(run_date=as_day(run_date), return_state=True), "monitoring")
+    result = _finish(monitor_flow(run_date=as_day(run_date), models=models, return_state=True), "monitoring")
     console.print(f"[green]{result['run_date']}[/]: drift of the scored population vs the training reference")
     for model, drift in result["drift"].items():
         verdict = "[red]severe drift[/]" if drift["severe"] else drift["status"]
@@ -362,7 +560,7 @@ def monitor(
 def serve(
     only: Annotated[list[str] | None,
                     typer.Option("--deployment", help="serve only this deployment; repeatable")] = None,
-    inbox: Annotated[Path | None, typer.Option(help="folder daily-ingest reads (default: prefect.yaml's)")] = None,
+    inbox: Annotated[Path | None, typer.Option(help="folder daily-ingest reads (default: prefect.inbox)")] = None,
     ephemeral: Annotated[bool, typer.Option(help="serve without a Prefect server: manual runs only, "
                                                   "cron never fires")] = False,
 ) -> None:
@@ -389,10 +587,60 @@ def serve(
         err.print("[yellow]--ephemeral: cron schedules will NOT fire on this temporary server; start runs by hand "
                   "(prefect deployment run 'score/daily-score', same PREFECT_HOME).[/]")
     overrides = {"daily-ingest": {"data_dir": str(inbox.resolve())}} if inbox else {}
+    if any(spec.name == "daily-ingest" for spec in specs) and not inbox:
+        from flows.deployments import inbox_problem
+
+        problem = inbox_problem(_settings())
+        if problem:
+            raise UserError(f"{problem} (or pass --inbox)")
+    if not on_ephemeral_server():
+        _server_setup()
     for spec in specs:
         when = ", ".join(f"{s.cron} {s.timezone}" for s in spec.schedules) or "no schedule"
         console.print(f"[bold]{spec.name}[/] ({spec.module_entrypoint}): {when}")
     serve_deployments(specs, overrides)
+
+
+def _server_setup() -> None:
+    """What the deployments need on the server besides themselves: limits and automations."""
+    from flows.deployments import ensure_automations, ensure_concurrency_limits
+
+    settings = _settings()
+    limits = ensure_concurrency_limits(settings)
+    console.print("concurrency limits: " + ", ".join(f"{n} ({v} slots)" for n, v in limits.items()))
+    automations = ensure_automations(settings.prefect.notify_url)
+    console.print(f"automations: {', '.join(automations)}" if automations else
+                  "automations: none (set prefect.notify_url to be told of flagged lists and failed runs)")
+
+
+@app.command()
+def deploy(
+    pool: Annotated[str, typer.Option(help="process work pool the deployments run on")] = "aftersales",
+) -> None:
+    """The deploy step on a Prefect server: checks the inbox, creates the work pool, the concurrency
+    limits and the automations, then deploys deploy/prefect.yaml with `prefect deploy`."""
+    import subprocess
+
+    from flows.deployments import PREFECT_FILE, PROJECT_DIR, api_problem, inbox_problem
+
+    problem = inbox_problem(_settings())
+    if problem:
+        raise UserError(problem)
+    problem = api_problem()
+    if problem:
+        raise UserError(f"{problem}: deploy to a Prefect server (export PREFECT_API_URL=http://HOST:4200/api)")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    _server_setup()
+    done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
+                           str(PREFECT_FILE)], cwd=PROJECT_DIR, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UserError("prefect deploy failed: " + (done.stdout + done.stderr).strip().splitlines()[-1])
+    console.print(f"deployed {PREFECT_FILE} to work pool {pool!r}; start a worker: prefect worker start --pool {pool}")
 
 
 @app.command()
@@ -411,7 +659,42 @@ def uplift(
 
 
 def main() -> None:
-    app()
+    """The entry point: a user error or a refused request is one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise SystemExit(2) from None
+    except typer.TyperException as exc:  # click's usage errors, as vendored by typer
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # typer printed the help already
+            raise SystemExit(0) from None
+        command = f"aftersales {ctx.info_name}" if ctx is not None and ctx.parent is not None else "aftersales"
+        message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+        err.print(f"[bold red]error:[/] {escape(message.splitlines()[0])} (see {command} --help)", soft_wrap=True)
+        raise SystemExit(getattr(exc, "exit_code", 2)) from None
+    except typer.Abort:
+        err.print("aborted")
+        raise SystemExit(130) from None
+    except typer.Exit as exc:
+        raise SystemExit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise SystemExit(130) from None
+    except Exception as exc:  # a bug or an environment problem: one line here, the traceback in the log
+        import logging
+
+        where = ""
+        with contextlib.suppress(Exception):
+            path = _log_file or _log_path()
+            crash = logging.getLogger("aftersales.crash")
+            crash.propagate = False
+            crash.addHandler(logging.FileHandler(path, encoding="utf-8"))
+            crash.exception("unexpected error in: aftersales %s", " ".join(sys.argv[1:]))
+            where = f" (details: {path})"
+        err.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc).splitlines()[0] if str(exc) else '')}"
+                  f"{where}", soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

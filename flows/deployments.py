@@ -18,6 +18,8 @@ import yaml
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PREFECT_FILE = PROJECT_DIR / "deploy" / "prefect.yaml"
+AUTOMATIONS_FILE = PROJECT_DIR / "deploy" / "automations.yaml"
+NOTIFICATION_BLOCK = "aftersales-notify"
 SCHEDULE_TIMEZONE = "UTC"  # local-time crons run twice or not at all when DST changes (Prefect #7381)
 
 
@@ -200,3 +202,62 @@ def serve(specs: list[DeploymentSpec], overrides: dict[str, dict[str, Any]] | No
     overrides = overrides or {}
     deployments = [spec.to_deployment(parameters=overrides.get(spec.name)) for spec in specs]
     prefect_serve(*deployments)
+
+
+# ------------------------------------------------------------------------------ the deploy step
+
+
+def ensure_concurrency_limits(settings: Any) -> dict[str, int]:
+    """The global concurrency limits every warehouse writer and alias move takes on a server
+    (``tasks/locks.py``): ``<prefix>warehouse`` (readers one slot, a writer all) and
+    ``<prefix>registry`` (one at a time). Created, or their size corrected; returns name -> limit."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, GlobalConcurrencyLimitUpdate
+    from prefect.exceptions import ObjectNotFound
+
+    wanted = {f"{settings.prefect.limit_prefix}warehouse": settings.prefect.warehouse_slots,
+              f"{settings.prefect.limit_prefix}registry": 1}
+    with get_client(sync_client=True) as client:
+        for name, limit in wanted.items():
+            try:
+                existing = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=limit))
+                continue
+            if existing.limit != limit or not existing.active:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(limit=limit, active=True))
+    return wanted
+
+
+def ensure_automations(notify_url: str | None, path: Path = AUTOMATIONS_FILE) -> list[str]:
+    """The automations of ``deploy/automations.yaml``, sending to an Apprise notification block made
+    from ``notify_url``; replaced by name, so running the deploy step twice keeps one of each."""
+    if not notify_url:
+        return []
+    from prefect.blocks.notifications import AppriseNotificationBlock
+    from prefect.client.orchestration import get_client
+    from prefect.events.schemas.automations import AutomationCore
+
+    block_id = AppriseNotificationBlock(url=notify_url).save(NOTIFICATION_BLOCK, overwrite=True)
+    text = Path(path).read_text(encoding="utf-8").replace("{{ notification_block_id }}", str(block_id))
+    names = []
+    with get_client(sync_client=True) as client:
+        for raw in yaml.safe_load(text)["automations"]:
+            automation = AutomationCore.model_validate(raw)
+            for old in client.read_automations_by_name(automation.name):
+                client.delete_automation(old.id)
+            client.create_automation(automation)
+            names.append(automation.name)
+    return names
+
+
+def inbox_problem(settings: Any) -> str | None:
+    """daily-ingest reads the inbox of the settings: it must be a folder where the deploy runs."""
+    inbox = settings.prefect.inbox
+    if inbox is None:
+        return ("prefect.inbox is not set: daily-ingest would have no folder to read at 04:00. Set "
+                "AFTERSALES_PREFECT__INBOX (or [prefect] inbox in aftersales.toml) to the folder the exports "
+                "arrive in, on the deploying machine and on every worker")
+    if not Path(inbox).is_dir():
+        return f"prefect.inbox {inbox} is not a folder: create it (or correct the setting) before deploying"
+    return None

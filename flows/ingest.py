@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
+from flows.runtime import run_name, with_retries
 from schemas.settings import get_settings
 from tasks.data.ingest import BatchResult, IngestError, ingest_batch, validation_report
 from tasks.data.mapping import MappingError
@@ -42,12 +43,36 @@ def publish_report(result: BatchResult) -> Path:
     return path
 
 
-@flow(name="ingest")
-def ingest_flow(data_dir: Path, mapping_file: Path | None = None, as_of: datetime | None = None,
+def inbox_problem(data_dir: Path | str | None) -> str | None:
+    """Why a folder cannot be ingested from, in words (None when it can)."""
+    if data_dir is None:
+        return ("no folder to ingest: pass data_dir, or set prefect.inbox (AFTERSALES_PREFECT__INBOX) to the "
+                "folder the daily exports arrive in")
+    path = Path(data_dir)
+    if not path.is_dir():
+        return f"{path} is not a folder (the inbox the exports arrive in; setting prefect.inbox)"
+    return None
+
+
+@flow(name="ingest", flow_run_name=run_name("ingest"))
+def ingest_flow(data_dir: Path | None = None, mapping_file: Path | None = None, as_of: datetime | None = None,
                 force: bool = False):
-    """Validate a batch, quarantine what is wrong, merge the rest by key, report."""
+    """Validate a batch, quarantine what is wrong, merge the rest by key, report.
+
+    Args:
+        data_dir: folder with <table>.csv/.parquet files; default the inbox of the settings
+            (prefect.inbox), which the deploy step checks.
+        mapping_file: mapping for another shop's column names, codes and formats.
+        as_of: the batch time, UTC; later timestamps are rejected. Default: now.
+        force: re-read files already loaded with the same content.
+    """
     logger = get_run_logger()
-    state = load_batch(Path(data_dir), mapping_file, as_of, force, return_state=True)
+    data_dir = data_dir or get_settings().prefect.inbox
+    problem = inbox_problem(data_dir)
+    if problem:
+        logger.error("ingestion stopped, nothing written: %s", problem)
+        return Failed(message=problem)
+    state = with_retries(load_batch, get_settings())(Path(data_dir), mapping_file, as_of, force, return_state=True)
     if state.is_failed():
         logger.error("ingestion stopped, nothing written: %s", state.message)
         return Failed(message=state.message)

@@ -14,6 +14,7 @@ from flows.score import score_flow
 from flows.train import train_flow
 from schemas.settings import get_settings
 from tasks.data.synthetic import generate_shop
+from tasks.progress import step
 
 
 @task(name="generate-shop")
@@ -25,21 +26,30 @@ def generate(customers: int, seed: int) -> str:
     return str(settings.data_dir)
 
 
-@flow(name="main-job")
+@flow(name="main-job", flow_run_name="main-job-{customers}-customers")
 def main_flow(customers: int = 5_000, seed: int = 42) -> dict[str, Any] | Failed:
-    """Generate a synthetic shop → ingest → train and register → score → the day's task list."""
+    """Generate a synthetic shop → ingest → train and register → score → the day's task list.
+
+    Args:
+        customers: size of the synthetic shop.
+        seed: same seed, same shop.
+    """
     settings = get_settings()
+    step(1, 4, f"generating a synthetic shop of {customers:,} customers")
     data_dir = generate(customers, seed)
-    steps = [("ingestion", lambda: ingest_flow(data_dir, return_state=True)),
-             ("training", lambda: train_flow(return_state=True))]
+    steps = [("ingestion", "ingesting and validating it", lambda: ingest_flow(data_dir, return_state=True)),
+             ("training", f"training {len(settings.training.models)} models (the longest step)",
+              lambda: train_flow(return_state=True))]
     results: dict[str, Any] = {}
-    for name, step in steps:
-        state = step()
+    for number, (name, what, run) in enumerate(steps, start=2):
+        step(number, 4, what)
+        state = run()
         if state.is_failed():
             return Failed(message=f"{name}: {state.message}")
         results[name] = state.result()
     # the synthetic shop's "today" is the day after its last exported day
     today: date = (pd.Timestamp(settings.generator.end_date) + pd.Timedelta(days=1)).date()
+    step(4, 4, f"scoring {today} and writing the task list")
     scored = score_flow(run_date=today, return_state=True)
     if scored.is_failed():
         return Failed(message=f"scoring: {scored.message}")

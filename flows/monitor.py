@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from flows.runtime import run_day, task_runner
+from flows.runtime import run_day, run_name, task_runner
 from schemas.monitoring import DECISIONS_TABLE
 from schemas.settings import Settings, get_settings
 from tasks.data.warehouse import open_warehouse, run_lock
@@ -121,7 +121,7 @@ def score_distributions(settings: Settings, day: pd.Timestamp,
                         drift: dict[str, ModelDrift]) -> dict[str, tuple[Any, Any]]:
     """(reference probabilities, served probabilities) per checked model, for the report's plots."""
     out = {}
-    with open_warehouse(settings) as wh:
+    with open_warehouse(settings, read_only=True) as wh:
         scores = scores_of_day(wh, day)
     for model, result in drift.items():
         if result.status != "checked" or not result.model_version:
@@ -144,11 +144,25 @@ def write_report(settings: Settings, day: pd.Timestamp, drift: dict[str, ModelDr
     return path
 
 
-@flow(name="monitor")
-def monitor_flow(run_date: date | None = None) -> dict[str, Any]:
-    """Judge the day's scores for drift, evaluate matured runs, and retrain where a threshold is crossed."""
+def only_models(settings: Settings, models: list[str] | None) -> Settings:
+    """The settings with ``training.models`` narrowed to the requested models (all when None)."""
+    if not models:
+        return settings
+    narrowed = settings.model_copy(deep=True)
+    narrowed.training.models = [m for m in settings.training.models if m in models]
+    return narrowed
+
+
+@flow(name="monitor", flow_run_name=run_name("monitor"))
+def monitor_flow(run_date: date | None = None, models: list[str] | None = None) -> dict[str, Any]:
+    """Judge the day's scores for drift, evaluate matured runs, and retrain where a threshold is crossed.
+
+    Args:
+        run_date: the scoring day judged, UTC; default the scheduled day.
+        models: the risk models to judge (return, negative_review, churn); default all.
+    """
     logger = get_run_logger()
-    settings = get_settings()
+    settings = only_models(get_settings(), models)
     day = run_day(run_date)
     with run_lock(settings, "monitor"):  # the cool-down check and the trigger never interleave
         drift = check_drift_task(settings, day)

@@ -44,6 +44,8 @@ class PathSettings(BaseModel):
 class WarehouseSettings(BaseModel):
     memory_limit: str | None = Field("4GB", description="DuckDB memory limit; beyond it DuckDB spills to disk")
     threads: int | None = Field(None, description="DuckDB threads; default: all cores")
+    open_retries: int = Field(3, description="tries after the first to open a warehouse another program has locked")
+    open_retry_seconds: float = Field(2.0, description="first wait between those tries; doubles each try")
 
 
 class IngestSettings(BaseModel):
@@ -130,6 +132,13 @@ class MlflowSettings(BaseModel):
     registry_uri: str | None = None
     artifact_location: str | None = Field(None, description="default <home>/mlartifacts")
     experiment_prefix: str = "aftersales"
+    request_retries: int = Field(2, description="tries after the first of an HTTP call to the MLflow server "
+                                 "(MLflow's default of 7 with back-off waits minutes on a dead server)")
+    request_timeout_seconds: float = Field(10.0, description="time limit of one HTTP call to the MLflow server")
+    request_backoff_seconds: float = Field(1.0, description="first wait between tries; doubles each try")
+    dedupe_significant_digits: int = Field(
+        6, description="training data equal to this many significant digits is the same data: a retrain on it "
+        "registers no new version (DuckDB's parallel sums differ in the last bits from run to run)")
 
 
 class ScoringSettings(BaseModel):
@@ -153,6 +162,8 @@ class ScoringSettings(BaseModel):
     )
     language: Literal["en", "zh"] = "en"
     seed: int = 11
+    constant_check_min_rows: int = Field(
+        20, description="a model giving this many or more scored rows one and the same probability is refused")
 
 
 class PrefectSettings(BaseModel):
@@ -161,6 +172,18 @@ class PrefectSettings(BaseModel):
     dask_address: str | None = Field(
         None, description="scheduler of an existing Dask cluster, e.g. tcp://dask:8786; none: a local cluster"
     )
+    limit_prefix: str = Field("aftersales-", description="global concurrency limits on a Prefect server: "
+                              "<prefix>warehouse (every warehouse writer) and <prefix>registry (alias moves)")
+    warehouse_slots: int = Field(4, description="slots of the warehouse limit: readers take one, a writer all")
+    lock_wait_seconds: float = Field(3600.0, description="a run waits this long for the warehouse or the "
+                                     "registry before it fails (it says who holds it)")
+    lock_lease_seconds: float = Field(120.0, description="a killed run's slots return after this long")
+    retries: int = Field(2, description="retries of a task after a transient failure (a lock, an unreachable "
+                         "registry, a webhook)")
+    retry_delay_seconds: list[float] = Field([10.0, 60.0], description="wait before each retry (back-off)")
+    inbox: Path | None = Field(None, description="folder the daily-ingest deployment reads; checked at deploy time")
+    notify_url: str | None = Field(None, description="Apprise URL (slack://, msteams://, mailto://, json://...) the "
+                                   "deploy step's automations notify of flagged/held lists and failed runs")
 
 
 class TagSettings(BaseModel):

@@ -20,3 +20,10 @@ def row_progress(description: str, total: int | None = None) -> Iterator[Callabl
     with Progress(*columns, transient=True) as progress:
         task_id = progress.add_task(description, total=total)
         yield lambda n: progress.advance(task_id, n)
+
+
+def step(number: int, total: int, what: str) -> None:
+    """A long job's step begun, as one line (``step 2/4: ...``): printed by the CLI, logged by a run."""
+    import logging
+
+    logging.getLogger("aftersales.notice").info("step %d/%d: %s", number, total, what)

@@ -178,3 +178,102 @@ def test_serve_refuses_without_a_server(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "PREFECT_API_URL is not set" in done.stderr and "prefect server start" in done.stderr
+
+
+def test_compose_binds_to_loopback_with_auth_and_no_default_secrets() -> None:
+    """Issue 16.4: nothing published on all interfaces, both UIs behind auth, no password in the file."""
+    import re
+
+    text = (PROJECT_DIR / "deploy" / "compose.yaml").read_text(encoding="utf-8")
+    compose = yaml.safe_load(text)
+    published = [port for service in compose["services"].values() for port in service.get("ports") or []]
+    assert published and all(str(p).startswith("127.0.0.1:") for p in published), published
+    assert "PREFECT_SERVER_API_AUTH_STRING" in compose["services"]["prefect-server"]["environment"]
+    assert "--app-name basic-auth" in compose["services"]["mlflow"]["command"]
+    for secret in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MLFLOW_ADMIN_PASSWORD", "PREFECT_API_AUTH_STRING"):
+        uses = re.findall(r"\$\{" + secret + r"(:[?-][^}]*)?\}", text)
+        assert uses and all(u.startswith(":?") for u in uses), f"{secret} must come from the environment"
+    assert "change-me" not in text and "POSTGRES_PASSWORD: mlflow" not in text
+
+
+def test_prefect_basic_auth_refuses_strangers_on_a_real_server(tmp_path: Path) -> None:
+    """The auth switch compose.yaml uses, on a real `prefect server start` bound to 127.0.0.1."""
+    import socket
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {
+        "PREFECT_HOME": str(tmp_path), "PREFECT_SERVER_API_AUTH_STRING": "aftersales:s3cret",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def status(auth: bool) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/flows/filter", data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+        if auth:
+            import base64
+
+            request.add_header("Authorization", "Basic " + base64.b64encode(b"aftersales:s3cret").decode())
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                if status(True) == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the Prefect server did not start"
+            time.sleep(1)
+        assert status(False) == 401
+    finally:
+        server.send_signal(2)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
+def test_the_deploy_step_refuses_without_an_inbox(tmp_path: Path) -> None:
+    """Issue 14.5: daily-ingest's inbox is a setting checked at deploy time, in one line."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERSALES_PREFECT__")} | {
+        "AFTERSALES_PATHS__HOME": str(tmp_path / "home"), "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "prefect.inbox is not set" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    missing = env | {"AFTERSALES_PREFECT__INBOX": str(tmp_path / "nowhere")}
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "deploy"], cwd=tmp_path, env=missing,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "is not a folder" in done.stderr
+
+
+def test_automations_and_limits_are_created_once_on_a_real_api(prefect_api: None) -> None:
+    """Issue 14.6: the deploy step makes an Apprise notification block and the automations that
+    notify of flagged/held lists; running it twice keeps one of each."""
+    from prefect.client.orchestration import get_client
+
+    from flows.deployments import ensure_automations
+
+    for _ in range(2):
+        names = ensure_automations("json://127.0.0.1:9/aftersales")  # nothing listens: only stored here
+    assert names == ["aftersales task list flagged or held", "aftersales flow run failed"]
+    with get_client(sync_client=True) as client:
+        flagged = client.read_automations_by_name(names[0])
+        assert len(flagged) == 1
+        assert set(flagged[0].trigger.expect) == {"aftersales.task-list.flag", "aftersales.task-list.hold"}
+        assert flagged[0].actions[0].type == "send-notification"
+    assert ensure_automations(None) == []

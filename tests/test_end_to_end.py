@@ -80,10 +80,28 @@ def test_bad_batch_fails_with_a_clear_message_and_writes_nothing(cli, home: Path
     assert counts(home) == before
 
 
-def test_score_without_a_champion_fails_cleanly(cli) -> None:
+def test_score_without_a_champion_fails_cleanly(cli, home: Path) -> None:
     result = cli("score", "--date", RUN_DATE, ok=False)
     assert "no champion" in result.output and "train" in result.output
     assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1, "one line for people (issue 16.7)"
+    log = home / "home" / "logs" / "aftersales.log"
+    assert log.is_file() and str(log) in result.stderr and "no champion" in log.read_text()
+
+
+@pytest.mark.parametrize("args, said", [
+    (("promote", "foo"), "unknown model 'foo'; choose from return, negative_review, churn"),
+    (("ingest", "/no/such/dir"), "/no/such/dir is not a folder"),
+    (("score", "--model", "nope"), "unknown model 'nope'"),
+    (("score", "--date", "notadate"), "Invalid value for '--date'"),
+    (("rollback",), "Missing argument"),
+])
+def test_user_errors_are_one_line_before_any_start_up(cli, args: tuple[str, ...], said: str) -> None:
+    """Issue 11.5: no traceback, no log lines, exit code 2, and no Prefect server started first."""
+    result = cli(*args, ok=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and said in result.stderr
+    assert "starting the embedded" not in result.output and "Traceback" not in result.output
 
 
 def test_train_registers_every_model_and_lists_them(cli, home: Path) -> None:
@@ -94,12 +112,19 @@ def test_train_registers_every_model_and_lists_them(cli, home: Path) -> None:
     for name in ("aftersales-return", "aftersales-negative-review", "aftersales-churn"):
         assert name in listing
     assert "champion" in listing and "challenger" in listing
-    cli("train")  # identical data and code: no duplicate versions
     client = MlflowClient(registry(home))
-    for name in ("aftersales-return", "aftersales-negative-review", "aftersales-churn"):
-        versions = client.search_model_versions(f"name = '{name}'")
-        same = {(v.tags["train_data_hash"], v.tags["code_version"]) for v in versions}
-        assert len(versions) == len(same), "a second version only when data or code changed"
+    names = ("aftersales-return", "aftersales-negative-review", "aftersales-churn")
+    before = {name: len(client.search_model_versions(f"name = '{name}'")) for name in names}
+    cli("train")  # identical data and code: no new versions (issue 14.3)
+    after = {name: len(client.search_model_versions(f"name = '{name}'")) for name in names}
+    assert after == before == dict.fromkeys(names, 1)
+
+
+def test_models_fits_80_columns(cli) -> None:
+    """Issue 14.9: aliases are never cut ("champ…"), no line is wider than the terminal."""
+    listing = cli("models", extra_env={"COLUMNS": "80"}).stdout
+    assert max(len(line) for line in listing.splitlines()) <= 80
+    assert "champion" in listing.split() and "challenger" in listing.split()
 
 
 def test_score_writes_one_list_per_day_and_rerun_replaces_it(cli, home: Path) -> None:
@@ -131,6 +156,11 @@ def test_scoring_follows_a_champion_moved_by_hand(cli, home: Path) -> None:
     assert by_day["2026-11-03"] == f"aftersales-return v{challenger}"
     history = cli("models").output
     assert "manual" in history
+    back = cli("rollback", "return").output  # issue 14.4: the way back after a move in the UI
+    assert f"champion is now v1 (was v{challenger}" in back
+    assert str(client.get_model_version_by_alias("aftersales-return", "previous_champion").version) == challenger
+    again = cli("promote", "return", "--to", challenger).output
+    assert f"champion is now v{challenger}" in again
 
 
 def test_uplift_waits_for_outcome_windows_to_close(cli, home: Path) -> None:
@@ -152,9 +182,29 @@ def test_an_empty_eligible_set_gives_an_empty_but_valid_list(cli, home: Path) ->
     assert pd.read_csv(home / "home" / "reports" / "tasks" / "2024-01-01" / "tasks.csv").empty
 
 
+def test_a_model_without_a_champion_is_skipped_and_named(cli, home: Path) -> None:
+    """Issue 11.2: a shop whose return model has no champion (no returns export) still scores."""
+    client = MlflowClient(registry(home))
+    champion = str(client.get_model_version_by_alias("aftersales-return", "champion").version)
+    client.delete_registered_model_alias("aftersales-return", "champion")
+    try:
+        out = cli("score", "--date", "2026-11-04").output
+    finally:
+        client.set_registered_model_alias("aftersales-return", "champion", champion)
+    assert "return not scored: no champion" in out and "tasks" in out
+    only = cli("score", "--date", "2026-11-05", "--model", "churn").output
+    assert "aftersales-churn" in only and "aftersales-return" not in only
+
+
 def test_unreachable_registry_fails_cleanly(cli) -> None:
+    """Issue 16.3: bounded tries, then the registry's address in words (not "no registered model")."""
+    import time
+
     unreachable = {"AFTERSALES_MLFLOW__TRACKING_URI": "http://127.0.0.1:9",  # nothing listens there
-                   "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}
+                   "AFTERSALES_MLFLOW__REQUEST_BACKOFF_SECONDS": "0.2",
+                   "AFTERSALES_PREFECT__RETRY_DELAY_SECONDS": "[1, 1]"}
+    started = time.monotonic()
     result = cli("score", "--date", RUN_DATE, ok=False, extra_env=unreachable)
-    assert "cannot be reached" in result.output or "no champion" in result.output
-    assert "Traceback" not in result.output
+    assert "the registry at http://127.0.0.1:9 cannot be reached" in result.output
+    assert "No registered model" not in result.output and "Traceback" not in result.output
+    assert time.monotonic() - started < 300

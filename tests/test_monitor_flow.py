@@ -99,8 +99,13 @@ def test_without_drift_the_scoring_run_is_unchanged(shop: Shop, use) -> None:
 
 
 def test_severe_drift_ships_the_list_flagged(shop: Shop, use) -> None:
+    from flows.score import score_flow
+
     settings = use(shop.shifted, gate="flag")
-    result = score()
+    state = score_flow(run_date=DAY, return_state=True)
+    assert state.is_completed() and state.name == "Flagged", "not a plain green Completed (issue 14.6)"
+    assert "shipped flagged" in state.message
+    result = state.result()
     gate = result["drift_gate"]
     assert gate["action"] == "flag" and gate["severe"] and set(gate["models"]) == {"return", "negative_review"}
     assert result["tasks"] > 0, "a flagged list still ships"
@@ -111,6 +116,7 @@ def test_severe_drift_ships_the_list_flagged(shop: Shop, use) -> None:
     assert row["flagged"] and not row["held"] and "return" in row["models"]
     runs = [r for r in flow_runs("score") if str(r.id) == row["flow_run_id"]]
     assert runs and "drift:flag" in runs[0].tags, "the scoring run is marked in Prefect"
+    assert runs[0].state_name == "Flagged" and runs[0].name == f"score-{RUN_DATE}", "named by flow and date"
 
 
 def test_severe_drift_holds_the_list_but_keeps_the_scores(shop: Shop, use) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import numpy as np
 import pandas as pd
@@ -94,8 +96,16 @@ def test_first_version_is_champion_and_challenger_and_rerun_is_not_duplicated(re
     version = client.get_model_version(name, "1")
     assert version.tags["train_data_hash"] == first.train_data_hash and version.tags["code_version"] == "test"
     run = client.get_run(first.run_id)
-    assert {"test_pr_auc", "baseline_logreg_test_pr_auc", "baseline_rule_test_pr_auc"} <= set(run.data.metrics)
-    assert run.data.metrics["test_pr_auc"] > run.data.metrics["baseline_rule_test_pr_auc"]
+    assert "test_pr_auc" in run.data.metrics
+    assert not [m for m in run.data.metrics if m.startswith("baseline_")], "baselines are child runs, not metrics"
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{first.run_id}'")
+    by_scorer = {c.data.tags["scorer"]: c for c in children}
+    assert set(by_scorer) == {"model_raw", "baseline_logreg", "baseline_rule"}
+    assert all("test_pr_auc" in c.data.metrics for c in children), "same metric names: the UI compares them"
+    assert run.data.metrics["test_pr_auc"] > by_scorer["baseline_rule"].data.metrics["test_pr_auc"]
+    assert first.metrics["baseline_rule_test_pr_auc"] == by_scorer["baseline_rule"].data.metrics["test_pr_auc"]
+    for described in (run.data.tags["mlflow.note.content"], version.description):
+        assert "train" in described and "positives" in described and "first version" in described
     contexts = {t.value for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
     assert {"training", "valid", "test"} <= contexts
     artifacts = {a.path for d in ("plots", "data") for a in client.list_artifacts(first.run_id, d)}
@@ -109,7 +119,8 @@ def test_first_version_is_champion_and_challenger_and_rerun_is_not_duplicated(re
         "data/label_rate_per_cutoff.csv",
     } <= artifacts
     experiment = client.get_experiment(run.info.experiment_id)
-    assert experiment.name == f"{reg.mlflow.experiment_prefix}-{MODEL}"
+    assert experiment.name == name, "experiment and registered model are spelled alike"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     assert experiment.artifact_location.startswith(reg.artifact_location)
 
     # the registered pyfunc scores the signed input like the in-memory model, and explains
@@ -240,3 +251,113 @@ def test_prefect_tasks_record_the_flow_run(reg, fitted, prefect_api):
 
     assert train_and_promote() == "challenger,champion|1"
     assert alias_history(reg)["flow_run"].str.startswith("train-and-promote/").all()
+
+
+def perturbed(splits: DataSplits, seed: int = 5) -> DataSplits:
+    """The same data as a second read of the warehouse gives it: rows in another order, and
+    averages differing in their last bit (DuckDB sums in parallel)."""
+    rng = np.random.default_rng(seed)
+
+    def part(X: pd.DataFrame, y: pd.Series, t: pd.Series):
+        order = rng.permutation(len(X))
+        X = X.iloc[order].reset_index(drop=True)
+        noisy = X["x0"].to_numpy().copy()
+        noisy[::3] = np.nextafter(noisy[::3], np.inf)
+        return X.assign(x0=noisy), y.iloc[order].reset_index(drop=True), t.iloc[order].reset_index(drop=True)
+
+    (a, b, c), (d, e, f), (g, h, i) = (part(*p) for p in splits.parts().values())
+    return DataSplits(a, b, d, e, g, h, c, f, i)
+
+
+def test_an_identical_retrain_registers_nothing_new(reg, fitted):
+    """Issue 14.3: train twice on unchanged data -> one version (the hash is of the data, not its bits)."""
+    from tasks.models.registry import training_data_hash
+
+    splits, trained, baselines = fitted["good"]
+    again = perturbed(splits)
+    assert not again.X_train.equals(splits.X_train)
+    assert training_data_hash(again) == training_data_hash(splits)
+    first = register(reg, fitted, "good")
+    second = log_training_run(MODEL, reg, trained, baselines, again, RULE, code="test")
+    assert first.is_new and not second.is_new and second.version == first.version
+    assert len(MlflowClient().search_model_versions(f"name = '{reg.registered_model_name(MODEL)}'")) == 1
+    changed = splits.X_train.assign(x1=splits.X_train["x1"] + 0.01)  # really different data: a new hash
+    assert training_data_hash(DataSplits(changed, *list(vars(splits).values())[1:])) != training_data_hash(splits)
+
+
+def test_manual_champion_move_keeps_the_way_back_and_rollback_uses_it(reg, fitted, monkeypatch):
+    """Issue 14.4: previous_champion after a move in the UI; rollback and promote --to, with the actor."""
+    from tasks.models.registry import RegistryError, rollback, set_champion
+
+    register(reg, fitted, "bad")
+    register(reg, fitted, "good")
+    name = reg.registered_model_name(MODEL)
+    MlflowClient().set_registered_model_alias(name, "champion", "2")  # by hand, in the MLflow UI
+    monkeypatch.setenv("AFTERSALES_ACTOR", "ana@care-team")
+    back = rollback(MODEL, reg)
+    assert (back.from_version, back.to_version) == ("2", "1")
+    assert str(resolve_alias(name, "champion", reg).version) == "1"
+    assert str(resolve_alias(name, "previous_champion", reg).version) == "2"
+    history = alias_history(reg, name)
+    manual = history[history["reason"] == "manual"].iloc[0]
+    assert (manual["alias"], manual["from_version"], manual["to_version"]) == ("champion", "1", "2")
+    last = history.iloc[-1]
+    assert (last["alias"], last["reason"], last["actor"]) == ("champion", "rollback", "ana@care-team")
+
+    moved = set_champion(MODEL, reg, "2")
+    assert moved.to_version == "2" and str(resolve_alias(name, "previous_champion", reg).version) == "1"
+    with pytest.raises(RegistryError, match="has no version 7"):
+        set_champion(MODEL, reg, "7")
+
+
+def test_an_unreachable_registry_is_named_within_seconds(reg):
+    """Issue 16.3: no silent minutes of retries, and an outage is never called "no registered model"."""
+    import time
+
+    from tasks.models.registry import RegistryUnreachableError
+
+    reg.mlflow.tracking_uri = "http://127.0.0.1:9"  # nothing listens there
+    reg.mlflow.request_retries, reg.mlflow.request_backoff_seconds = 1, 0.1
+    started = time.monotonic()
+    with pytest.raises(RegistryUnreachableError, match=r"the registry at http://127.0.0.1:9 cannot be reached"):
+        resolve_alias(reg.registered_model_name(MODEL), "champion", reg)
+    assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_model_file_names_model_version_and_file(reg, fitted, damage):
+    """Issue 16.3: the scorer refuses the version with its name, version and the unreadable file."""
+    from tasks.models.scoring import find_champions
+
+    register(reg, fitted, "good")
+    client = MlflowClient()
+    name = reg.registered_model_name(MODEL)
+    model_id = client.get_model_version(name, "1").source.rsplit("/", 1)[-1]  # models:/m-<id>
+    source = client.get_logged_model(model_id).artifact_location
+    pickled = next(Path(source.removeprefix("file://")).rglob("python_model.pkl"))
+    data = pickled.read_bytes()
+    pickled.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"not a pickle at all")
+    champions, skipped = find_champions(reg, [MODEL])
+    assert not champions
+    assert f"model {name} v1" in skipped[MODEL] and "python_model.pkl" in skipped[MODEL]
+    assert "rollback" in skipped[MODEL]
+
+
+def test_scoring_enforces_the_signature_and_refuses_constant_scores(reg, fitted):
+    """Issue 11.15: a missing or mistyped column is named; a constant probability is refused."""
+    from tasks.models.scoring import ModelRefusedError, check_signature, find_champions, predict, refuse_constant
+
+    register(reg, fitted, "good")
+    champion = find_champions(reg, [MODEL])[0][MODEL]
+    X = fitted["good"][0].X_test.head(50)
+    check_signature(champion, X)
+    assert predict(champion, X).shape == (50,)
+    with pytest.raises(ModelRefusedError, match="days_late"):
+        check_signature(champion, X.drop(columns="days_late"))
+    with pytest.raises(ModelRefusedError, match=r"x1 \(signed double, got text such as 'n/a'\)"):
+        check_signature(champion, X.assign(x1=["n/a", *X["x1"].astype(str).iloc[1:]]))
+    with pytest.raises(ModelRefusedError, match=r"carrier \(signed string"):
+        check_signature(champion, X.assign(carrier=7))
+    with pytest.raises(ModelRefusedError, match=f"model {champion.label} gave every one of 50 rows"):
+        refuse_constant(champion, np.full(50, 0.12), reg)
+    refuse_constant(champion, np.full(5, 0.12), reg)  # too few rows to judge

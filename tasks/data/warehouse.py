@@ -7,7 +7,8 @@ later backend (partitioned Parquet on object storage read by Dask) can sit besid
 
 from __future__ import annotations
 
-import fcntl
+import logging
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,9 @@ import pandas as pd
 
 from schemas.settings import Settings, get_settings
 from schemas.sources import TABLES, TableSpec
+from tasks.locks import hold
+
+notice = logging.getLogger("aftersales.notice")  # the CLI prints these lines; a run logs them too
 
 LINEAGE_COLUMNS = {"_batch_id": "VARCHAR", "_loaded_at": "TIMESTAMP"}
 
@@ -57,6 +61,7 @@ class Warehouse:
     def __init__(self, path: Path | str, read_only: bool = False, threads: int | None = None,
                  memory_limit: str | None = None):
         self.path = Path(path)
+        self._in_transaction = False
         if not read_only:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         config = {"preserve_insertion_order": "false", "temp_directory": str(self.path.parent / "duckdb-spill")}
@@ -104,13 +109,21 @@ class Warehouse:
 
     @contextmanager
     def transaction(self) -> Iterator[Warehouse]:
+        """One transaction; a nested block joins the outer one (it commits or rolls back with it)."""
+        if self._in_transaction:
+            yield self
+            return
         self.con.execute("BEGIN TRANSACTION")
+        self._in_transaction = True
         try:
             yield self
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
-        self.con.execute("COMMIT")
+        else:
+            self.con.execute("COMMIT")
+        finally:
+            self._in_transaction = False
 
     def register(self, name: str, df: pd.DataFrame) -> None:
         self.con.register(name, df)
@@ -119,17 +132,47 @@ class Warehouse:
         self.con.unregister(name)
 
     def append(self, table: str, df: pd.DataFrame) -> None:
-        """Append a frame; the table is created from the frame the first time."""
+        """Append a frame. A new table gets its column types from its declared contract
+        (``schemas/tables.py``), else from the frame's dtypes: never DuckDB's guess from the values,
+        which makes an all-missing column type NULL and every later write fail."""
         view = f"_append_{table}"
         self.con.register(view, df)
         try:
+            types = self._column_types(table, view, list(df.columns))
             if self.has_table(table):
-                cols = ", ".join(f'"{c}"' for c in df.columns)
-                self.con.execute(f'INSERT INTO "{table}" ({cols}) SELECT {cols} FROM "{view}"')
+                self._conform(table, types)
             else:
-                self.con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM "{view}"')
+                cols = ", ".join(f'"{c}" {t}' for c, t in types.items())
+                self.con.execute(f'CREATE TABLE "{table}" ({cols})')
+            cols = ", ".join(f'"{c}"' for c in df.columns)
+            self.con.execute(f'INSERT INTO "{table}" ({cols}) SELECT {cols} FROM "{view}"')
         finally:
             self.con.unregister(view)
+
+    def _column_types(self, table: str, view: str, columns: list[str]) -> dict[str, str]:
+        """Column -> DuckDB type: the contract's, else the frame's (an all-missing column: VARCHAR)."""
+        from schemas.tables import table_schema
+
+        model = table_schema(table)
+        declared = model.to_schema().columns if model is not None else {}
+        framed = {r[0]: r[1] for r in self.con.execute(f'DESCRIBE SELECT * FROM "{view}"').fetchall()}
+        types = {}
+        for column in columns:
+            if column in declared:
+                types[column] = duckdb_type(declared[column].dtype)
+            else:
+                found = framed.get(column, "VARCHAR")
+                types[column] = "VARCHAR" if found in ("NULL", '"NULL"') else found
+        return types
+
+    def _conform(self, table: str, types: dict[str, str]) -> None:
+        """Add columns the table lacks; repair columns an older version created with type NULL."""
+        existing = {r[0]: r[1] for r in self.con.execute(f'DESCRIBE "{table}"').fetchall()}
+        for column, kind in types.items():
+            if column not in existing:
+                self.con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {kind}')
+            elif existing[column] in ("NULL", '"NULL"'):
+                self.con.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE {kind}')
 
     def replace_partition(self, table: str, df: pd.DataFrame, where: dict[str, Any]) -> None:
         """Idempotent write of a derived table: delete the partition, then insert it."""
@@ -142,12 +185,10 @@ class Warehouse:
                 self.append(table, df)
 
     def replace_table(self, table: str, df: pd.DataFrame) -> None:
-        view = f"_replace_{table}"
-        self.con.register(view, df)
-        try:
-            self.con.execute(f'CREATE OR REPLACE TABLE "{table}" AS SELECT * FROM "{view}"')
-        finally:
-            self.con.unregister(view)
+        """The whole table replaced by the frame, typed like ``append``, in one transaction."""
+        with self.transaction():
+            self.con.execute(f'DROP TABLE IF EXISTS "{table}"')
+            self.append(table, df)
 
     def merge_by_key(self, spec: TableSpec, staged: str, batch_id: str) -> MergeCounts:
         """Upsert a staged relation (one row per key) into a source table.
@@ -200,29 +241,52 @@ class Warehouse:
         self.con.close()
 
 
+class WarehouseBusyError(RuntimeError):
+    """Another program (not an aftersales run, which would have waited its turn) holds the DuckDB file."""
+
+
+def _connect(settings: Settings, read_only: bool) -> Warehouse:
+    """Open the file; a lock held by another program is retried with back-off, then named in words."""
+    cfg = settings.warehouse
+    path = settings.warehouse_path
+    for attempt in range(cfg.open_retries + 1):
+        try:
+            return Warehouse(path, read_only=read_only, memory_limit=cfg.memory_limit, threads=cfg.threads)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower():
+                raise
+            problem = str(exc).splitlines()[0]
+            if attempt == cfg.open_retries:
+                raise WarehouseBusyError(f"the warehouse {path} is locked by another program after "
+                                         f"{cfg.open_retries + 1} tries: {problem}") from exc
+            wait = cfg.open_retry_seconds * 2**attempt
+            notice.warning("the warehouse is locked by another program; trying again in %.0f s", wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")
+
+
 @contextmanager
 def open_warehouse(settings: Settings | None = None, read_only: bool = False) -> Iterator[Warehouse]:
-    """Open the configured warehouse for the length of a block."""
+    """Open the configured warehouse for the length of a block, in turn with every other run.
+
+    Writers hold the warehouse guard alone and readers share it (``tasks/locks.py``: a lock file on
+    this machine, a Prefect global concurrency limit on a server), so overlapping runs wait for each
+    other instead of failing with DuckDB's "Could not set lock on file".
+    """
     settings = settings or get_settings()
-    wh = Warehouse(settings.warehouse_path, read_only=read_only, memory_limit=settings.warehouse.memory_limit,
-                   threads=settings.warehouse.threads)
-    try:
-        yield wh
-    finally:
-        wh.close()
+    with hold(settings, "warehouse", shared=read_only, label="the warehouse"):
+        wh = _connect(settings, read_only)
+        try:
+            yield wh
+        finally:
+            wh.close()
 
 
 @contextmanager
 def run_lock(settings: Settings, key: str) -> Iterator[None]:
-    """An exclusive lock per key (e.g. one scoring date) beside the warehouse: a second run waits.
+    """One run per key at a time (e.g. one scoring date): a second run waits for the first.
 
-    On a Prefect server the deployments' concurrency limit does the same across machines.
+    The guard of ``tasks/locks.py``: a lock file here, a Prefect concurrency limit on a server.
     """
-    folder = settings.warehouse_path.parent / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / f"{key}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with hold(settings, f"run-{key}", label=f"the {key} run", limit=None):
+        yield

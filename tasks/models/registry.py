@@ -17,64 +17,46 @@ involved get ``alias_<alias>_since`` / ``alias_<alias>_until`` tags as breadcrum
 A JSONL file, because it is independent of the MLflow store (survives a registry rebuild or a
 store migration, readable with ``cat``/pandas, diff-able), append-only by construction, needs no
 server and no schema migration, and does not compete with the warehouse's single DuckDB writer.
-Writes hold an exclusive ``flock`` per registered model, so concurrent flows on one machine do not
+Writes hold a guard per registered model (``tasks/locks.py``: a lock file here, the
+``aftersales-registry`` concurrency limit on a Prefect server), so concurrent flows do not
 interleave; with a remote MLflow server, point ``paths.home`` at storage every runner shares.
 A move made outside this module (UI, ``MlflowClient``) is recorded as ``manual`` the next time
-any function here looks at that model.
+any function here looks at that model, and a champion moved by hand leaves ``previous_champion``
+on the version it replaced, so ``aftersales rollback`` can always go back.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import getpass
 import hashlib
 import importlib.metadata
 import json
 import math
+import os
 import socket
 import subprocess
+import sys
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
-import mlflow.data
 import numpy as np
 import pandas as pd
-import sklearn
-import xgboost as xgb
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from schemas.settings import Settings
-from tasks.models.evaluation import (
-    classification_metrics,
-    evaluate_scores,
-    higher_is_better,
-    plot_calibration,
-    plot_feature_importance,
-    plot_pr_curves,
-    plot_shap_summary,
-    prefixed,
-    sample_rows,
-)
-from tasks.models.training import (
-    OUTPUTS,
-    Baselines,
-    DataSplits,
-    RuleSpec,
-    TrainedModel,
-    score_window,
-    training_config_hash,
-)
+from tasks.locks import hold
+
+if TYPE_CHECKING:  # heavy (xgboost, sklearn, matplotlib): imported where training runs are logged
+    from tasks.models.training import Baselines, DataSplits, RuleSpec, TrainedModel
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -120,35 +102,124 @@ class AliasNotFoundError(RegistryError, LookupError):
     pass
 
 
+class RegistryUnreachableError(RegistryError, ConnectionError):
+    """The tracking/registry server does not answer (or its store cannot be opened)."""
+
+
 # ------------------------------------------------------------------------------ MLflow plumbing
+
+# MLflow's own HTTP client retries 7 times with a growing back-off (minutes against a dead server);
+# these bound it, unless the user set the variables explicitly
+_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "request_retries",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "request_timeout_seconds",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "request_backoff_seconds",
+}
+_REACHABLE: set[str] = set()
+
+
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _first_line(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
+def ensure_reachable(settings: Settings) -> None:
+    """Fail fast with one clear sentence when the tracking server does not answer its health check.
+
+    A few bounded tries with back-off (``mlflow.request_retries``), each within
+    ``mlflow.request_timeout_seconds``; a server that answered once in this process is not asked again.
+    """
+    import requests
+
+    uri = settings.tracking_uri
+    if not _is_http(uri) or uri in _REACHABLE:
+        return
+    cfg = settings.mlflow
+    problem = ""
+    for attempt in range(cfg.request_retries + 1):
+        if attempt:
+            time.sleep(cfg.request_backoff_seconds * 2 ** (attempt - 1))
+        try:
+            answer = requests.get(f"{uri.rstrip('/')}/health", timeout=cfg.request_timeout_seconds)
+        except requests.RequestException as exc:
+            problem = _first_line(exc)
+            continue
+        if answer.status_code < 500 and answer.status_code not in (404,):
+            _REACHABLE.add(uri)
+            return
+        problem = f"HTTP {answer.status_code}"
+    raise RegistryUnreachableError(f"the registry at {uri} cannot be reached ({problem}; "
+                                   f"{cfg.request_retries + 1} tries)")
 
 
 def configure(settings: Settings) -> MlflowClient:
-    """Point MLflow (tracking and registry) at the settings' store and return a client."""
+    """Point MLflow (tracking and registry) at the settings' store and return a client.
+
+    HTTP calls are bounded (retries, timeout) and a remote server is health-checked first, so an
+    outage is one clear error within seconds instead of minutes of silent retries.
+    """
+    for variable, key in _HTTP_ENV.items():
+        os.environ.setdefault(variable, str(getattr(settings.mlflow, key)))
     registry_uri = settings.mlflow.registry_uri or settings.tracking_uri
+    ensure_reachable(settings)
     mlflow.set_tracking_uri(settings.tracking_uri)
     mlflow.set_registry_uri(registry_uri)
     return MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=registry_uri)
 
 
+def not_found(exc: MlflowException) -> bool:
+    """True for "no such model/version/alias"; False for outages, permissions, corrupt stores."""
+    return getattr(exc, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND")
+
+
+def unreachable(settings: Settings, exc: BaseException) -> RegistryUnreachableError:
+    return RegistryUnreachableError(f"the registry at {settings.mlflow.registry_uri or settings.tracking_uri} "
+                                    f"cannot be reached or read: {_first_line(exc)}")
+
+
 def experiment_name(settings: Settings, model: str) -> str:
-    return f"{settings.mlflow.experiment_prefix}-{model}"
+    """``aftersales-negative-review``: the same spelling as the registered model."""
+    return f"{settings.mlflow.experiment_prefix}-{model.replace('_', '-')}"
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"  # classic ML: the UI opens on runs, not the GenAI overview
 
 
 def ensure_experiment(client: MlflowClient, settings: Settings, model: str) -> str:
-    """The model's experiment id, created with artifacts under ``settings.artifact_location``."""
+    """The model's experiment id, created with artifacts under ``settings.artifact_location``.
+
+    An experiment of an older version spelled ``aftersales-negative_review`` is renamed, so its
+    runs stay with the model's new ones.
+    """
     name = experiment_name(settings, model)
     experiment = client.get_experiment_by_name(name)
+    legacy = f"{settings.mlflow.experiment_prefix}-{model}"
+    if experiment is None and legacy != name:
+        old = client.get_experiment_by_name(legacy)
+        if old is not None:
+            with contextlib.suppress(MlflowException):
+                client.rename_experiment(old.experiment_id, name)
+                experiment = client.get_experiment(old.experiment_id)
     if experiment is None:
         location = f"{settings.artifact_location.rstrip('/')}/{name}"
         try:
-            return client.create_experiment(name, artifact_location=location)
+            experiment_id = client.create_experiment(name, artifact_location=location,
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return experiment_id
         except MlflowException:  # created concurrently by another run
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
                 raise
     if experiment.lifecycle_stage == "deleted":
         client.restore_experiment(experiment.experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        with contextlib.suppress(MlflowException):
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return experiment.experiment_id
 
 
@@ -175,12 +246,12 @@ def _now() -> str:
 
 
 def _actor() -> tuple[str, str | None]:
-    """Who moved an alias: OS user@host, and the Prefect flow run when inside one."""
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "unknown"
+    """Who moved an alias: ``AFTERSALES_ACTOR`` if set (e.g. a named person behind a shared
+    service account), else OS user@host; and the Prefect flow run when inside one."""
+    user = os.environ.get("AFTERSALES_ACTOR") or _os_user()
     flow_run: str | None = None
+    if "prefect" not in sys.modules:  # no flow run without Prefect loaded; importing it costs seconds
+        return user, None
     try:
         from prefect.runtime import flow_run as current
 
@@ -188,7 +259,15 @@ def _actor() -> tuple[str, str | None]:
             flow_run = f"{current.flow_name}/{current.name} ({current.id})"
     except Exception:  # outside Prefect or no context: the user is enough
         flow_run = None
-    return f"{user}@{socket.gethostname()}", flow_run
+    return user, flow_run
+
+
+def _os_user() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
 
 
 def _v(version: Any) -> str | None:
@@ -200,27 +279,38 @@ def _v(version: Any) -> str | None:
 
 
 def resolve_alias(name: str, alias: str, settings: Settings | None = None) -> ModelVersion:
-    """The version an alias points to, asked from the registry every time (never cached)."""
+    """The version an alias points to, asked from the registry every time (never cached).
+
+    Raises ``ModelNotFoundError`` / ``AliasNotFoundError`` only when the registry answered that
+    they do not exist; anything else (no answer, a broken store) is ``RegistryUnreachableError``.
+    """
     client = configure(settings) if settings is not None else MlflowClient()
+    uri = mlflow.get_registry_uri()
     try:
-        return client.get_model_version_by_alias(name, alias)
+        registered = client.get_registered_model(name)
     except MlflowException as exc:
-        try:
-            registered = client.get_registered_model(name)
-        except MlflowException:
-            raise ModelNotFoundError(
-                f"No registered model {name!r} in {mlflow.get_registry_uri()}: train and register it first."
-            ) from exc
+        if not_found(exc):
+            raise ModelNotFoundError(f"No registered model {name!r} in {uri}: train and register it first.") from exc
+        raise RegistryUnreachableError(f"the registry at {uri} cannot be reached or read: {_first_line(exc)}") from exc
+    except (OSError, ConnectionError) as exc:
+        raise RegistryUnreachableError(f"the registry at {uri} cannot be reached: {_first_line(exc)}") from exc
+    if alias not in registered.aliases:
         known = ", ".join(f"{a}=v{v}" for a, v in sorted(registered.aliases.items())) or "none"
-        raise AliasNotFoundError(f"Model {name!r} has no alias {alias!r} (aliases: {known}).") from exc
+        raise AliasNotFoundError(f"Model {name!r} has no alias {alias!r} (aliases: {known}).")
+    try:
+        return client.get_model_version(name, str(registered.aliases[alias]))
+    except MlflowException as exc:
+        raise RegistryUnreachableError(f"the registry at {uri} cannot be reached or read: {_first_line(exc)}") from exc
 
 
 def current_aliases(client: MlflowClient, name: str) -> dict[str, str]:
     """Alias -> version (as str) straight from the registry; empty if the model does not exist."""
     try:
         return {a: str(v) for a, v in client.get_registered_model(name).aliases.items()}
-    except MlflowException:
-        return {}
+    except MlflowException as exc:
+        if not_found(exc):
+            return {}
+        raise RegistryUnreachableError(f"the registry cannot be read: {_first_line(exc)}") from exc
 
 
 # --------------------------------------------------------------------------------- alias history
@@ -232,15 +322,13 @@ def alias_history_path(settings: Settings) -> Path:
 
 @contextlib.contextmanager
 def _model_lock(settings: Settings, registered_model: str) -> Iterator[None]:
-    """Exclusive lock per registered model around read-compare-move-append sequences."""
-    lock_path = alias_history_path(settings).parent / f"{registered_model}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """One writer of a model's aliases at a time: read-compare-move-append never interleave.
+
+    ``tasks/locks.py``: a lock file on this machine, the ``aftersales-registry`` concurrency limit
+    on a Prefect server (so runs on other machines wait too).
+    """
+    with hold(settings, f"registry-{registered_model}", limit="registry", label=f"the aliases of {registered_model}"):
+        yield
 
 
 @dataclass
@@ -323,6 +411,11 @@ def _record_manual_moves(client: MlflowClient, settings: Settings, model: str, n
             _append_history(settings, event)
             _tag_move(client, name, event)
             events.append(event)
+    moved = next((e for e in events if e.alias == CHAMPION and e.from_version and e.to_version), None)
+    if moved is not None and registry.get(PREVIOUS_CHAMPION) != moved.from_version:
+        # a champion moved by hand keeps the way back, like a promotion does
+        events.append(_move_alias(client, settings, model, PREVIOUS_CHAMPION, moved.from_version, "demoted",
+                                  note=f"champion moved by hand from v{moved.from_version} to v{moved.to_version}"))
     return events
 
 
@@ -388,8 +481,10 @@ def find_existing_version(
     """A version trained on the same data with the same code and config, if any (oldest wins)."""
     try:
         versions = client.search_model_versions(f"name = '{name}'")
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if not_found(exc):
+            return None
+        raise RegistryUnreachableError(f"the registry cannot be searched: {_first_line(exc)}") from exc
     matches = [
         v
         for v in versions
@@ -398,6 +493,37 @@ def find_existing_version(
         and v.tags.get("training_config_hash") == config_hash
     ]
     return min(matches, key=lambda v: int(v.version)) if matches else None
+
+
+def _significant(values: np.ndarray, digits: int) -> np.ndarray:
+    """Floats rounded to ``digits`` significant digits (NaN and inf unchanged)."""
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scale = 10.0 ** (digits - 1 - np.floor(np.log10(np.abs(values))))
+        return np.where(np.isfinite(scale) & (values != 0), np.round(values * scale) / scale, values)
+
+
+def training_data_hash(splits: DataSplits, digits: int = 6) -> str:
+    """What the model was trained and judged on, equal for equal data however it was computed.
+
+    Per split: the column names and dtypes, and the sorted per-row hashes of features, label and
+    cutoff, floats to ``digits`` significant digits. Two reads of unchanged data are not
+    bit-identical: DuckDB sums in parallel, so an average such as a mean unit price differs in its
+    last bit from run to run (37.99 vs 37.989999999999995), and rows come in no fixed order.
+    Hashing the exact values in their order made every retrain look like new data (issue 14.3).
+    """
+    digest = hashlib.sha256()
+    for split, (X, y, t) in splits.parts().items():
+        frame = X.assign(__label=np.asarray(y))
+        if t is not None:
+            frame["__cutoff"] = np.asarray(t)
+        digest.update(split.encode())
+        digest.update(json.dumps([[str(c), str(d)] for c, d in frame.dtypes.items()]).encode())
+        floats = [c for c, d in frame.dtypes.items() if pd.api.types.is_float_dtype(d)]
+        if floats:
+            frame[floats] = _significant(frame[floats].to_numpy(dtype=float), digits)
+        rows = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+        digest.update(np.sort(rows).tobytes())
+    return digest.hexdigest()
 
 
 def _window(t: pd.Series | None) -> str:
@@ -423,19 +549,19 @@ def data_profile(splits: DataSplits) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def _profile_html(model: str, describe: pd.DataFrame, label_rates: pd.DataFrame) -> str:
-    return (
-        f"<html><head><meta charset='utf-8'><title>{model} training data</title></head><body>"
-        f"<h1>{model}: training data profile</h1><h2>Label rate per cutoff</h2>"
-        f"{label_rates.to_html(index=False, float_format=lambda v: f'{v:.4f}')}"
-        f"<h2>Columns (train split)</h2>{describe.to_html(float_format=lambda v: f'{v:.4g}')}</body></html>"
-    )
+    from tasks.templates import render
+
+    return render("data_profile.html.j2", model=model,
+                  label_rates=label_rates.to_html(index=False, float_format=lambda v: f"{v:.4f}", border=0),
+                  columns=describe.to_html(float_format=lambda v: f"{v:.4g}", border=0))
 
 
 def _pip_requirements() -> list[str]:
+    version = importlib.metadata.version
     return [
         f"mlflow=={mlflow.__version__}",
-        f"xgboost-cpu=={xgb.__version__}",
-        f"scikit-learn=={sklearn.__version__}",
+        f"xgboost-cpu=={version('xgboost-cpu')}",
+        f"scikit-learn=={version('scikit-learn')}",
         f"pandas=={pd.__version__}",
         f"numpy=={np.__version__}",
         # The pickled wrapper class lives in tasks.models.training, so loading needs this project installed.
@@ -451,6 +577,9 @@ def _schema_sample(frame: pd.DataFrame, rows: int = DATASET_SCHEMA_SAMPLE) -> pd
 
 
 def _log_datasets(model: str, splits: DataSplits) -> None:
+    import mlflow.data
+    from mlflow.models import infer_signature
+
     for split, (X, y, t) in splits.parts().items():
         frame = X.assign(label=np.asarray(y))
         tags = {
@@ -470,6 +599,14 @@ def _log_datasets(model: str, splits: DataSplits) -> None:
 def _log_plots(
     model: str, trained: TrainedModel, splits: DataSplits, scores: Mapping[str, np.ndarray], settings: Settings
 ) -> None:
+    from tasks.models.evaluation import (
+        plot_calibration,
+        plot_feature_importance,
+        plot_pr_curves,
+        plot_shap_summary,
+        sample_rows,
+    )
+
     y = np.asarray(splits.y_test, dtype=float)
     mlflow.log_figure(
         plot_feature_importance(trained.importance(), title=f"{model}: feature importance (total gain)"),
@@ -507,6 +644,57 @@ def _log_params(model: str, trained: TrainedModel, splits: DataSplits, rule: Rul
     mlflow.log_params(params)
 
 
+BASELINE_RUNS = {
+    "model_raw": ("booster, uncalibrated", "the same XGBoost before calibration"),
+    "baseline_logreg": ("baseline: logistic regression", "a logistic regression on the same features"),
+    "baseline_rule": ("baseline: one-line rule", "ranks by one feature (training.baseline_rules)"),
+}
+
+
+def _prefect_tags() -> dict[str, str]:
+    """The Prefect flow run that logged an MLflow run: one click from MLflow back to Prefect."""
+    tags: dict[str, str] = {}
+    if "prefect" not in sys.modules:
+        return tags
+    with contextlib.suppress(Exception):
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            tags = {"prefect.flow_run_id": str(flow_run.id), "prefect.flow_run_name": str(flow_run.name)}
+            if flow_run.ui_url:
+                tags["prefect.flow_run_url"] = str(flow_run.ui_url)
+    return tags
+
+
+def _what_changed(client: MlflowClient, name: str, data_hash: str, code: str, config_hash: str) -> str:
+    """Against the latest version: which of data, code and training settings differ."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return "unknown"
+    if not versions:
+        return "first version"
+    last = max(versions, key=lambda v: int(v.version))
+    changed = [what for what, tag, value in (("data", "train_data_hash", data_hash), ("code", "code_version", code),
+                                             ("training settings", "training_config_hash", config_hash))
+               if last.tags.get(tag) != value]
+    return f"vs v{last.version}: " + (", ".join(changed) + " changed" if changed else "nothing changed")
+
+
+def _description(model: str, splits: DataSplits, metrics: Mapping[str, float], changed: str) -> str:
+    """Markdown shown on the run and the version in the MLflow UI."""
+    windows = pd.DataFrame([{"split": split, "window": _window(t), "rows": f"{len(y):,}",
+                             "positives": f"{int(np.asarray(y).sum()):,}"}
+                            for split, (_, y, t) in splits.parts().items()])
+    scorers = [("model", "model"), *((k, v[0]) for k, v in BASELINE_RUNS.items())]
+    scores = pd.DataFrame([{"test window": label, **{name: metrics.get(SCORER_PREFIX[scorer] + m, math.nan)
+                                                     for name, m in (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"),
+                                                                     ("Brier", "brier"), ("lift@k", "lift_at_k"))}}
+                           for scorer, label in scorers if f"{SCORER_PREFIX[scorer]}roc_auc" in metrics])
+    return (f"**{model}** risk model (XGBoost, calibrated). {changed}.\n\n{windows.to_markdown(index=False)}\n\n"
+            f"{scores.to_markdown(index=False, floatfmt='.3f')}")
+
+
 def log_training_run(
     model: str,
     settings: Settings,
@@ -519,13 +707,20 @@ def log_training_run(
 ) -> RegisteredVersion:
     """Log one training run and register its model, unless this exact run exists already.
 
-    Same training data hash + code version + training config -> the existing version is returned
-    and nothing is logged (MLflow would otherwise add a duplicate version, mlflow #19036).
-    A new version becomes ``challenger``; the first version of a model is also ``champion``.
+    Same training data (``training_data_hash``: content, not row order) + code version + training
+    config -> the existing version is returned and nothing is logged (MLflow would otherwise add a
+    duplicate version, mlflow #19036). A new version becomes ``challenger``; the first version of a
+    model is also ``champion``. The parent run holds the model's metrics; the uncalibrated booster
+    and each baseline are child runs with the same metric names, so the MLflow UI compares them.
     """
+    from mlflow.models import infer_signature
+
+    from tasks.models.evaluation import evaluate_scores, prefixed
+    from tasks.models.training import OUTPUTS, score_window, training_config_hash
+
     client = configure(settings)
     name = settings.registered_model_name(model)
-    data_hash = splits.data_hash()
+    data_hash = training_data_hash(splits, settings.mlflow.dedupe_significant_digits)
     code = code or code_version()
     config_hash = training_config_hash(settings, rule, trained.calibration_share)
     with _model_lock(settings, name):
@@ -542,17 +737,22 @@ def log_training_run(
                 train_data_hash=data_hash,
                 code_version=code,
             )
+        changed = _what_changed(client, name, data_hash, code, config_hash)
         experiment_id = ensure_experiment(client, settings, model)
         scores = score_window(trained, baselines, splits.X_test)
         results = evaluate_scores(splits.y_test, scores, settings.training.top_k)
         metrics: dict[str, float] = {}
         for scorer, values in results.items():
             metrics.update(prefixed(values, SCORER_PREFIX[scorer]))
+        description = _description(model, splits, metrics, changed)
         run_tags = {
             MODEL_TAG: model,
             "train_data_hash": data_hash,
             "code_version": code,
             "training_config_hash": config_hash,
+            "what_changed": changed,
+            "mlflow.note.content": description,
+            **_prefect_tags(),
             **{f"window_{s}": _window(t) for s, (_, _, t) in splits.parts().items()},
         }
         nested = mlflow.active_run() is not None
@@ -560,7 +760,8 @@ def log_training_run(
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested) as run:
             mlflow.set_tags(run_tags)
             _log_params(model, trained, splits, rule)
-            mlflow.log_metrics({**metrics, "fit_seconds": trained.fit_seconds})
+            mlflow.log_metrics({**prefixed(results["model"], SCORER_PREFIX["model"]),
+                                "fit_seconds": trained.fit_seconds})
             mlflow.log_dict(results, "metrics/test_metrics.json")
             _log_datasets(model, splits)
             _log_plots(model, trained, splits, scores, settings)
@@ -585,18 +786,37 @@ def log_training_run(
                     "calibration": trained.calibration_method,
                 },
             )
+            for scorer, (label, what) in BASELINE_RUNS.items():
+                if scorer not in results:
+                    continue
+                with mlflow.start_run(experiment_id=experiment_id, run_name=f"{model}: {label}", nested=True):
+                    mlflow.set_tags({MODEL_TAG: model, "scorer": scorer, "mlflow.note.content": what,
+                                     "train_data_hash": data_hash, **_prefect_tags()})
+                    if scorer == "baseline_rule" and rule is not None:
+                        mlflow.log_param("rule", rule.describe())
+                    mlflow.log_metrics(prefixed(results[scorer], SCORER_PREFIX["model"]))
         version_tags = {
             "train_data_hash": data_hash,
             "code_version": code,
             "training_config_hash": config_hash,
             "run_id": run.info.run_id,
             "window_test": run_tags["window_test"],
+            "what_changed": changed,
             **{f"test_{m}": f"{results['model'][m]:.6g}" for m in VERSION_TAG_METRICS},
         }
         registered = mlflow.register_model(info.model_uri, name, tags=version_tags)
         version = str(registered.version)
+        with contextlib.suppress(MlflowException):
+            client.update_model_version(name, version, description=description)
         client.set_registered_model_tag(name, MODEL_TAG, model)
         first = len(client.search_model_versions(f"name = '{name}'")) == 1
+        if first:
+            with contextlib.suppress(MlflowException):
+                client.update_registered_model(name, description=(
+                    f"aftersales {model} risk model. Aliases: champion (what the daily scoring run loads), "
+                    "challenger (the latest trained version), previous_champion (where `aftersales rollback` "
+                    "goes). Every version's description says its data windows, test metrics vs baselines and "
+                    "what changed."))
         aliases = [CHALLENGER]
         _move_alias(client, settings, model, CHALLENGER, version, "new_version", run_id=run.info.run_id)
         if first:
@@ -649,6 +869,8 @@ def _score_alias(name: str, alias: str, X: pd.DataFrame) -> np.ndarray:
 
 def compare(champion: float, challenger: float, metric: str, margin: float) -> tuple[bool, float]:
     """(challenger better by more than margin?, improvement in the metric's good direction)."""
+    from tasks.models.evaluation import higher_is_better
+
     improvement = challenger - champion if higher_is_better(metric) else champion - challenger
     return bool(math.isfinite(improvement) and improvement > margin), improvement
 
@@ -671,6 +893,8 @@ def _log_comparison_run(
                 "challenger_version": str(result.challenger_version),
             }
         )
+        from tasks.models.evaluation import prefixed
+
         mlflow.log_params({"metric": result.metric, "margin": result.margin, "test_rows": len(X_test)})
         metrics = {
             **prefixed(result.champion_metrics, "champion_test_"),
@@ -748,6 +972,8 @@ def promote(
                 challenger_version=challenger_v,
                 **base,
             )
+
+        from tasks.models.evaluation import classification_metrics
 
         top_k = settings.training.top_k
         challenger_metrics = classification_metrics(y_test, _score_alias(name, CHALLENGER, X_test), top_k)
@@ -893,41 +1119,98 @@ def _float(value: str | None) -> float:
         return math.nan
 
 
+# ------------------------------------------------------------------------------ manual moves
+
+
+@dataclass
+class ChampionMove:
+    """A champion moved by a person (rollback, promote --to): what changed, for one line of output."""
+
+    model: str
+    registered_model: str
+    from_version: str | None
+    to_version: str
+    message: str
+
+
+def _versions(client: MlflowClient, name: str) -> list[str]:
+    return sorted((str(v.version) for v in client.search_model_versions(f"name = '{name}'")), key=int)
+
+
+def set_champion(model: str, settings: Settings, version: str, reason: str = "manual_promotion",
+                 note: str = "") -> ChampionMove:
+    """Make ``version`` the champion now, without a comparison; the old champion becomes
+    ``previous_champion``. Recorded with the actor like every move."""
+    client = configure(settings)
+    name = settings.registered_model_name(model)
+    with _model_lock(settings, name):
+        _record_manual_moves(client, settings, model, name)
+        aliases = current_aliases(client, name)
+        if not aliases and not _is_registered(client, name):
+            raise ModelNotFoundError(f"No registered model {name!r}: train and register it first.")
+        known = _versions(client, name)
+        if str(version) not in known:
+            raise RegistryError(f"{name} has no version {version} (versions: {', '.join(known) or 'none'}).")
+        champion = aliases.get(CHAMPION)
+        if champion == str(version):
+            return ChampionMove(model, name, champion, str(version), f"{name} v{version} is already champion.")
+        if champion is not None:
+            _move_alias(client, settings, model, PREVIOUS_CHAMPION, champion, "demoted", note=note)
+        _move_alias(client, settings, model, CHAMPION, str(version), reason, note=note)
+    was = f"v{champion}" if champion else "none"
+    return ChampionMove(model, name, champion, str(version),
+                        f"{name}: champion is now v{version} (was {was}; previous_champion = {was}).")
+
+
+def rollback(model: str, settings: Settings) -> ChampionMove:
+    """Champion back to ``previous_champion`` (which becomes the version rolled back from)."""
+    client = configure(settings)
+    name = settings.registered_model_name(model)
+    with _model_lock(settings, name):
+        _record_manual_moves(client, settings, model, name)
+        target = current_aliases(client, name).get(PREVIOUS_CHAMPION)
+    if target is None:
+        raise RegistryError(f"{name} has no previous_champion to roll back to; choose a version with "
+                            f"`aftersales promote {model} --to VERSION` (versions: `aftersales models`).")
+    return set_champion(model, settings, target, reason="rollback", note="aftersales rollback")
+
+
 # ---------------------------------------------------------------------------------- Prefect tasks
 
 
-@task(name="log-training-run", cache_policy=NO_CACHE)
-def log_training_run_task(
-    model: str,
-    settings: Settings,
-    trained: TrainedModel,
-    baselines: Baselines | None,
-    splits: DataSplits,
-    rule: RuleSpec | None = None,
-    feature_catalogue: Path | str | None = None,
-) -> RegisteredVersion:
-    return log_training_run(model, settings, trained, baselines, splits, rule, feature_catalogue)
+def _task_wrappers() -> dict[str, Any]:
+    """Thin Prefect tasks, built on first use: importing Prefect costs seconds that ``aftersales
+    models`` (a plain read of the registry) should not pay."""
+    from prefect import task
+    from prefect.cache_policies import NO_CACHE
+
+    return {
+        "log_training_run_task": task(name="log-training-run", cache_policy=NO_CACHE)(log_training_run),
+        "promote_task": task(name="promote-model", cache_policy=NO_CACHE)(promote),
+        "list_models_task": task(name="list-models", cache_policy=NO_CACHE)(list_models),
+    }
 
 
-@task(name="promote-model", cache_policy=NO_CACHE)
-def promote_task(
-    model: str, settings: Settings, X_test: pd.DataFrame, y_test: pd.Series, force: bool = False, reason: str = ""
-) -> PromotionResult:
-    return promote(model, settings, X_test, y_test, force=force, reason=reason)
+_TASKS: dict[str, Any] = {}
 
 
-@task(name="list-models", cache_policy=NO_CACHE)
-def list_models_task(settings: Settings) -> pd.DataFrame:
-    return list_models(settings)
+def __getattr__(name: str) -> Any:  # PEP 562: ``from tasks.models.registry import promote_task`` still works
+    if name in ("log_training_run_task", "promote_task", "list_models_task"):
+        if not _TASKS:
+            _TASKS.update(_task_wrappers())
+        return _TASKS[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "ALIASES",
     "AliasNotFoundError",
+    "ChampionMove",
     "ModelNotFoundError",
     "PromotionResult",
     "RegisteredVersion",
     "RegistryError",
+    "RegistryUnreachableError",
     "alias_history",
     "alias_history_path",
     "code_version",
@@ -936,4 +1219,7 @@ __all__ = [
     "log_training_run",
     "promote",
     "resolve_alias",
+    "rollback",
+    "set_champion",
+    "training_data_hash",
 ]

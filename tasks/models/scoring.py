@@ -9,27 +9,38 @@ make the list, because exact TreeSHAP costs a thousand times more than a predict
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.exceptions import MlflowException
 
 from schemas.derived import MODEL_ENTITY
 from schemas.settings import Settings
+from schemas.tables import SCORES_TABLE  # noqa: F401 (re-exported: score and monitoring import it here)
 from schemas.tasks import REASON_COUNT, ScoredRows
 from tasks.data.warehouse import Warehouse
 from tasks.models.datasets import feature_columns, scoring_frame
 from tasks.models.explain import top_reasons
-from tasks.models.registry import RegistryError, configure, resolve_alias
+from tasks.models.registry import (
+    AliasNotFoundError,
+    ModelNotFoundError,
+    RegistryError,
+    RegistryUnreachableError,
+    configure,
+    resolve_alias,
+)
 
 CHAMPION = "champion"
-SCORES_TABLE = "scores"
 
 
 class ScoringError(RuntimeError):
     """Scoring cannot start; the message says why in words (no model, no registry)."""
+
+
+class ModelRefusedError(ScoringError):
+    """One model cannot be trusted for this run (its inputs break its signature, its scores are constant)."""
 
 
 @dataclass
@@ -38,28 +49,139 @@ class Champion:
     registered_model: str
     version: str
     scorer: Any  # the AftersalesModel inside the pyfunc: predict_proba + contributions
+    pyfunc: Any = None  # the MLflow model: predict() enforces the signature the version was logged with
 
     @property
     def label(self) -> str:
         return f"{self.registered_model} v{self.version}"
 
 
-def load_champions(settings: Settings, models: list[str]) -> dict[str, Champion]:
-    """Resolve ``models:/<name>@champion`` now and load exactly that version."""
+def _model_file(local: Path) -> str:
+    """The file a python-function model is unpickled from, as its MLmodel names it."""
+    try:
+        from mlflow.models import Model
+
+        conf = Model.load(str(local)).flavors.get("python_function", {})
+    except Exception:  # MLmodel itself unreadable
+        return "MLmodel"
+    return str(conf.get("python_model") or conf.get("model_path") or "MLmodel")
+
+
+def load_version(settings: Settings, model: str, version: str) -> Champion:
+    """Download one version and load it; an unreadable artifact names the model, version and file."""
+    import mlflow.artifacts
+
+    name = settings.registered_model_name(model)
+    uri = f"models:/{name}/{version}"
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    except (MlflowException, OSError, ConnectionError) as exc:
+        raise ScoringError(f"model {name} v{version}: its files cannot be fetched from the registry at "
+                           f"{settings.tracking_uri}: {str(exc).splitlines()[0][:200]}") from exc
+    try:
+        loaded = mlflow.pyfunc.load_model(str(local))
+        scorer = loaded.unwrap_python_model()
+    except Exception as exc:  # truncated or garbage pickle, missing file, foreign class
+        raise ModelRefusedError(
+            f"model {name} v{version}: file {_model_file(local)} cannot be read ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:150] if str(exc) else 'no detail'}); the artifact is corrupt or incomplete. "
+            f"Retrain, or move champion to a good version (aftersales rollback {model})") from exc
+    return Champion(model, name, str(version), scorer, loaded)
+
+
+def find_champions(settings: Settings, models: list[str]) -> tuple[dict[str, Champion], dict[str, str]]:
+    """Each model's champion resolved now and loaded; models without one are skipped with the reason.
+
+    An unreachable registry is not a reason to skip: it raises, naming the registry's address.
+    """
+    champions: dict[str, Champion] = {}
+    skipped: dict[str, str] = {}
     try:
         configure(settings)
-        champions = {}
         for model in models:
             name = settings.registered_model_name(model)
-            version = str(resolve_alias(name, CHAMPION, settings).version)
-            loaded = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-            champions[model] = Champion(model, name, version, loaded.unwrap_python_model())
-        return champions
+            try:
+                version = str(resolve_alias(name, CHAMPION, settings).version)
+            except (ModelNotFoundError, AliasNotFoundError) as exc:
+                skipped[model] = f"no champion ({exc})"
+                continue
+            try:
+                champions[model] = load_version(settings, model, version)
+            except ModelRefusedError as exc:
+                skipped[model] = str(exc)
+    except RegistryUnreachableError as exc:
+        raise ScoringError(str(exc)) from exc
     except RegistryError as exc:
         raise ScoringError(f"no champion to score with: {exc}") from exc
     except (MlflowException, OSError, ConnectionError) as exc:
-        raise ScoringError(f"the MLflow registry at {settings.tracking_uri} cannot be reached or read: "
+        raise ScoringError(f"the registry at {settings.tracking_uri} cannot be reached or read: "
                            f"{str(exc).splitlines()[0][:300]}") from exc
+    return champions, skipped
+
+
+def load_champions(settings: Settings, models: list[str]) -> dict[str, Champion]:
+    """Resolve ``models:/<name>@champion`` now and load exactly that version; every model must have one."""
+    champions, skipped = find_champions(settings, models)
+    if skipped:
+        raise ScoringError("no champion to score with: " + "; ".join(f"{m}: {why}" for m, why in skipped.items()))
+    return champions
+
+
+# ------------------------------------------------------------------------------- signature checks
+
+
+def check_signature(champion: Champion, frame: pd.DataFrame) -> None:
+    """The scoring frame against the input signature the version was logged with, before any cast.
+
+    A missing column, or a column whose values are not of the signed type (text where numbers are
+    signed, numbers where text is signed), refuses the model with the column named. Without this,
+    a cast would turn such values into missing ones and the model would score on them silently.
+    """
+    schema = champion.pyfunc.metadata.get_input_schema() if champion.pyfunc is not None else None
+    if schema is None:
+        return
+    inputs = schema.inputs
+    missing = [spec.name for spec in inputs if spec.name not in frame.columns and spec.required]
+    if missing:
+        raise ModelRefusedError(f"model {champion.label} needs input column(s) {', '.join(missing)} that the "
+                                "scoring data lacks (features changed since it was trained?)")
+    wrong = []
+    for spec in inputs:
+        if spec.name not in frame.columns:
+            continue
+        values = frame[spec.name]
+        kind = str(spec.type)
+        numeric = pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
+        if kind in ("double", "float", "long", "integer", "boolean") and not numeric:
+            present = values.dropna()
+            converted = pd.to_numeric(present, errors="coerce")
+            if converted.isna().any():
+                example = present[converted.isna()].iloc[0]
+                wrong.append(f"{spec.name} (signed {kind}, got text such as {str(example)[:30]!r})")
+        elif kind == "string" and numeric and values.notna().any():
+            wrong.append(f"{spec.name} (signed string, got {values.dtype})")
+    if wrong:
+        raise ModelRefusedError(f"model {champion.label}: input of the wrong type in {'; '.join(wrong)}")
+
+
+def predict(champion: Champion, features: pd.DataFrame) -> np.ndarray:
+    """Calibrated probabilities through MLflow's pyfunc, which enforces the signature too."""
+    if champion.pyfunc is None:  # a champion built by hand (benchmarks): the python model directly
+        return np.asarray(champion.scorer.predict_proba(features), dtype=float)
+    try:
+        return np.asarray(champion.pyfunc.predict(champion.scorer.model_input(features)), dtype=float)
+    except MlflowException as exc:
+        detail = str(exc)
+        detail = detail.split("Error:", 1)[-1].strip().splitlines()[0][:300] if "Error:" in detail else detail[:300]
+        raise ModelRefusedError(f"model {champion.label} refused its input: {detail}") from exc
+
+
+def refuse_constant(champion: Champion, probability: np.ndarray, settings: Settings) -> None:
+    """The same probability for a whole scored population means a broken model or broken inputs."""
+    if len(probability) >= settings.scoring.constant_check_min_rows and np.ptp(probability) == 0:
+        raise ModelRefusedError(f"model {champion.label} gave every one of {len(probability):,} rows the same "
+                                f"probability {probability[0]:.4f}: a broken model or inputs (every feature "
+                                f"missing?); its scores were not used")
 
 
 def value_at_stake(model: str, frame: pd.DataFrame, settings: Settings) -> pd.Series:
@@ -87,7 +209,10 @@ def score_model(wh: Warehouse, champion: Champion, run_date: pd.Timestamp, setti
         return frame.assign(probability=pd.Series(dtype=float), risk=pd.Series(dtype=str),
                             value_at_stake=pd.Series(dtype=float), model_version=pd.Series(dtype=str))
     features = feature_columns(champion.model)
-    frame["probability"] = np.clip(champion.scorer.predict_proba(frame[features]), 0.0, 1.0)
+    check_signature(champion, frame)
+    probability = np.clip(predict(champion, frame[features]), 0.0, 1.0)
+    refuse_constant(champion, probability, settings)
+    frame["probability"] = probability
     frame["risk"] = risk_of_rows(champion.model, frame)
     frame["value_at_stake"] = value_at_stake(champion.model, frame, settings)
     frame["model_version"] = champion.label

@@ -913,44 +913,41 @@ def drift_frame(result: ModelDrift) -> pd.DataFrame:
 def html_report(run_date: Any, results: Mapping[str, ModelDrift], history: pd.DataFrame,
                 decisions: Sequence[Decision], settings: Settings,
                 references: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None) -> str:
-    """A self-contained page: drift per model, score distributions, performance trend, decisions."""
+    """A self-contained page (``schemas/defaults/templates/monitoring.html.j2``): drift per model,
+    score distributions, performance trend, decisions. Text is escaped by the template; only the
+    pandas tables and the base64 plots are passed as ready HTML."""
+    from tasks.templates import render
+
     cfg = settings.monitoring
     day = _day(run_date)
-    parts = [f"<h1>Model monitoring {day:%Y-%m-%d}</h1>",
-             "<p>Scored population vs the training reference of the version that scored it; realised "
-             "performance of past scoring runs whose labels have matured; retrain decisions.</p>",
-             "<h2>Retrain decisions</h2>",
-             _html_table(pd.DataFrame([{"model": d.model, "version": d.model_version, "decision": d.decision,
-                                        "crossed": ", ".join(d.crossed), "reason": d.reason,
-                                        "flow run": d.flow_run_id} for d in decisions]))]
+    decisions_html = _html_table(pd.DataFrame([{"model": d.model, "version": d.model_version, "decision": d.decision,
+                                                "crossed": ", ".join(d.crossed), "reason": d.reason,
+                                                "flow run": d.flow_run_id} for d in decisions]))
+    models = []
     for model, result in results.items():
-        parts.append(f"<h2>Drift: {result.summary(cfg)}</h2>")
+        section: dict[str, Any] = {"title": result.summary(cfg), "images": [], "table": None}
+        models.append(section)
         if result.status != "checked" and not result.checks:
             continue
-        parts.append(f'<img src="data:image/png;base64,{_png(plot_feature_psi(result, cfg))}">')
+        section["images"].append(_png(plot_feature_psi(result, cfg)))
         if references and model in references:
             ref, cur = references[model]
-            fig = plot_score_distribution(ref, cur, f"{model}: scores vs reference")
-            parts.append(f'<img src="data:image/png;base64,{_png(fig)}">')
+            section["images"].append(_png(plot_score_distribution(ref, cur, f"{model}: scores vs reference")))
         frame = drift_frame(result)
         rank = frame["status"].map({"drift": 0, "warn": 1, "ok": 2, "not_judged": 3})
         frame = frame.assign(_rank=rank).sort_values(["_rank", "psi"], ascending=[True, False]).drop(columns="_rank")
-        parts.append(_html_table(frame))
-    parts.append("<h2>Realised performance</h2>")
-    if history.empty:
-        parts.append("<p>No scoring run has matured labels yet.</p>")
-    else:
-        parts.append(f'<img src="data:image/png;base64,{_png(plot_performance_trend(history))}">')
+        section["table"] = _html_table(frame)
+    performance: dict[str, Any] = {"images": [], "table": None}
+    if not history.empty:
+        performance["images"].append(_png(plot_performance_trend(history)))
         for _, row in history.sort_values("run_date").groupby("model").tail(1).iterrows():
-            parts.append(f'<img src="data:image/png;base64,{_png(plot_reliability(row))}">')
+            performance["images"].append(_png(plot_reliability(row)))
         shown = ["run_date", "model", "model_version", "n", "positives", "roc_auc", "pr_auc", "brier", "ece",
                  "precision_at_k", "listed", "listed_precision", "listed_precision_at_k", "expected_roc_auc",
                  "expected_pr_auc"]
-        parts.append(_html_table(history[shown].sort_values(["model", "run_date"])))
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1200px} table.t{border-collapse:collapse;"
-             "font-size:12px} .t td,.t th{padding:2px 6px;border-bottom:1px solid #ddd} img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Monitoring {day:%Y-%m-%d}</title>"
-            f"<style>{style}</style></head><body>{''.join(parts)}</body></html>")
+        performance["table"] = _html_table(history[shown].sort_values(["model", "run_date"]))
+    return render("monitoring.html.j2", day=f"{day:%Y-%m-%d}", decisions=decisions_html, models=models,
+                  performance=performance)
 
 
 def markdown_report(run_date: Any, results: Mapping[str, ModelDrift], new_performance: pd.DataFrame,
