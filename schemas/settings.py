@@ -121,7 +121,7 @@ class TrainingSettings(BaseModel):
     promotion_confidence: float = Field(0.95, description="two-sided level of the paired bootstrap intervals")
     promotion_bootstrap: int = Field(1000, description="paired bootstrap draws (customers resampled, clusters)")
     promotion_calibration_margin: float = Field(
-        0.01, description="non-inferiority: the upper end of challenger ECE - champion ECE must stay below this")
+        0.03, description="non-inferiority: the upper end of challenger ECE - champion ECE must stay below this")
     registered_model_prefix: str = "aftersales-"
     baseline_rules: dict[str, str] = Field(
         {"return": "max_product_return_rate", "negative_review": "days_late", "churn": "recency_days"},
