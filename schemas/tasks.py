@@ -17,6 +17,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing.pandas import Series
 
+from schemas.sources import OUTCOMES
+
 RISKS = ("return", "negative_review", "late_delivery", "churn")
 ORDER_RISKS = ("return", "negative_review", "late_delivery")  # scored per order; churn per customer
 REASON_COUNT = 3
@@ -158,3 +160,22 @@ class ControlAssignments(pa.DataFrameModel):
     @pa.dataframe_check(error="one open assignment per customer, risk and start day")
     def one_per_start(cls, df: pd.DataFrame) -> pd.Series:
         return ~df.duplicated(["customer_id", "risk", "assigned_on"], keep=False)
+
+
+class OutcomeImport(pa.DataFrameModel):
+    """A row of a helpdesk export of what agents did, after the mapping file (``aftersales outcomes import``).
+
+    Either ``task_id`` or ``customer_id`` names the task: a customer alone is matched to their
+    latest task (or control row) before ``recorded_at``. Stored in the ``outcomes`` table.
+    """
+
+    task_id: Series[str] = pa.Field(nullable=True)
+    customer_id: Series[str] = pa.Field(nullable=True)
+    outcome: Series[str] = pa.Field(isin=OUTCOMES)
+    recorded_at: Series[pd.Timestamp] = pa.Field(description="when the agent acted")
+    note: Series[str] = pa.Field(nullable=True)
+    agent_id: Series[str] = pa.Field(nullable=True)
+
+    class Config:
+        coerce = True
+        strict = False
