@@ -289,8 +289,8 @@ def contamination(wh: Warehouse, settings: Settings) -> pd.DataFrame:
     on_topic = [h == ALL_RISKS or not a or h in a.split(",") or bool(c)
                 for h, a, c in zip(found["held_for"], about, found["control_row"], strict=True)]
     found["kind"] = np.where(on_topic, "contamination", "other-risk contact")
-    return (found.sort_values(["customer_id", "at", "source"], kind="mergesort")
-            .drop_duplicates(["customer_id", "held_for", "assigned_on", "source", "at", "task_id"])
+    return (found.sort_values(["customer_id", "at", "source", "kind"], kind="mergesort")
+            .drop_duplicates(["customer_id", "source", "at", "task_id"])  # one contact, one row
             .reset_index(drop=True)[CONTAMINATION_COLUMNS])
 
 
