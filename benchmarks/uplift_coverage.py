@@ -6,7 +6,7 @@
 
 A shop like ``tasks/care/simulation.py``: customers order every two weeks, each with their own
 return propensity (so a customer's orders are correlated), and each order's reason picks one of
-three actions with a planted effect (40% of returns prevented, none, 25% more). The control draw
+three actions with a planted effect (50% of returns prevented, none, 20% more). The control draw
 is the care list's own: a seeded hash of customer, risk and period (``hash_uniform``), below the
 control share.
 

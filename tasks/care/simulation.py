@@ -49,9 +49,9 @@ class PlantedShop:
     start: str = "2026-03-02"
     order_gap_days: float = 14.0
     effects: dict[str, float] = field(default_factory=lambda: {
-        "size_guide_exchange": 0.40, "product_help": 0.0, "return_check_in": -0.25})
+        "size_guide_exchange": 0.50, "product_help": 0.0, "return_check_in": -0.20})
     action_mix: dict[str, float] = field(default_factory=lambda: {
-        "size_guide_exchange": 0.5, "product_help": 0.25, "return_check_in": 0.25})
+        "size_guide_exchange": 0.6, "product_help": 0.2, "return_check_in": 0.2})
     probability: tuple[float, float] = (0.30, 0.70)
     contamination_share: float = 0.05
     control_share: float = 0.3
