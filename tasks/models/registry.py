@@ -664,7 +664,8 @@ def paired_bootstrap(y: np.ndarray, champion: np.ndarray, challenger: np.ndarray
     rng = np.random.default_rng(seed)
     keys = groups if groups is not None else np.arange(y.size)
     _, index = np.unique(keys, return_inverse=True)
-    members = [np.flatnonzero(index == g) for g in range(index.max() + 1)] if y.size else []
+    order = np.argsort(index, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(index))[:-1]) if y.size else []
     sign = 1.0 if higher_is_better(metric) else -1.0
     gains, calibration = [], []
     for _ in range(draws):

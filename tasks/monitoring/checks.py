@@ -818,7 +818,7 @@ def clustered_bootstrap(y: np.ndarray, p: np.ndarray, groups: np.ndarray, metric
                         rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Each metric over ``draws`` resamples of whole customers (a customer's rows stay together)."""
     codes, index = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(index == g) for g in range(codes.size)]
+    members = np.split(np.argsort(index, kind="stable"), np.cumsum(np.bincount(index))[:-1])
     out: dict[str, list[float]] = {m: [] for m in metrics}
     for _ in range(draws):
         rows = np.concatenate([members[g] for g in rng.integers(0, codes.size, codes.size)])
