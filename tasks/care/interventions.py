@@ -603,6 +603,11 @@ def task_list_summary(tasks: pd.DataFrame, control: pd.DataFrame | None = None) 
     if control is not None:
         fair = int(control[ControlGroup.within_capacity].sum()) if len(control) else 0
         lines[-1] += f" {len(control)} customers held out as control ({fair} within capacity)."
+    if TaskList.effect_source in tasks:
+        measured = int(tasks[TaskList.effect_source].str.contains("measured", regex=False).sum())
+        lines[-1] += (f" Expected value = probability x value at stake x effect - cost; the effect is the "
+                      f"playbook's prior for {len(tasks) - measured} tasks and the prior pulled towards measured "
+                      f"uplift for {measured} (column effect_source).")
     by_queue = tasks.groupby(TaskList.queue).agg(tasks=(TaskList.task_id, "size"),
                                                  expected_value=(TaskList.expected_value, "sum"))
     lines += ["", "| queue | tasks | expected value |", "|---|---:|---:|"]
