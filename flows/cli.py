@@ -658,6 +658,27 @@ def uplift(
     console.print(f"report: {result['report']}")
 
 
+outcomes_app = typer.Typer(help="What agents did with their tasks, back from a helpdesk export.",
+                           no_args_is_help=True)
+app.add_typer(outcomes_app, name="outcomes")
+
+
+@outcomes_app.command(name="import")
+def outcomes_import(
+    path: Annotated[Path, typer.Argument(help="helpdesk export (CSV or Parquet): task id or customer + time, "
+                                              "outcome, agent, note")],
+    mapping: Annotated[Path | None, typer.Option(help="mapping file (tables: outcomes:) for its names and codes")]
+    = None,
+) -> None:
+    """Validate and load agents' outcomes; rows that cannot be tied to a task are quarantined."""
+    _quiet_defaults()
+    from flows.outcomes import outcomes_import_flow
+
+    result = _finish(outcomes_import_flow(path, mapping, return_state=True), "outcomes import")
+    console.print(result["markdown"])
+    console.print(f"report: {result['report']}")
+
+
 def main() -> None:
     """The entry point: a user error or a refused request is one line on stderr and exit code 2."""
     try:

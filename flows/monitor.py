@@ -30,11 +30,13 @@ from tasks.monitoring.checks import (
     decide,
     decisions_table,
     drift_checks,
+    expected_metrics,
     html_report,
     last_retrain,
     load_reference,
     markdown_report,
     performance_checks,
+    pooled_rows,
     realised_performance_task,
     scores_of_day,
     version_of_label,
@@ -47,15 +49,16 @@ def _current_flow_run_id() -> str | None:
 
 @task(name="decide-retrain", cache_policy=NO_CACHE)
 def decide_retrain(settings: Settings, drift: dict[str, ModelDrift], history: pd.DataFrame) -> list[Decision]:
-    """Each model's checks (drift of the day, pooled realised performance) and its decision."""
+    """Each model's checks (drift of the day, realised performance pooled over runs on untreated rows)."""
     now = pd.Timestamp.now("UTC").tz_localize(None).as_unit("us")
     decisions = []
     with open_warehouse(settings) as wh:
         for model in settings.training.models:
             result = drift.get(model)
             label = result.model_version if result else None
-            checks = drift_checks(result, settings.monitoring) + performance_checks(history, model, label,
-                                                                                   settings.monitoring)
+            pooled = pooled_rows(wh, model, label, settings.monitoring)  # untreated rows only
+            checks = drift_checks(result, settings.monitoring) + performance_checks(
+                pooled, expected_metrics(history, model, label), settings.monitoring, settings.training.seed)
             decisions.append(decide(model, label, checks, last_retrain(wh, model), now, settings.monitoring))
     return decisions
 

@@ -1,10 +1,11 @@
-"""Promotion: champion and challenger scored on the same, latest matured window."""
+"""Promotion: champion and challenger scored on the same latest matured window(s), decided by evidence."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -12,23 +13,47 @@ from prefect.cache_policies import NO_CACHE
 from schemas.settings import Settings, get_settings
 from tasks.data.warehouse import open_warehouse
 from tasks.models.datasets import build_training_set, feature_columns, rolling_cutoffs
-from tasks.models.registry import promote
+from tasks.models.registry import PromotionResult, promote
 
 
 @task(name="latest-test-window", cache_policy=NO_CACHE)
 def latest_window(model: str, settings: Settings):
-    """The newest cutoff whose labels have matured: unseen by any model trained before it."""
+    """The newest ``promotion_windows`` cutoffs whose labels have matured, with each row's customer.
+
+    Pooling several cutoffs gives the comparison more rows; the bootstrap resamples customers, so a
+    customer seen at two cutoffs is not counted as two independent cases.
+    """
     with open_warehouse(settings) as wh:
         cutoffs = rolling_cutoffs(wh, settings, model)
         if not cutoffs:
             return None
-        frame = build_training_set(wh, model, [cutoffs[-1]], settings)
-    return frame[feature_columns(model)], frame["label"], cutoffs[-1]
+        chosen = cutoffs[-max(1, settings.training.promotion_windows):]
+        frame = build_training_set(wh, model, chosen, settings)
+    window = f"{chosen[0]:%Y-%m-%d}..{chosen[-1]:%Y-%m-%d} ({len(chosen)} cutoffs)"
+    return frame[feature_columns(model)], frame["label"], frame["customer_id"], window
+
+
+def promotion_markdown(model: str, result: PromotionResult, confidence: float) -> str:
+    level = f"{confidence:.0%}"
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:+.4f}"
+
+    return (f"# Promotion of {model}\n\n**{result.decision}**: {result.message}\n\n"
+            f"| | version | {result.metric} | ECE |\n|---|---|---:|---:|\n"
+            f"| champion | {result.champion_version} | {result.champion_score} | "
+            f"{result.champion_metrics.get('ece', 'n/a')} |\n"
+            f"| challenger | {result.challenger_version} | {result.challenger_score} | "
+            f"{result.challenger_metrics.get('ece', 'n/a')} |\n\n"
+            f"Window: {result.window or 'n/a'}, {result.rows} rows, {result.clusters} customers (resampled whole).\n\n"
+            f"Improvement in {result.metric}: {fmt(result.improvement)}, {level} paired bootstrap interval "
+            f"{fmt(result.interval_low)} to {fmt(result.interval_high)} (must clear {result.margin}). "
+            f"Challenger ECE - champion ECE: {fmt(result.calibration_low)} to {fmt(result.calibration_high)}.\n")
 
 
 @flow(name="promote")
 def promote_flow(model: str, force: bool = False) -> dict[str, Any]:
-    """Move ``champion`` to the challenger only if it is better by the configured margin."""
+    """Move ``champion`` to the challenger only if the evidence says it is better and no worse calibrated."""
     logger = get_run_logger()
     settings = get_settings()
     window = latest_window(model, settings)
@@ -36,12 +61,10 @@ def promote_flow(model: str, force: bool = False) -> dict[str, Any]:
         message = f"{model}: no matured window to compare on yet"
         logger.warning(message)
         return {"model": model, "decision": "not_comparable", "promoted": False, "message": message}
-    X, y, cutoff = window
-    result = promote(model, settings, X, y, force=force, reason=f"same-window comparison at {cutoff:%Y-%m-%d}")
+    X, y, customers, span = window
+    result = promote(model, settings, X, y, force=force, reason=f"same-window comparison on {span}",
+                     groups=pd.Series(customers).astype(str), window=span)
     logger.info(result.message)
-    create_markdown_artifact(
-        f"# Promotion of {model}\n\n{result.message}\n\n| | version | {result.metric} |\n|---|---|---:|\n"
-        f"| champion | {result.champion_version} | {result.champion_score} |\n"
-        f"| challenger | {result.challenger_version} | {result.challenger_score} |\n",
-        key=f"promotion-{model.replace('_', '-')}", description=result.decision)
-    return asdict(result) | {"window": str(cutoff.date())}
+    create_markdown_artifact(promotion_markdown(model, result, settings.training.promotion_confidence),
+                             key=f"promotion-{model.replace('_', '-')}", description=result.decision)
+    return asdict(result) | {"window": span}

@@ -15,6 +15,7 @@ DRIFT_TABLE = "monitoring_drift"
 DRIFT_RUNS_TABLE = "monitoring_runs"
 GATE_TABLE = "drift_gate"
 PERFORMANCE_TABLE = "monitoring_performance"
+LABELLED_TABLE = "monitoring_labelled"
 DECISIONS_TABLE = "retrain_decisions"
 
 FEATURE_KINDS = ("numeric", "categorical", "score")
@@ -95,7 +96,7 @@ class RealisedPerformance(_Table):
     model: Series[str]
     model_version: Series[str]
     scored_rows: Series[int] = pa.Field(ge=0)
-    n: Series[int] = pa.Field(ge=0, description="scored rows with a label (the evaluated rows)")
+    n: Series[int] = pa.Field(ge=0, description="untreated scored rows with a label (the evaluated rows)")
     positives: Series[int] = pa.Field(ge=0)
     base_rate: Series[float] = pa.Field(nullable=True, ge=0, le=1)
     roc_auc: Series[float] = pa.Field(nullable=True, ge=0, le=1)
@@ -114,6 +115,23 @@ class RealisedPerformance(_Table):
     expected_pr_auc: Series[float] = pa.Field(nullable=True, description="the version's test-window PR-AUC")
     label_end: Series[pd.Timestamp] = pa.Field(description="how far the data reached for the labels")
     evaluated_at: Series[pd.Timestamp]
+
+
+class LabelledRows(_Table):
+    """One row per matured scored entity: its probability, its label and whether care touched it.
+
+    Realised-performance triggers pool these rows over runs (untreated rows only), so they are
+    judged on the pooled sample size rather than by averaging per-run metrics.
+    """
+
+    run_date: Series[pd.Timestamp]
+    model: Series[str]
+    model_version: Series[str]
+    entity_id: Series[str] = pa.Field(description="order_id or customer_id, per the model")
+    customer_id: Series[str]
+    probability: Series[float] = pa.Field(ge=0, le=1)
+    label: Series[int] = pa.Field(isin=[0, 1])
+    treated: Series[bool] = pa.Field(description="listed or contacted in a way that may have changed the label")
 
 
 class RetrainDecisions(_Table):

@@ -116,7 +116,14 @@ class TrainingSettings(BaseModel):
     top_k: int = Field(200, description="cases a care team can contact per day; precision/lift@k")
     shap_sample_rows: int = 2_000
     promotion_metric: Literal["pr_auc", "roc_auc", "brier"] = "pr_auc"
-    promotion_margin: float = Field(0.005, description="challenger must beat champion by this much")
+    promotion_margin: float = Field(
+        0.005, description="the lower end of the interval of challenger - champion must clear this")
+    promotion_windows: int = Field(
+        3, description="latest matured cutoffs champion and challenger are both scored on (pooled)")
+    promotion_confidence: float = Field(0.95, description="two-sided level of the paired bootstrap intervals")
+    promotion_bootstrap: int = Field(1000, description="paired bootstrap draws (customers resampled, clusters)")
+    promotion_calibration_margin: float = Field(
+        0.03, description="non-inferiority: the upper end of challenger ECE - champion ECE must stay below this")
     registered_model_prefix: str = "aftersales-"
     baseline_rules: dict[str, str] = Field(
         {"return": "max_product_return_rate", "negative_review": "days_late", "churn": "recency_days"},
@@ -155,7 +162,16 @@ class ScoringSettings(BaseModel):
     cooldown_override_increase: float = Field(
         0.25, description="absolute rise in risk that lifts a cool-down"
     )
-    control_share: float = 0.10
+    control_share: float = Field(0.10, description="share of customers held out per risk and assignment period")
+    holdout: Literal["per_risk", "universal"] = Field(
+        "per_risk", description="per_risk: a control customer is not contacted for that risk during its outcome "
+        "window; universal: not contacted at all (no proactive task of any risk) during the longest window")
+    assignment_period_days: int = Field(
+        28, description="control assignment is a seeded hash of customer, risk and this period; it then holds for "
+        "the whole outcome window")
+    value_cap_multiple: float = Field(
+        5.0, description="value at stake used for expected value is capped at this multiple of the day's median "
+        "(a low-probability big spender cannot outrank a likely loss on value alone)")
     min_probability: float = Field(0.15, description="rows below this never make the list")
     explain_headroom: float = Field(
         3.0, description="per risk, explain at most this many times the day's total capacity"
@@ -334,11 +350,35 @@ class MonitoringSettings(BaseModel):
                                     "triggers a retrain")
     max_pr_auc_drop: float = Field(0.3, description="realised PR-AUC below (1 - this) x the version's test PR-AUC "
                                    "triggers a retrain")
-    max_ece: float = Field(0.1, description="realised calibration error above this triggers a retrain")
+    calibration_alpha: float = Field(
+        0.01, description="pooled realised ECE is tested against its null (a perfectly calibrated model at the same "
+        "n and probabilities); a p-value below this, with the excess below, triggers a retrain")
+    ece_excess: float = Field(
+        0.02, description="realised ECE must also exceed the null's mean ECE by this much (a material miscalibration)")
+    performance_alpha: float = Field(
+        0.05, description="ROC-AUC / PR-AUC trigger only when the upper end of their one-sided bootstrap interval "
+        "(1 - this) is below the limit")
+    bootstrap_draws: int = Field(400, description="draws of the realised-performance bootstrap and calibration null")
     retrain: Literal["auto", "subflow", "deployment", "off"] = Field(
         "auto", description="auto: the deployment when it exists on a Prefect server, else a subflow")
     retrain_deployment: str = Field("retrain/weekly-retrain", description="flow/deployment started in deployment mode")
     cooldown_days: float = Field(7.0, description="no second triggered retrain of a model this soon after one")
+
+
+class CareSettings(BaseModel):
+    """Uplift of care tasks, the effect used in expected value, contamination (flows ``uplift``, ``outcomes``)."""
+
+    confidence: float = Field(0.95, description="level of the uplift intervals")
+    power: float = Field(0.8, description="power of the minimum detectable effect")
+    volume_weeks: int = Field(8, description="recent weeks whose new units measure the weekly volume")
+    contact_outcomes: list[str] = Field(
+        ["contacted", "resolved", "returned_anyway", "declined"],
+        description="outcomes that mean the customer was reached (no_answer is an attempt)")
+    match_days: int = Field(
+        30, description="an imported outcome without a task id belongs to the customer's latest task or control "
+        "row at most this many days before it")
+    effects_table: str = Field("uplift_effects", description="warehouse table of the measured effects per risk "
+                               "and action that the scoring run shrinks the playbook's priors towards")
 
 
 class Settings(BaseSettings):
@@ -365,6 +405,7 @@ class Settings(BaseSettings):
     alerts: AlertSettings = AlertSettings()
     report: ReportSettings = ReportSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    care: CareSettings = CareSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -194,6 +194,7 @@ class Outcomes(_Base):
     outcome: Series[str] = pa.Field(isin=OUTCOMES)
     recorded_at: Series[pd.Timestamp]
     note: Series[str] = pa.Field(nullable=True)
+    agent_id: Series[str] = pa.Field(nullable=True, description="who recorded it (board or helpdesk agent)")
 
 
 @dataclass(frozen=True)

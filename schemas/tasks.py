@@ -17,12 +17,16 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing.pandas import Series
 
+from schemas.sources import OUTCOMES
+
 RISKS = ("return", "negative_review", "late_delivery", "churn")
 ORDER_RISKS = ("return", "negative_review", "late_delivery")  # scored per order; churn per customer
 REASON_COUNT = 3
 
 TASK_TABLE = "task_list"
 CONTROL_TABLE = "control_group"
+ASSIGNMENT_TABLE = "control_assignments"
+ALL_RISKS = "all"  # the risk of a universal holdout's assignment: no proactive contact at all
 TAG_SEPARATOR = ","
 PHRASE_SEPARATOR = "; "
 NO_UNDERSCORE = r"^[^_]*$"  # agent-facing text never shows an identifier
@@ -87,7 +91,8 @@ class TaskList(pa.DataFrameModel):
     risk: Series[str] = pa.Field(str_matches=NO_UNDERSCORE, description="leading risk in words")
     probability: Series[float] = pa.Field(ge=0, le=1, description="of the leading risk, rounded")
     value_at_stake: Series[float] = pa.Field(ge=0)
-    expected_value: Series[float] = pa.Field(description="probability x value at stake - action cost")
+    expected_value: Series[float] = pa.Field(
+        description="probability x value at stake x effect - action cost")
     why: Series[str] = pa.Field(str_matches=NO_UNDERSCORE, description="reasons of every risk, in words")
     other_risks: Series[str] = pa.Field(nullable=True, str_matches=NO_UNDERSCORE)
     related_orders: Series[str] = pa.Field(nullable=True, description="other orders the task covers")
@@ -102,6 +107,10 @@ class TaskList(pa.DataFrameModel):
     action_cost: Series[float] = pa.Field(ge=0)
     peak_probability: Series[float] = pa.Field(
         ge=0, le=1, description="highest probability among the customer's risks (unrounded; cool-down)")
+    effect: Series[float] = pa.Field(
+        ge=-1, le=1, description="share of the loss the action is expected to prevent (used in expected value)")
+    effect_source: Series[str] = pa.Field(
+        description="where the effect comes from: the playbook's prior, or the prior updated by measured uplift")
 
     class Config:
         coerce = True
@@ -118,6 +127,55 @@ class ControlGroup(TaskList):
 
     within_capacity: Series[bool] = pa.Field(
         description="expected value high enough to have fit its queue's capacity (the fair comparison)")
+    held_for: Series[str] = pa.Field(isin=[*RISKS, ALL_RISKS], description="risk held out for (all: universal)")
+    assigned_on: Series[pd.Timestamp] = pa.Field(description="first day of the hold this row sits in")
+    held_until: Series[pd.Timestamp] = pa.Field(description="end of the hold: no contact before")
 
 
 AGENT_TEXT_COLUMNS = (TaskList.action, TaskList.risk, TaskList.why, TaskList.other_risks)
+
+
+class ControlAssignments(pa.DataFrameModel):
+    """Who is held out, for which risk, until when: one row per customer, risk and assignment.
+
+    The draw is a seeded hash of (seed, customer, risk, period), so it never changes when a day is
+    re-run; once drawn, the customer stays uncontacted for that risk (``risk`` = ``all``: for any
+    proactive contact) until ``window_end``, the end of the outcome window that began on
+    ``assigned_on``. Only held-out customers are stored; everyone else is contacted as usual.
+    """
+
+    customer_id: Series[str] = pa.Field(str_length={"min_value": 1})
+    risk: Series[str] = pa.Field(isin=[*RISKS, ALL_RISKS])
+    period: Series[int] = pa.Field(ge=0, description="assignment period: days since 1970-01-01 // period length")
+    assigned_on: Series[pd.Timestamp] = pa.Field(description="first run date the customer was held out")
+    window_end: Series[pd.Timestamp] = pa.Field(description="assigned_on + the outcome window: no contact before")
+    scope: Series[str] = pa.Field(isin=["per_risk", "universal"])
+    task_id: Series[str] = pa.Field(description="the control row of the first day (control_group.task_id)")
+
+    class Config:
+        coerce = True
+        strict = True
+        ordered = True
+
+    @pa.dataframe_check(error="one open assignment per customer, risk and start day")
+    def one_per_start(cls, df: pd.DataFrame) -> pd.Series:
+        return ~df.duplicated(["customer_id", "risk", "assigned_on"], keep=False)
+
+
+class OutcomeImport(pa.DataFrameModel):
+    """A row of a helpdesk export of what agents did, after the mapping file (``aftersales outcomes import``).
+
+    Either ``task_id`` or ``customer_id`` names the task: a customer alone is matched to their
+    latest task (or control row) before ``recorded_at``. Stored in the ``outcomes`` table.
+    """
+
+    task_id: Series[str] = pa.Field(nullable=True)
+    customer_id: Series[str] = pa.Field(nullable=True)
+    outcome: Series[str] = pa.Field(isin=OUTCOMES)
+    recorded_at: Series[pd.Timestamp] = pa.Field(description="when the agent acted")
+    note: Series[str] = pa.Field(nullable=True)
+    agent_id: Series[str] = pa.Field(nullable=True)
+
+    class Config:
+        coerce = True
+        strict = False

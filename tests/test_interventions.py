@@ -124,7 +124,8 @@ def test_one_task_per_customer_with_every_reason_merged(playbook, catalogue):
     a = tasks.iloc[0]
     assert a["risk_code"] == "churn" and a["risk"] == "churn risk"  # highest expected value leads
     assert pd.isna(a["order_id"]) and a["action_id"] == "winback_offer" and a["queue"] == "retention"
-    assert a["expected_value"] == pytest.approx(0.5 * 400 - 3.0)
+    assert a["expected_value"] == pytest.approx(0.5 * 400 * 0.08 - 3.0)  # winback_offer: effect 8%, cost 3
+    assert a["effect"] == pytest.approx(0.08) and a["effect_source"] == "playbook prior 8%"
     assert set(a["risks"].split(",")) == {"churn", "return", "negative_review"}
     assert a["other_risks"] == "return risk 60%; bad review risk 30%"
     assert set(a["related_orders"].split(", ")) == {"o-a-return", "o-other"}
@@ -182,9 +183,14 @@ def test_control_group_share_and_separation(playbook, catalogue):
     assert (control["within_capacity"] == (control["expected_value"] >= cut)).all()
     assert_agent_safe(control)
     again = build_task_list(scored, playbook, settings, run_date=DAY, catalogue=catalogue)[1]
-    other_day = build_task_list(scored.assign(run_date="2026-11-03"), playbook, settings, catalogue=catalogue)[1]
     assert again["customer_id"].tolist() == control["customer_id"].tolist()
-    assert set(other_day["customer_id"]) != set(control["customer_id"])
+    # a stable hash per customer, risk and period: the next day draws the same, another period afresh
+    next_day = build_task_list(scored.assign(run_date="2026-11-03"), playbook, settings, catalogue=catalogue)[1]
+    assert set(next_day["customer_id"]) == set(control["customer_id"])
+    later = build_task_list(scored.assign(run_date="2026-12-15"), playbook, settings, catalogue=catalogue)[1]
+    assert set(later["customer_id"]) != set(control["customer_id"])
+    assert (control["held_for"] == "return").all() and (control["assigned_on"] == pd.Timestamp(DAY)).all()
+    assert (control["held_until"] == pd.Timestamp(DAY) + pd.Timedelta(days=30)).all()
 
 
 def test_recent_control_customers_are_not_contacted(playbook, catalogue):
@@ -248,3 +254,99 @@ def test_same_inputs_same_list_and_rewrites_keep_one_copy(tmp_path: Path, playbo
     assert pd.read_parquet(paths["parquet"])["task_id"].tolist() == tasks["task_id"].tolist()
     summary = task_list_summary(tasks, control)
     assert "| returns | 40 |" in summary and "| retention | 30 |" in summary and "held out" in summary
+
+
+# ---- holds that last the outcome window, expected value with an effect ---------------------------
+def _held_customer(scored_days: list[pd.DataFrame], settings: ScoringSettings, playbook, catalogue,
+                   tmp_path: Path) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Run the list day after day through the warehouse, as the scoring flow does."""
+    from tasks.care.interventions import load_assignments
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    out = []
+    try:
+        for scored in scored_days:
+            day = pd.Timestamp(scored["run_date"].iloc[0])
+            history, held = load_history(wh, day, settings)
+            tasks, control = build_task_list(scored, playbook, settings, history, day, catalogue=catalogue,
+                                             held_out=held, assignments=load_assignments(wh, day))
+            write_task_list(wh, tasks, control, day, tmp_path / "out", settings)
+            out.append((tasks, control))
+    finally:
+        wh.close()
+    return out
+
+
+def _control_churn_customer(settings: ScoringSettings) -> str:
+    """A customer whose hash puts them in churn control on DAY (found, not hard-coded)."""
+    from tasks.care.interventions import assignment_period, hash_uniform
+
+    period = assignment_period(DAY, settings.assignment_period_days)
+    key = "churn" if settings.holdout == "per_risk" else "all"
+    return next(f"k{i}" for i in range(10_000) if hash_uniform(settings.seed, f"k{i}", key, period)
+                < settings.control_share)
+
+
+@pytest.mark.parametrize("holdout", ["per_risk", "universal"])
+def test_a_control_customer_stays_uncontacted_for_the_whole_outcome_window(playbook, catalogue, tmp_path, holdout):
+    settings = cfg(control_share=0.3, holdout=holdout, queue_capacity={"default": 100})
+    who = _control_churn_customer(settings)
+    start = pd.Timestamp(DAY)
+    days = [start + pd.Timedelta(days=d) for d in (0, 15, 45, 89, 91)]  # churn window: 90 days
+    scored_days = []
+    for d in days:
+        rows = [row(who, "churn", 0.6, 400.0, day=str(d.date()))]
+        if d != start:  # from day 15 on the customer also has a likely return
+            rows.append(row(who, "return", 0.9, 120.0, order=f"o-{d:%m%d}", day=str(d.date())))
+        scored_days.append(frame(rows))
+    results = _held_customer(scored_days, settings, playbook, catalogue, tmp_path)
+    (t0, c0) = results[0]
+    assert t0.empty and c0["customer_id"].tolist() == [who] and c0["held_for"].iloc[0] == (
+        "churn" if holdout == "per_risk" else "all")
+    for (tasks, _), d in zip(results[1:4], days[1:4], strict=True):
+        assert not (tasks["risks"].str.contains("churn")).any(), f"{d:%Y-%m-%d}: contacted about churn"
+        if holdout == "universal":
+            assert tasks.empty, f"{d:%Y-%m-%d}: a universal holdout gets no proactive contact"
+        else:  # the return risk leads and may be worked; churn is neither led nor mentioned
+            assert tasks.empty or (tasks["risk_code"] == "return").all()
+    for _, control in results[1:4]:  # a churn control row on a later day sits in the first hold
+        churn = control[control["risk_code"] == "churn"]
+        assert (churn["assigned_on"] == start).all()
+    wh = Warehouse(tmp_path / "w.duckdb")
+    try:
+        stored = wh.query("SELECT * FROM control_assignments")
+    finally:
+        wh.close()
+    first = stored[stored["assigned_on"] == start].iloc[0]
+    assert first["customer_id"] == who and first["window_end"] == start + pd.Timedelta(days=90)
+    assert first["task_id"] == make_task_id(DAY, who)
+
+
+def test_expected_value_uses_the_effect_and_value_on_one_capped_scale(playbook, catalogue):
+    # a low-probability big spender against a likely loss of ordinary size, same action and effect
+    scored = frame([row("big", "return", 0.16, 20_000.0)] +
+                   [row(f"n{i}", "return", 0.85, 100.0) for i in range(9)])
+    tasks, _ = build_task_list(scored, playbook, cfg(queue_capacity={"default": 100}), catalogue=catalogue)
+    ranked = tasks.set_index("customer_id")
+    assert ranked.loc["big", "rank"] == len(tasks), "value alone must not lift the big spender to the top"
+    assert ranked.loc["big", "value_at_stake"] == pytest.approx(5 * 100.0)  # capped at 5 x the median
+    assert ranked.loc["n0", "expected_value"] == pytest.approx(0.85 * 100.0 * 0.2 - 4.0)
+    uncapped, _ = build_task_list(scored, playbook, cfg(queue_capacity={"default": 100}, value_cap_multiple=0),
+                                  catalogue=catalogue)
+    assert uncapped.iloc[0]["customer_id"] == "big", "without the cap the big spender would lead"
+
+
+def test_measured_uplift_pulls_the_prior_and_the_list_says_so(playbook, catalogue):
+    scored = frame([row("a", "return", 0.8, 1000.0), row("b", "churn", 0.8, 1000.0)])
+    effects = pd.DataFrame({"risk": ["return"], "action_id": ["size_guide_exchange"], "effect": [0.02],
+                            "se": [0.01], "n_treated": [3000], "n_control": [600], "measured_at": [pd.Timestamp(DAY)]})
+    tasks, _ = build_task_list(scored, playbook, cfg(), effects=effects, catalogue=catalogue)
+    a, b = tasks.set_index("customer_id").loc["a"], tasks.set_index("customer_id").loc["b"]
+    # prior 20% (sd 10%), measured 2% (se 1%): weights 100 : 10000
+    expected = (0.20 / 0.1**2 + 0.02 / 0.01**2) / (1 / 0.1**2 + 1 / 0.01**2)
+    assert a["effect"] == pytest.approx(expected, abs=1e-4)
+    assert "measured 2%" in a["effect_source"] and "3,600 customers" in a["effect_source"]
+    assert b["effect_source"] == "playbook prior 8%", "no measurement for churn: the prior stands"
+    harmful = effects.assign(effect=-0.3)
+    tasks, _ = build_task_list(scored, playbook, cfg(), effects=harmful, catalogue=catalogue)
+    assert "a" not in set(tasks["customer_id"]), "an action measured to backfire has no positive value"

@@ -109,16 +109,53 @@ def test_unseen_categories_and_missing_values_are_drift_on_their_own() -> None:
     assert "missing 30% vs 0%" in missing.reason
 
 
-def test_performance_checks_pool_recent_runs_against_the_versions_test_metrics() -> None:
-    history = pd.DataFrame({
-        "run_date": pd.date_range("2026-09-01", periods=4), "model": "return", "model_version": "m v1",
-        "n": [100, 100, 100, 100], "roc_auc": [0.70, 0.70, 0.72, 0.70], "pr_auc": [0.30, 0.32, 0.31, 0.30],
-        "ece": [0.02, 0.03, 0.02, 0.02], "expected_roc_auc": 0.80, "expected_pr_auc": 0.33})
-    checks = {c.check: c for c in performance_checks(history, "return", "m v1", CFG)}
-    assert checks["roc_auc"].crossed and checks["roc_auc"].threshold == pytest.approx(0.75)
-    assert not checks["pr_auc"].crossed and not checks["ece"].crossed
-    thin = performance_checks(history.head(1).assign(n=40), "return", "m v1", CFG)
+def pooled(n_runs: int, per_run: int, seed: int, truth=lambda p: p) -> pd.DataFrame:
+    """Untreated labelled rows of ``n_runs`` runs; labels drawn from ``truth(p)`` (identity: calibrated)."""
+    rng = np.random.default_rng(seed)
+    n = n_runs * per_run
+    p = rng.beta(2, 5, n)
+    return pd.DataFrame({"run_date": np.repeat(pd.date_range("2026-09-01", periods=n_runs), per_run),
+                         "customer_id": [f"c{i % (n // 2)}" for i in range(n)],  # customers recur across runs
+                         "probability": p, "label": (rng.uniform(size=n) < truth(p)).astype(int)})
+
+
+def test_performance_checks_pool_rows_and_judge_them_at_the_pooled_size() -> None:
+    fast = CFG.model_copy(update={"bootstrap_draws": 200})
+    rows = pooled(4, 100, seed=1)
+    checks = {c.check: c for c in performance_checks(rows, {"roc_auc": 0.72, "pr_auc": 0.45}, fast)}
+    assert set(checks) == {"roc_auc", "pr_auc", "calibration"} and not any(c.crossed for c in checks.values())
+    assert "400 untreated rows" in checks["calibration"].detail
+    worse = {c.check: c for c in performance_checks(rows, {"roc_auc": 0.95, "pr_auc": 0.9}, fast)}
+    assert worse["roc_auc"].crossed and worse["roc_auc"].threshold == pytest.approx(0.90)
+    assert worse["pr_auc"].crossed
+    off = {c.check: c for c in performance_checks(pooled(4, 100, seed=2, truth=lambda p: np.clip(p + 0.2, 0, 1)),
+                                                  {}, fast)}
+    assert off["calibration"].crossed, "20 points of under-prediction on 400 rows is not chance"
+    thin = performance_checks(rows.head(40), {"roc_auc": 0.8}, fast)
     assert [c.check for c in thin] == ["performance"] and not thin[0].crossed
+
+
+@pytest.mark.parametrize("per_run", [50, 100])
+def test_a_calibrated_model_rarely_triggers_a_retrain(per_run: int) -> None:
+    """The old rule (mean per-run ECE > 0.1) fired in most runs at these sizes; the pooled null test must not."""
+    fast = CFG.model_copy(update={"bootstrap_draws": 200})
+    old_rule = fired = 0
+    repeats = 40
+    for seed in range(repeats):
+        rows = pooled(CFG.performance_runs, per_run, seed=100 + seed)
+        per_run_ece = rows.groupby("run_date").apply(
+            lambda g: performance_checks_ece(g), include_groups=False).mean()
+        old_rule += per_run_ece > 0.1
+        fired += any(c.crossed for c in performance_checks(rows, {}, fast, seed=seed))
+    print(f"{per_run} rows/run: old rule fired {old_rule}/{repeats}, pooled test {fired}/{repeats}")
+    assert fired <= 0.1 * repeats
+    assert old_rule > fired
+
+
+def performance_checks_ece(g: pd.DataFrame) -> float:
+    from tasks.models.evaluation import expected_calibration_error
+
+    return expected_calibration_error(g["label"].to_numpy(), g["probability"].to_numpy())
 
 
 def test_a_retrain_cools_down_and_can_be_switched_off() -> None:
@@ -297,6 +334,7 @@ def test_a_price_change_in_one_category_is_detected_on_price_features_only(shop:
 
 def test_realised_performance_only_for_matured_runs_and_as_sklearn_computes_it(shop: Shop, monkeypatch) -> None:
     from flows.score import score_flow
+    from tasks.care.treatment import treatment_mask
     from tasks.models.labels import entity_key, labels
     from tasks.monitoring.checks import realised_performance_task
 
@@ -320,9 +358,20 @@ def test_realised_performance_only_for_matured_runs_and_as_sklearn_computes_it(s
             risks = ("return",) if model == "return" else ("negative_review", "late_delivery")
             scores = wh.query(f"SELECT {key}, probability FROM scores WHERE run_date = ? AND risk IN "
                               f"({', '.join('?' for _ in risks)})", [pd.Timestamp(MATURED).to_pydatetime(), *risks])
-            joined = scores.merge(labels(wh, model, MATURED, settings)[[key, "label"]], on=key).sort_values(key)
+            joined = scores.merge(labels(wh, model, MATURED, settings)[[key, "customer_id", "label"]],
+                                  on=key).sort_values(key)
+            # customers on that day's task list were treated: their outcomes are not the model's to judge
+            listed_customers = set(wh.query("SELECT customer_id FROM task_list WHERE run_date = ?",
+                                            [pd.Timestamp(MATURED).to_pydatetime()])["customer_id"])
+            treated = treatment_mask(wh, joined.assign(run_date=pd.Timestamp(MATURED)), model, settings,
+                                     cutoff_column="run_date")
+            assert treated.sum() > 0 and set(joined.loc[treated, "customer_id"]) >= (
+                listed_customers & set(joined["customer_id"]))
+            stored = wh.query("SELECT * FROM monitoring_labelled WHERE model = ?", [model])
+            assert len(stored) == len(joined) and int(stored["treated"].sum()) == int(treated.sum())
+            everyone, joined = joined, joined[~treated]
             y, p = joined["label"].to_numpy(), joined["probability"].to_numpy()
-            assert row["n"] == len(joined) == row["scored_rows"] and row["positives"] == y.sum() > 0
+            assert row["scored_rows"] == len(everyone) and row["n"] == len(joined) and row["positives"] == y.sum() > 0
             assert row["roc_auc"] == pytest.approx(roc_auc_score(y, p))
             assert row["pr_auc"] == pytest.approx(average_precision_score(y, p))
             assert row["brier"] == pytest.approx(brier_score_loss(y, p))
@@ -333,7 +382,7 @@ def test_realised_performance_only_for_matured_runs_and_as_sklearn_computes_it(s
             assert row["ece"] == pytest.approx(ece)
             listed = wh.query(f"SELECT {key}, rank FROM task_list WHERE run_date = ? AND risk_code IN "
                               f"({', '.join('?' for _ in risks)}) ORDER BY rank",
-                              [pd.Timestamp(MATURED).to_pydatetime(), *risks]).merge(joined, on=key)
+                              [pd.Timestamp(MATURED).to_pydatetime(), *risks]).merge(everyone, on=key)
             assert row["listed"] == len(listed) and row["listed_positives"] == listed["label"].sum()
             at_k = json.loads(row["listed_precision_at_k"])
             for k in CFG.top_k:

@@ -3,16 +3,23 @@
 The steps, each a small pure function over DataFrames:
 
 1. keep rows at or above ``min_probability``; pick each row's action with the playbook;
-   expected value = probability x value at stake - action cost;
+   expected value = probability x value at stake x effect - action cost, where the value at stake
+   is capped at ``value_cap_multiple`` x the day's median (a low-probability big spender cannot
+   outrank a likely loss on value alone) and the effect is the action's prior from the playbook,
+   shrunk towards the measured uplift of that risk and action once there is one (``effect_used``);
 2. one task per customer and day: the customer's highest-expected-value risk leads (its action,
    queue, order and expected value), the other risks and every reason ride along in words;
    customers whose leading expected value is not positive are dropped (a contact that costs more
-   than it can save);
+   than it can save, or an action measured to backfire);
 3. cool-down: a customer with a task in the last ``cooldown_days`` is skipped unless their peak
    probability rose by more than ``cooldown_override_increase`` since that task;
-4. control group: a seeded random ``control_share`` of the eligible customers is held out BEFORE
-   capacity, so treated and control come from the same population; each control row records
-   whether it would have fit its queue (``within_capacity``) for a fair comparison;
+4. control group, held for the whole outcome window: a customer already held out for the leading
+   risk (``control_assignments``; with ``holdout = universal`` for any risk) stays out; otherwise a
+   seeded hash of (seed, customer, risk, assignment period) below ``control_share`` holds them out
+   now, until run date + that risk's outcome window (a customer listed for the risk within its
+   window is not drawn: they are already treated). The draw comes BEFORE capacity, so treated and
+   control come from the same population; each control row records whether it would have fit its
+   queue (``within_capacity``). A treated customer's task never mentions a risk they are held out for;
 5. capacity: each queue keeps its ``queue_capacity`` highest-expected-value tasks.
 
 ``write_task_list`` stores a day idempotently (re-running a date replaces that day) and writes the
@@ -22,7 +29,6 @@ CSV/Parquet hand-out; ``task_list_summary`` is the markdown the scoring flow pos
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -35,12 +41,15 @@ import pandera.pandas as pa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from schemas.settings import ScoringSettings, Settings
+from schemas.settings import CareSettings, LabelSettings, ScoringSettings, Settings
 from schemas.tasks import (
+    ALL_RISKS,
+    ASSIGNMENT_TABLE,
     CONTROL_TABLE,
     PHRASE_SEPARATOR,
     RISKS,
     TASK_TABLE,
+    ControlAssignments,
     ControlGroup,
     ScoredRows,
     TaskList,
@@ -49,6 +58,8 @@ from tasks.care.playbook import (
     ACTION_COST,
     ACTION_ID,
     CHANNEL,
+    EFFECT_PRIOR,
+    EFFECT_PRIOR_SD,
     QUEUE,
     RULE,
     SLA_HOURS,
@@ -63,11 +74,39 @@ EXPECTED_VALUE = TaskList.expected_value
 PEAK = TaskList.peak_probability
 DEFAULT_QUEUE = "default"  # key of ScoringSettings.queue_capacity used for queues it does not list
 _RISK_ORDER = {r: i for i, r in enumerate(RISKS)}
+VALUE_RAW = "value_raw"  # the scored value at stake before the cap
+EFFECTS_COLUMNS = ["risk", "action_id", "effect", "se", "n_treated", "n_control", "measured_at"]
 
 
 # ---- small helpers ---------------------------------------------------------------------------
 def scoring_settings(settings: Settings | ScoringSettings) -> ScoringSettings:
     return settings.scoring if isinstance(settings, Settings) else settings
+
+
+def label_settings(settings: Settings | ScoringSettings) -> LabelSettings:
+    return settings.labels if isinstance(settings, Settings) else LabelSettings()
+
+
+def outcome_windows(labels: LabelSettings) -> dict[str, int]:
+    """Days after a contact within which each risk's bad outcome is looked for (and control is held)."""
+    return {"return": labels.return_window_days, "negative_review": labels.review_window_days,
+            "late_delivery": labels.review_window_days, "churn": labels.churn_horizon_days}
+
+
+def hold_days(risk: str, labels: LabelSettings, scope: str) -> int:
+    """How long a held-out customer stays uncontacted: the risk's window, the longest for a universal hold."""
+    windows = outcome_windows(labels)
+    return max(windows.values()) if scope == "universal" else windows[risk]
+
+
+def assignment_period(run_date: Any, days: int) -> int:
+    return int((as_run_date(run_date) - pd.Timestamp("1970-01-01")).days // max(1, int(days)))
+
+
+def hash_uniform(seed: int, customer_id: str, key: str, period: int) -> float:
+    """A stable number in [0, 1): the same customer, risk and period always draw the same."""
+    digest = hashlib.sha256(f"{int(seed)}|{customer_id}|{key}|{period}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def as_run_date(value: Any) -> pd.Timestamp:
@@ -81,11 +120,6 @@ def as_run_date(value: Any) -> pd.Timestamp:
 def make_task_id(run_date: Any, customer_id: str) -> str:
     """Stable id: the same customer on the same day always gets the same task id."""
     return hashlib.sha1(f"{as_run_date(run_date):%Y-%m-%d}|{customer_id}".encode()).hexdigest()[:16]
-
-
-def control_seed(seed: int, run_date: Any) -> list[int]:
-    """Seed of the day's control draw: settings seed + run date."""
-    return [int(seed), int(f"{as_run_date(run_date):%Y%m%d}")]
 
 
 def priority_order(df: pd.DataFrame) -> pd.DataFrame:
@@ -124,10 +158,55 @@ def prepare_scored(scored: pd.DataFrame, run_date: Any | None = None) -> tuple[p
     return rows.reset_index(drop=True), day
 
 
-def add_expected_value(rows: pd.DataFrame) -> pd.DataFrame:
-    """probability x value at stake - action cost (rows already carry their playbook action)."""
+def cap_values(values: pd.Series, multiple: float) -> pd.Series:
+    """Values above ``multiple`` x the median positive value are cut back to it (0 or less: no cap)."""
+    positive = values[values > 0]
+    if multiple <= 0 or positive.empty:
+        return values.astype(float)
+    return values.clip(upper=float(multiple * positive.median())).astype(float)
+
+
+def shrink_effects(prior: pd.Series, prior_sd: pd.Series, measured: pd.Series,
+                   se: pd.Series) -> pd.Series:
+    """Normal-normal shrinkage: precision-weighted mean of the prior and the measured effect.
+
+    With no measurement (NaN) the prior stands; a measurement as precise as the prior gets half
+    the weight; thousands of customers outweigh any prior.
+    """
+    w_prior = 1.0 / prior_sd.astype(float) ** 2
+    w_data = (1.0 / se.astype(float) ** 2).where(measured.notna() & (se > 0), 0.0)
+    mixed = (w_prior * prior + w_data * measured.fillna(0.0)) / (w_prior + w_data)
+    return mixed.clip(-1.0, 1.0)
+
+
+def effect_used(rows: pd.DataFrame, effects: pd.DataFrame | None) -> tuple[pd.Series, pd.Series]:
+    """Each row's effect (prior, or prior shrunk to the measured uplift of its risk and action) and its source."""
+    prior, prior_sd = rows[EFFECT_PRIOR].astype(float), rows[EFFECT_PRIOR_SD].astype(float)
+    if effects is None or effects.empty:
+        return prior, prior.map(lambda e: f"playbook prior {e:.0%}")
+    measured = rows[[ScoredRows.risk, ACTION_ID]].merge(
+        effects.rename(columns={"risk": ScoredRows.risk, "action_id": ACTION_ID}), how="left",
+        on=[ScoredRows.risk, ACTION_ID])
+    measured.index = rows.index
+    used = shrink_effects(prior, prior_sd, measured["effect"], measured["se"])
+    source = [f"playbook prior {p:.0%}" if pd.isna(m) or not s > 0 else
+              f"prior {p:.0%}, measured {m:.0%} (se {s:.0%}, {int(n):,} customers) -> {u:.0%}"
+              for p, m, s, n, u in zip(prior, measured["effect"], measured["se"].fillna(0),
+                                       measured["n_treated"].fillna(0) + measured["n_control"].fillna(0),
+                                       used, strict=True)]
+    return used, pd.Series(source, index=rows.index, dtype="str")
+
+
+def add_expected_value(rows: pd.DataFrame, cfg: ScoringSettings | None = None,
+                       effects: pd.DataFrame | None = None) -> pd.DataFrame:
+    """probability x value at stake (capped) x effect - action cost (rows carry their playbook action)."""
+    cfg = cfg or ScoringSettings()
     out = rows.copy()
-    out[EXPECTED_VALUE] = out[ScoredRows.probability] * out[ScoredRows.value_at_stake] - out[ACTION_COST]
+    out[VALUE_RAW] = out[ScoredRows.value_at_stake].astype(float)
+    out[ScoredRows.value_at_stake] = cap_values(out[VALUE_RAW], cfg.value_cap_multiple)
+    out[TaskList.effect], out[TaskList.effect_source] = effect_used(out, effects)
+    out[EXPECTED_VALUE] = (out[ScoredRows.probability] * out[ScoredRows.value_at_stake] * out[TaskList.effect]
+                           - out[ACTION_COST])
     return out
 
 
@@ -174,14 +253,54 @@ def cooling_mask(leads: pd.DataFrame, history: pd.DataFrame | None, run_date: pd
     return (before.notna() & ~rose).to_numpy(bool)
 
 
-def draw_control(customer_ids: pd.Series, share: float, seed: list[int]) -> np.ndarray:
-    """Hold out round(share x n) of the customers, chosen at random with a fixed seed."""
-    ids = np.sort(customer_ids.unique().astype(str))
-    n_control = min(len(ids), math.floor(share * len(ids) + 0.5))
-    if n_control <= 0:
-        return np.zeros(len(customer_ids), dtype=bool)
-    picked = np.random.default_rng(seed).choice(len(ids), size=n_control, replace=False)
-    return customer_ids.isin(set(ids[picked])).to_numpy(bool)
+def active_holds(assignments: pd.DataFrame | None, run_date: pd.Timestamp) -> pd.DataFrame:
+    """Assignments that hold on ``run_date`` (assigned before it, window not over), earliest per customer/risk."""
+    cols = list(ControlAssignments.to_schema().columns)
+    if assignments is None or assignments.empty:
+        return pd.DataFrame({c: pd.Series(dtype=object) for c in cols})
+    a = assignments.copy()
+    a["assigned_on"] = pd.to_datetime(a["assigned_on"]).dt.normalize()
+    a["window_end"] = pd.to_datetime(a["window_end"])
+    a = a[(a["assigned_on"] < run_date) & (a["window_end"] > run_date)]
+    return a.sort_values("assigned_on", kind="mergesort").drop_duplicates(["customer_id", "risk"])
+
+
+def held_mask(customers: pd.Series, risks: pd.Series, holds: pd.DataFrame) -> np.ndarray:
+    """True where the customer is held out for that risk, or for everything."""
+    if holds.empty:
+        return np.zeros(len(customers), dtype=bool)
+    pairs = set(zip(holds["customer_id"].astype(str), holds["risk"].astype(str), strict=True))
+    return np.fromiter(((c, r) in pairs or (c, ALL_RISKS) in pairs
+                        for c, r in zip(customers.astype(str), risks.astype(str), strict=True)),
+                       dtype=bool, count=len(customers))
+
+
+def recently_treated(history: pd.DataFrame | None, leads: pd.DataFrame, run_date: pd.Timestamp,
+                     labels: LabelSettings) -> np.ndarray:
+    """True for leads listed for the same risk within that risk's outcome window: already treated, no draw."""
+    if history is None or history.empty or TaskList.risk_code not in history:
+        return np.zeros(len(leads), dtype=bool)
+    h = history[[TaskList.customer_id, TaskList.run_date, TaskList.risk_code]].copy()
+    h[TaskList.run_date] = pd.to_datetime(h[TaskList.run_date]).dt.normalize()
+    windows = outcome_windows(labels)
+    since = run_date - pd.to_timedelta(h[TaskList.risk_code].map(windows).fillna(0), unit="D")
+    h = h[(h[TaskList.run_date] < run_date) & (h[TaskList.run_date] >= since)]
+    pairs = set(zip(h[TaskList.customer_id].astype(str), h[TaskList.risk_code].astype(str), strict=True))
+    return np.fromiter(((c, r) in pairs for c, r in zip(leads[ScoredRows.customer_id].astype(str),
+                                                         leads[ScoredRows.risk].astype(str), strict=True)),
+                       dtype=bool, count=len(leads))
+
+
+def draw_control(leads: pd.DataFrame, cfg: ScoringSettings, run_date: pd.Timestamp) -> np.ndarray:
+    """Seeded hash of (seed, customer, risk or ``all``, period) below ``control_share``: held out."""
+    if cfg.control_share <= 0 or leads.empty:
+        return np.zeros(len(leads), dtype=bool)
+    period = assignment_period(run_date, cfg.assignment_period_days)
+    keys = (leads[ScoredRows.risk].astype(str) if cfg.holdout == "per_risk"
+            else pd.Series(ALL_RISKS, index=leads.index))
+    draws = [hash_uniform(cfg.seed, c, k, period) for c, k in zip(leads[ScoredRows.customer_id].astype(str), keys,
+                                                                    strict=True)]
+    return np.asarray(draws) < cfg.control_share
 
 
 def apply_capacity(leads: pd.DataFrame, capacity: Mapping[str, int]) -> pd.DataFrame:
@@ -240,6 +359,8 @@ def describe(leads: pd.DataFrame, ordered: pd.DataFrame, playbook: Playbook, cat
         TaskList.rule: out[RULE],
         TaskList.action_cost: out[ACTION_COST],
         TaskList.peak_probability: out[PEAK],
+        TaskList.effect: out[TaskList.effect].astype(float).round(4),
+        TaskList.effect_source: out[TaskList.effect_source],
     })
     return frame[columns]
 
@@ -284,41 +405,110 @@ def build_task_list(
     *,
     catalogue: ReasonCatalogue | None = None,
     held_out: pd.DataFrame | None = None,
+    assignments: pd.DataFrame | None = None,
+    effects: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The day's ``TaskList`` and ``ControlGroup`` from ``ScoredRows``.
 
     ``history``: earlier task lists (at least customer_id, run_date, peak_probability or
-    probability) for the cool-down. ``held_out``: earlier control groups, optional; a customer
-    held out within ``cooldown_days`` sits the same cool-down as a contacted one, so yesterday's
-    control is not contacted today and the comparison stays clean.
+    probability; ``risk_code`` to know who is already treated) for the cool-down. ``held_out``:
+    earlier control groups, optional; a customer held out within ``cooldown_days`` sits the same
+    cool-down as a contacted one. ``assignments``: stored ``ControlAssignments``; a customer held
+    out for a risk stays out until its ``window_end``. ``effects``: measured uplift per risk and
+    action (``EFFECTS_COLUMNS``) that the playbook's prior effects are shrunk towards.
     """
     cfg = scoring_settings(settings)
+    labels = label_settings(settings)
     catalogue = catalogue or default_catalogue()
     language: Language = cfg.language
     rows, day = prepare_scored(scored, run_date)
     rows = rows[rows[ScoredRows.probability] >= cfg.min_probability]
-    rows = add_expected_value(apply_playbook(rows, playbook, catalogue))
+    rows = add_expected_value(apply_playbook(rows, playbook, catalogue), cfg, effects)
     ordered = order_within_customer(rows)
     leads = lead_rows(ordered)
     leads = leads[leads[EXPECTED_VALUE] > 0]
     leads = leads[~cooling_mask(leads, history, day, cfg) & ~cooling_mask(leads, held_out, day, cfg)]
-    is_control = draw_control(leads[ScoredRows.customer_id], cfg.control_share, control_seed(cfg.seed, day))
+    holds = active_holds(assignments, day)
+    already_held = held_mask(leads[ScoredRows.customer_id], leads[ScoredRows.risk], holds)
+    drawn = ~already_held & ~recently_treated(history, leads, day, labels) & draw_control(leads, cfg, day)
+    is_control = already_held | drawn
     treated = apply_capacity(leads[~is_control], cfg.queue_capacity)
+    # a treated customer's task never mentions (nor acts on) a risk they are held out for
+    ordered = ordered[~held_mask(ordered[ScoredRows.customer_id], ordered[ScoredRows.risk], holds)
+                      | ordered[ScoredRows.customer_id].isin(set(leads.loc[is_control, ScoredRows.customer_id]))]
     control = priority_order(leads[is_control])
     control_flag = within_capacity(control, treated, cfg.queue_capacity)
     tasks = TaskList.validate(describe(treated, ordered, playbook, catalogue, language), lazy=True)
     held = describe(control, ordered, playbook, catalogue, language)
     held[ControlGroup.within_capacity] = control_flag
+    held = add_hold_columns(held, control, holds, drawn[is_control], day, cfg, labels)
     return tasks.reset_index(drop=True), ControlGroup.validate(held, lazy=True).reset_index(drop=True)
+
+
+def add_hold_columns(held: pd.DataFrame, control: pd.DataFrame, holds: pd.DataFrame, new: np.ndarray,
+                     day: pd.Timestamp, cfg: ScoringSettings, labels: LabelSettings) -> pd.DataFrame:
+    """held_for, assigned_on, held_until of each control row: today's new draws, or the hold they sit in."""
+    out = held.copy()
+    if out.empty:
+        for col, dtype in ((ControlGroup.held_for, "str"), (ControlGroup.assigned_on, "datetime64[us]"),
+                           (ControlGroup.held_until, "datetime64[us]")):
+            out[col] = pd.Series(dtype=dtype)
+        return out
+    key = (control[ScoredRows.risk].astype(str).to_numpy() if cfg.holdout == "per_risk"
+           else np.full(len(control), ALL_RISKS))
+    lookup = {(c, r): (a, w) for c, r, a, w in zip(holds.get("customer_id", []), holds.get("risk", []),
+                                                      holds.get("assigned_on", []), holds.get("window_end", []),
+                                                      strict=True)}
+    held_for, since, until = [], [], []
+    for customer, risk, k, is_new in zip(control[ScoredRows.customer_id].astype(str),
+                                         control[ScoredRows.risk].astype(str), key, new, strict=True):
+        existing = lookup.get((customer, risk)) or lookup.get((customer, ALL_RISKS))
+        if is_new or existing is None:
+            held_for.append(str(k))
+            since.append(day)
+            until.append(day + pd.Timedelta(days=hold_days(risk, labels, cfg.holdout)))
+        else:
+            held_for.append(risk if (customer, risk) in lookup else ALL_RISKS)
+            since.append(pd.Timestamp(existing[0]))
+            until.append(pd.Timestamp(existing[1]))
+    out[ControlGroup.held_for] = held_for
+    out[ControlGroup.assigned_on] = pd.to_datetime(pd.Series(since, index=out.index)).astype("datetime64[us]")
+    out[ControlGroup.held_until] = pd.to_datetime(pd.Series(until, index=out.index)).astype("datetime64[us]")
+    return out
+
+
+def new_assignments(control: pd.DataFrame, run_date: Any, cfg: ScoringSettings) -> pd.DataFrame:
+    """``ControlAssignments`` rows of the customers first held out on ``run_date``."""
+    day = as_run_date(run_date)
+    fresh = control
+    if len(control):
+        fresh = control[pd.to_datetime(control[ControlGroup.assigned_on]).dt.normalize() == day]
+    frame = pd.DataFrame({
+        "customer_id": fresh[ControlGroup.customer_id].astype(str),
+        "risk": fresh[ControlGroup.held_for].astype(str),
+        "period": assignment_period(day, cfg.assignment_period_days),
+        "assigned_on": day,
+        "window_end": pd.to_datetime(fresh[ControlGroup.held_until]),
+        "scope": cfg.holdout,
+        "task_id": fresh[ControlGroup.task_id].astype(str),
+    }, columns=list(ControlAssignments.to_schema().columns))
+    frame = frame.drop_duplicates(["customer_id", "risk"]).reset_index(drop=True)
+    return ControlAssignments.validate(frame, lazy=True).astype(
+        {"assigned_on": "datetime64[us]", "window_end": "datetime64[us]"})
 
 
 # ---- storing ---------------------------------------------------------------------------------
 def load_history(wh: Warehouse, run_date: Any,
                  settings: Settings | ScoringSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Task lists and control groups of the ``cooldown_days`` before ``run_date``."""
+    """Task lists and control groups before ``run_date``: the cool-down or the longest outcome window.
+
+    The cool-down reads the last ``cooldown_days``; the control draw reads whether a customer was
+    already listed for a risk within that risk's outcome window.
+    """
     cfg = scoring_settings(settings)
     day = as_run_date(run_date)
-    start = (day - pd.Timedelta(days=cfg.cooldown_days)).to_pydatetime()
+    days = max(cfg.cooldown_days, *outcome_windows(label_settings(settings)).values())
+    start = (day - pd.Timedelta(days=days)).to_pydatetime()
     out = []
     for table in (TASK_TABLE, CONTROL_TABLE):
         if not wh.has_table(table):
@@ -327,6 +517,34 @@ def load_history(wh: Warehouse, run_date: Any,
         out.append(wh.query(f'SELECT * FROM "{table}" WHERE "{TaskList.run_date}" > ? AND "{TaskList.run_date}" < ?',
                             [start, day.to_pydatetime()]))
     return out[0], out[1]
+
+
+def load_assignments(wh: Warehouse, run_date: Any) -> pd.DataFrame:
+    """Stored control assignments whose hold has not ended by ``run_date``."""
+    if not wh.has_table(ASSIGNMENT_TABLE):
+        return pd.DataFrame(columns=list(ControlAssignments.to_schema().columns))
+    return wh.query(f'SELECT * FROM "{ASSIGNMENT_TABLE}" WHERE window_end > ? AND assigned_on < ?',
+                    [as_run_date(run_date).to_pydatetime()] * 2)
+
+
+def load_effects(wh: Warehouse, care: CareSettings | None = None) -> pd.DataFrame:
+    """The latest measured effect per risk and action (written by the uplift flow), or an empty frame."""
+    table = (care or CareSettings()).effects_table
+    if not wh.has_table(table):
+        return pd.DataFrame(columns=EFFECTS_COLUMNS)
+    return wh.query(f'SELECT * FROM "{table}"')
+
+
+def ensure_columns(wh: Warehouse, table: str, frame: pd.DataFrame) -> None:
+    """Add columns a newer contract has to a table an older version created (never drops or renames)."""
+    if not wh.has_table(table):
+        return
+    present = set(wh.columns(table))
+    for column, dtype in frame.dtypes.items():
+        if column not in present:
+            kind = ("TIMESTAMP" if "datetime" in str(dtype) else "BOOLEAN" if "bool" in str(dtype)
+                    else "DOUBLE" if "float" in str(dtype) else "BIGINT" if "int" in str(dtype) else "VARCHAR")
+            wh.con.execute(f'ALTER TABLE "{table}" ADD COLUMN "{column}" {kind}')
 
 
 def _validated(model: type[pa.DataFrameModel], df: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
@@ -345,19 +563,26 @@ def _write_atomically(path: Path, write: Any) -> None:
 
 
 def write_task_list(wh: Warehouse, tasks: pd.DataFrame, control: pd.DataFrame, run_date: Any,
-                    out_dir: Path | str) -> dict[str, Path]:
-    """Store the day's list and control group (re-running a date replaces it) and write the hand-out.
+                    out_dir: Path | str, settings: Settings | ScoringSettings | None = None) -> dict[str, Path]:
+    """Store the day's list, control group and new control assignments (re-running a date replaces
+    them) and write the hand-out.
 
     Returns the paths of ``<out_dir>/<run_date>/tasks.csv`` (UTF-8 with BOM, so spreadsheet tools
     show Chinese correctly) and ``tasks.parquet``. The control group is only stored in the
     warehouse: it must never reach an agent.
     """
     day = as_run_date(run_date)
+    cfg = scoring_settings(settings) if settings is not None else ScoringSettings()
     tasks = _validated(TaskList, tasks, day)
-    control = _validated(ControlGroup, control, day)
+    control = _validated(ControlGroup, control, day).astype(
+        {ControlGroup.assigned_on: "datetime64[us]", ControlGroup.held_until: "datetime64[us]"})
+    assignments = new_assignments(control, day, cfg)
     where = {TaskList.run_date: day.to_pydatetime()}
+    for table, frame in ((TASK_TABLE, tasks), (CONTROL_TABLE, control), (ASSIGNMENT_TABLE, assignments)):
+        ensure_columns(wh, table, frame)
     wh.replace_partition(TASK_TABLE, tasks, where=where)
     wh.replace_partition(CONTROL_TABLE, control, where=where)
+    wh.replace_partition(ASSIGNMENT_TABLE, assignments, where={"assigned_on": day.to_pydatetime()})
     folder = Path(out_dir) / f"{day:%Y-%m-%d}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = {"csv": folder / "tasks.csv", "parquet": folder / "tasks.parquet"}
@@ -378,6 +603,11 @@ def task_list_summary(tasks: pd.DataFrame, control: pd.DataFrame | None = None) 
     if control is not None:
         fair = int(control[ControlGroup.within_capacity].sum()) if len(control) else 0
         lines[-1] += f" {len(control)} customers held out as control ({fair} within capacity)."
+    if TaskList.effect_source in tasks:
+        measured = int(tasks[TaskList.effect_source].str.contains("measured", regex=False).sum())
+        lines[-1] += (f" Expected value = probability x value at stake x effect - cost; the effect is the "
+                      f"playbook's prior for {len(tasks) - measured} tasks and the prior pulled towards measured "
+                      f"uplift for {measured} (column effect_source).")
     by_queue = tasks.groupby(TaskList.queue).agg(tasks=(TaskList.task_id, "size"),
                                                  expected_value=(TaskList.expected_value, "sum"))
     lines += ["", "| queue | tasks | expected value |", "|---|---:|---:|"]
@@ -394,13 +624,17 @@ def task_list_summary(tasks: pd.DataFrame, control: pd.DataFrame | None = None) 
 def build_task_list_task(scored: pd.DataFrame, settings: Settings, run_date: date | datetime | str,
                          history: pd.DataFrame | None = None,
                          held_out: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The day's list; reads the holds that still run and the measured effects from the warehouse."""
     catalogue = load_reason_catalogue(settings.reason_phrases_file)
     playbook = load_playbook(settings.playbook_file, catalogue)
-    return build_task_list(scored, playbook, settings, history, run_date, catalogue=catalogue, held_out=held_out)
+    with open_warehouse(settings) as wh:
+        assignments, effects = load_assignments(wh, run_date), load_effects(wh, settings.care)
+    return build_task_list(scored, playbook, settings, history, run_date, catalogue=catalogue, held_out=held_out,
+                           assignments=assignments, effects=effects)
 
 
 @task(name="write-task-list", cache_policy=NO_CACHE)
 def write_task_list_task(settings: Settings, tasks: pd.DataFrame, control: pd.DataFrame,
                          run_date: date | datetime | str, out_dir: Path | None = None) -> dict[str, Path]:
     with open_warehouse(settings) as wh:
-        return write_task_list(wh, tasks, control, run_date, out_dir or settings.reports_dir / "tasks")
+        return write_task_list(wh, tasks, control, run_date, out_dir or settings.reports_dir / "tasks", settings)

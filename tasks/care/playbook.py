@@ -25,7 +25,8 @@ DEFAULT_PLAYBOOK_FILE = DEFAULTS_DIR / "playbook.yaml"
 # columns ``apply_playbook`` adds to the scored rows
 ACTION_ID, QUEUE, CHANNEL, SLA_HOURS, ACTION_COST, RULE = (
     "action_id", "queue", "channel", "sla_hours", "action_cost", "rule")
-PLAYBOOK_COLUMNS = (ACTION_ID, QUEUE, CHANNEL, SLA_HOURS, ACTION_COST, RULE)
+EFFECT_PRIOR, EFFECT_PRIOR_SD = "effect_prior", "effect_prior_sd"
+PLAYBOOK_COLUMNS = (ACTION_ID, QUEUE, CHANNEL, SLA_HOURS, ACTION_COST, RULE, EFFECT_PRIOR, EFFECT_PRIOR_SD)
 
 
 class PlaybookError(ValueError):
@@ -72,6 +73,8 @@ class Action(BaseModel):
     zh: str
     channel: str
     cost: float = Field(ge=0)
+    effect: float = Field(0.1, ge=-1, le=1, description="prior: share of the loss a contact prevents")
+    effect_sd: float = Field(0.1, gt=0, description="how unsure the prior is (standard deviation)")
 
     def text(self, language: Language) -> str:
         return self.zh if language == "zh" else self.en
@@ -192,7 +195,8 @@ def rule_matches(rule: Rule, rows: pd.DataFrame, tags: pd.Series, catalogue: Rea
 
 
 def apply_playbook(rows: pd.DataFrame, playbook: Playbook, catalogue: ReasonCatalogue) -> pd.DataFrame:
-    """Scored rows plus action_id, queue, channel, sla_hours, action_cost and the matching rule."""
+    """Scored rows plus action_id, queue, channel, sla_hours, action_cost, the matching rule and the
+    action's prior effect (``effect_prior``, ``effect_prior_sd``)."""
     out = rows.copy()
     n = len(out)
     chosen = np.full(n, -1)
@@ -214,4 +218,6 @@ def apply_playbook(rows: pd.DataFrame, playbook: Playbook, catalogue: ReasonCata
     out[ACTION_COST] = np.array([a.cost if r.cost is None else r.cost for r, a in zip(rules, actions, strict=True)],
                                 dtype=float)
     out[RULE] = pd.Series([r.name for r in rules], index=out.index, dtype="str")
+    out[EFFECT_PRIOR] = np.array([a.effect for a in actions], dtype=float)
+    out[EFFECT_PRIOR_SD] = np.array([a.effect_sd for a in actions], dtype=float)
     return out

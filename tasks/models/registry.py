@@ -80,6 +80,9 @@ HISTORY_COLUMNS = [
     "margin",
     "run_id",
     "note",
+    "interval_low",
+    "interval_high",
+    "window",
 ]
 SCORER_PREFIX = {
     "model": "test_",
@@ -349,6 +352,9 @@ class AliasEvent:
     margin: float | None = None
     run_id: str | None = None
     note: str = ""
+    interval_low: float | None = None  # paired bootstrap interval of challenger - champion (promotions)
+    interval_high: float | None = None
+    window: str | None = None  # the matured window both were scored on
     ts: str = field(default_factory=_now)
 
 
@@ -858,6 +864,38 @@ class PromotionResult:
     run_id: str | None = None
     champion_metrics: dict[str, float] = field(default_factory=dict)
     challenger_metrics: dict[str, float] = field(default_factory=dict)
+    interval_low: float | None = None  # improvement in the metric's good direction, paired bootstrap
+    interval_high: float | None = None
+    calibration_low: float | None = None  # challenger ECE - champion ECE
+    calibration_high: float | None = None
+    window: str | None = None
+    rows: int = 0
+    clusters: int = 0
+
+
+def paired_bootstrap(y: np.ndarray, champion: np.ndarray, challenger: np.ndarray, groups: np.ndarray | None,
+                     metric: str, draws: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Improvement in ``metric`` (good direction) and challenger - champion ECE over paired resamples.
+
+    Both models are scored on the same resampled rows in each draw; whole customers are resampled
+    (a customer's rows at several cutoffs are not independent). Draws where a metric is undefined
+    (a single class) are dropped.
+    """
+    rng = np.random.default_rng(seed)
+    keys = groups if groups is not None else np.arange(y.size)
+    _, index = np.unique(keys, return_inverse=True)
+    order = np.argsort(index, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(index))[:-1]) if y.size else []
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    gains, calibration = [], []
+    for _ in range(draws):
+        rows = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        ch = classification_metrics(y[rows], challenger[rows], 1)
+        cp = classification_metrics(y[rows], champion[rows], 1)
+        gains.append(sign * (ch[metric] - cp[metric]))
+        calibration.append(ch["ece"] - cp["ece"])
+    gains_arr, cal_arr = np.asarray(gains, dtype=float), np.asarray(calibration, dtype=float)
+    return gains_arr[np.isfinite(gains_arr)], cal_arr[np.isfinite(cal_arr)]
 
 
 def _score_alias(name: str, alias: str, X: pd.DataFrame) -> np.ndarray:
@@ -895,13 +933,20 @@ def _log_comparison_run(
         )
         from tasks.models.evaluation import prefixed
 
-        mlflow.log_params({"metric": result.metric, "margin": result.margin, "test_rows": len(X_test)})
+        mlflow.log_params({"metric": result.metric, "margin": result.margin, "test_rows": len(X_test),
+                           "window": result.window or "", "customers": result.clusters,
+                           "calibration_margin": settings.training.promotion_calibration_margin,
+                           "confidence": settings.training.promotion_confidence})
         metrics = {
             **prefixed(result.champion_metrics, "champion_test_"),
             **prefixed(result.challenger_metrics, "challenger_test_"),
         }
         if result.improvement is not None:
             metrics["improvement"] = result.improvement
+        for key in ("interval_low", "interval_high", "calibration_low", "calibration_high"):
+            value = getattr(result, key)
+            if value is not None and math.isfinite(value):
+                metrics[f"improvement_{key}" if key.startswith("interval") else f"ece_difference_{key[12:]}"] = value
         mlflow.log_metrics(metrics)
         mlflow.log_text(result.message, "promotion.txt")
         return run.info.run_id
@@ -919,9 +964,35 @@ def _tag_compared_versions(client: MlflowClient, name: str, result: PromotionRes
             "last_comparison_role": role,
             "last_comparison_decision": result.decision,
             f"last_comparison_{result.metric}": f"{score:.6g}" if score is not None else "n/a",
+            "last_comparison_interval": _interval_text(result.interval_low, result.interval_high),
+            "last_comparison_window": str(result.window or "n/a"),
         }
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
+
+
+def _interval_text(low: float | None, high: float | None) -> str:
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "n/a"
+    return f"[{low:+.4f}, {high:+.4f}]"
+
+
+def decide_promotion(improvement: float, gains: np.ndarray, calibration: np.ndarray, margin: float,
+                     calibration_margin: float, confidence: float) -> tuple[str, float, float, float, float]:
+    """(decision, interval of the improvement, interval of the ECE difference) by evidence.
+
+    Promoted only when the lower end of the improvement's interval clears ``margin`` AND the upper
+    end of challenger ECE - champion ECE stays below ``calibration_margin`` (non-inferior calibration).
+    """
+    alpha = 1 - confidence
+    if not math.isfinite(improvement) or gains.size < 20:
+        return "not_comparable", math.nan, math.nan, math.nan, math.nan
+    low, high = (float(q) for q in np.quantile(gains, [alpha / 2, 1 - alpha / 2]))
+    cal_low, cal_high = ((float(q) for q in np.quantile(calibration, [alpha / 2, 1 - alpha / 2]))
+                         if calibration.size else (math.nan, math.nan))
+    better = low > margin
+    calibrated = math.isfinite(cal_high) and cal_high < calibration_margin
+    return ("promoted" if better and calibrated else "kept_champion"), low, high, cal_low, cal_high
 
 
 def promote(
@@ -931,12 +1002,18 @@ def promote(
     y_test: pd.Series,
     force: bool = False,
     reason: str = "",
+    groups: pd.Series | np.ndarray | None = None,
+    window: str | None = None,
 ) -> PromotionResult:
-    """Score champion and challenger on the same window; move ``champion`` if the challenger wins.
+    """Score champion and challenger on the same window; move ``champion`` only on evidence.
 
-    Winning means beating the champion on ``promotion_metric`` by more than ``promotion_margin``
-    (lower is better for brier). ``force`` moves it regardless. The old champion becomes
-    ``previous_champion``. A missing alias gives a result with a clear message, not an exception.
+    A paired bootstrap (``promotion_bootstrap`` draws, whole ``groups`` — customers — resampled)
+    gives the interval of the improvement in ``promotion_metric`` (lower is better for brier) and of
+    challenger ECE - champion ECE. The challenger wins when the improvement's interval lies above
+    ``promotion_margin`` and its calibration is non-inferior (``promotion_calibration_margin``).
+    ``force`` moves it regardless. The old champion becomes ``previous_champion``. The decision,
+    intervals and window go to the alias history, the MLflow comparison run and the versions' tags.
+    A missing alias gives a result with a clear message, not an exception.
     """
     client = configure(settings)
     name = settings.registered_model_name(model)
@@ -975,35 +1052,46 @@ def promote(
 
         from tasks.models.evaluation import classification_metrics
 
-        top_k = settings.training.top_k
-        challenger_metrics = classification_metrics(y_test, _score_alias(name, CHALLENGER, X_test), top_k)
-        champion_metrics = (
-            classification_metrics(y_test, _score_alias(name, CHAMPION, X_test), top_k) if champion_v else {}
-        )
+        cfg = settings.training
+        top_k = cfg.top_k
+        y_arr = np.asarray(y_test, dtype=float)
+        p_challenger = _score_alias(name, CHALLENGER, X_test)
+        p_champion = _score_alias(name, CHAMPION, X_test) if champion_v else None
+        challenger_metrics = classification_metrics(y_arr, p_challenger, top_k)
+        champion_metrics = classification_metrics(y_arr, p_champion, top_k) if p_champion is not None else {}
         if current_aliases(client, name) != aliases:
             raise RegistryError(f"Aliases of {name} changed while comparing; run promote again.")
         challenger_score = challenger_metrics[metric]
         champion_score = champion_metrics.get(metric, math.nan)
-        better, improvement = compare(champion_score, challenger_score, metric, margin)
-        if force:
-            decision = "forced"
-        elif better:
-            decision = "promoted"
-        elif not (math.isfinite(champion_score) and math.isfinite(challenger_score)):
-            decision = "not_comparable"
-        else:
-            decision = "kept_champion"
+        _, improvement = compare(champion_score, challenger_score, metric, margin)
+        group_arr = None if groups is None else np.asarray(groups).astype(str)
+        evidence: tuple[str, float, float, float, float] = ("not_comparable", *([math.nan] * 4))
+        if p_champion is not None and math.isfinite(improvement):
+            gains, calibration = paired_bootstrap(y_arr, p_champion, p_challenger, group_arr, metric,
+                                                  cfg.promotion_bootstrap, cfg.seed)
+            evidence = decide_promotion(improvement, gains, calibration, margin, cfg.promotion_calibration_margin,
+                                        cfg.promotion_confidence)
+        decision = "forced" if force else evidence[0]
+        low, high, cal_low, cal_high = evidence[1:]
         promoted = decision in ("forced", "promoted")
+        why = ""
+        if decision == "kept_champion":
+            why = (f" (the interval does not clear the margin {margin})" if not low > margin else
+                   f" (calibration not non-inferior: ECE difference up to {cal_high:+.4f} >= "
+                   f"{cfg.promotion_calibration_margin})")
         verb = {
             "forced": "forced to champion",
             "promoted": "promoted to champion",
-            "kept_champion": "not promoted",
+            "kept_champion": "not promoted" + why,
             "not_comparable": f"not promoted: {metric} is undefined on this window (single class?)",
         }[decision]
+        level = f"{cfg.promotion_confidence:.0%}"
         message = (
             f"{name}: challenger v{challenger_v} {verb}; {metric} challenger {challenger_score:.4f} vs "
             f"champion {'v' + champion_v if champion_v else 'none'} {champion_score:.4f} "
-            f"(improvement {improvement:+.4f}, margin {margin})."
+            f"(improvement {improvement:+.4f}, {level} paired bootstrap interval {_interval_text(low, high)}, "
+            f"margin {margin}; ECE difference {_interval_text(cal_low, cal_high)}"
+            f"{'; window ' + window if window else ''}; {len(y_arr)} rows)."
         )
         result = PromotionResult(
             decision=decision,
@@ -1016,6 +1104,13 @@ def promote(
             improvement=improvement if math.isfinite(improvement) else None,
             champion_metrics=champion_metrics,
             challenger_metrics=challenger_metrics,
+            interval_low=_finite_or_none(low),
+            interval_high=_finite_or_none(high),
+            calibration_low=_finite_or_none(cal_low),
+            calibration_high=_finite_or_none(cal_high),
+            window=window,
+            rows=len(y_arr),
+            clusters=len(np.unique(group_arr)) if group_arr is not None else len(y_arr),
             **base,
         )
         result.run_id = _log_comparison_run(client, settings, model, result, X_test)
@@ -1027,6 +1122,9 @@ def promote(
             "margin": margin,
             "run_id": result.run_id,
             "note": reason,
+            "interval_low": result.interval_low,
+            "interval_high": result.interval_high,
+            "window": window,
         }
         if promoted:
             if champion_v is not None:
@@ -1049,6 +1147,10 @@ def promote(
                 ),
             )
     return result
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def _is_registered(client: MlflowClient, name: str) -> bool:

@@ -20,7 +20,13 @@ A model's drift is *severe* when ``severe_features`` features drifted or its sco
 
 Realised performance: once a past scoring run's label window has passed (``label_matured``), its
 scored rows are joined with their labels and judged with the same metrics as training
-(``classification_metrics``), plus the precision of the rows that made the task list.
+(``classification_metrics``), plus the precision of the rows that made the task list. Only
+untreated rows count (``tasks/care/treatment.py``: control and never-listed customers): a contact
+changes the outcome the model predicts, so a care team that works would otherwise look like a
+decaying model. The labelled rows are kept (``monitoring_labelled``) and the retrain triggers pool
+them over the latest runs: ROC-AUC / PR-AUC with a customer-clustered bootstrap bound, calibration
+as ECE against its null (a perfectly calibrated model at the same probabilities and n), never a
+per-run ECE against a fixed number.
 
 Everything here is a pure function of frames, or a thin step that reads/writes the warehouse,
 MLflow, or both; the Prefect wiring lives in ``flows/monitor.py`` and the scoring flow's gate.
@@ -57,19 +63,22 @@ from schemas.monitoring import (
     DRIFT_RUNS_TABLE,
     DRIFT_TABLE,
     GATE_TABLE,
+    LABELLED_TABLE,
     PERFORMANCE_TABLE,
     SCORE_FEATURE,
     DriftChecks,
     DriftGate,
     DriftRuns,
+    LabelledRows,
     RealisedPerformance,
     RetrainDecisions,
 )
 from schemas.settings import MonitoringSettings, Settings
 from schemas.tasks import TASK_TABLE, ControlGroup, TaskList
+from tasks.care.treatment import treatment_mask
 from tasks.data.warehouse import Warehouse, open_warehouse
 from tasks.models.datasets import categorical_columns, scoring_frame
-from tasks.models.evaluation import classification_metrics, reliability_table
+from tasks.models.evaluation import classification_metrics, equal_frequency_bins, reliability_table
 from tasks.models.labels import data_end, entity_key, label_matured, labels
 from tasks.models.registry import configure, ensure_experiment
 
@@ -620,13 +629,19 @@ def labelled_scores(wh: Warehouse, settings: Settings, run_date: Any, model: str
 
 
 def evaluate_run(wh: Warehouse, settings: Settings, run_date: Any, model: str) -> dict[str, Any]:
-    """One ``RealisedPerformance`` row: the run's scores against their matured labels."""
+    """One ``RealisedPerformance`` row: the run's untreated scores against their matured labels.
+
+    The row's ``labelled`` entry holds the ``LabelledRows`` of the run (treated ones marked), which
+    ``performance_table`` leaves out and ``write_performance`` stores.
+    """
     key = entity_key(model)
     scored = scores_of_day(wh, run_date, model)
-    joined = labelled_scores(wh, settings, run_date, model)
+    everyone = labelled_scores(wh, settings, run_date, model)
+    treated = treatment_mask(wh, everyone.assign(run_date=_day(run_date)), model, settings, cutoff_column="run_date")
+    joined = everyone[~treated].reset_index(drop=True)
     y, p = joined["label"].to_numpy(dtype=float), joined["probability"].to_numpy(dtype=float)
     metrics = classification_metrics(y, p, settings.training.top_k)
-    listed, listed_pos, listed_prec, at_k = listed_precision(listed_rows(wh, run_date, model), joined, key,
+    listed, listed_pos, listed_prec, at_k = listed_precision(listed_rows(wh, run_date, model), everyone, key,
                                                              settings.monitoring.top_k)
     label = scored["model_version"].mode().iloc[0]
     expected: dict[str, float] = {}
@@ -646,19 +661,49 @@ def evaluate_run(wh: Warehouse, settings: Settings, run_date: Any, model: str) -
         "reliability": reliability.to_json(orient="records"),
         "expected_roc_auc": expected.get("roc_auc"), "expected_pr_auc": expected.get("pr_auc"),
         "label_end": pd.Timestamp(data_end(wh, model)).as_unit("us"), "evaluated_at": _now(),
+        "labelled": labelled_table(everyone, treated, run_date, model, label),
     }
 
 
+def labelled_table(joined: pd.DataFrame, treated: np.ndarray, run_date: Any, model: str, label: str) -> pd.DataFrame:
+    frame = pd.DataFrame({
+        "run_date": _day(run_date), "model": model, "model_version": label,
+        "entity_id": joined[entity_key(model)].astype(str), "customer_id": joined["customer_id"].astype(str),
+        "probability": joined["probability"].astype(float), "label": joined["label"].astype("int64"),
+        "treated": np.asarray(treated, dtype=bool)}, columns=list(LabelledRows.to_schema().columns))
+    return LabelledRows.validate(frame, lazy=True)
+
+
 def performance_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=list(RealisedPerformance.to_schema().columns))
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "labelled"} for r in rows],
+                         columns=list(RealisedPerformance.to_schema().columns))
     return RealisedPerformance.validate(frame, lazy=True)
 
 
-def write_performance(wh: Warehouse, frame: pd.DataFrame) -> None:
-    """Each (run date, model) replaced on its own: evaluating a run twice keeps one row."""
+def labelled_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    parts = [r["labelled"] for r in rows if "labelled" in r and len(r["labelled"])]
+    return pd.concat(parts, ignore_index=True) if parts else LabelledRows.validate(
+        pd.DataFrame(columns=list(LabelledRows.to_schema().columns)))
+
+
+def write_performance(wh: Warehouse, frame: pd.DataFrame, labelled: pd.DataFrame | None = None) -> None:
+    """Each (run date, model) replaced on its own: evaluating a run twice keeps one row (and its labelled rows)."""
     for (day, model), part in frame.groupby(["run_date", "model"], sort=True):
-        wh.replace_partition(PERFORMANCE_TABLE, part, where={"run_date": pd.Timestamp(day).to_pydatetime(),
-                                                              "model": model})
+        where = {"run_date": pd.Timestamp(day).to_pydatetime(), "model": model}
+        wh.replace_partition(PERFORMANCE_TABLE, part, where=where)
+        if labelled is not None:
+            rows = labelled[(labelled["run_date"] == pd.Timestamp(day)) & (labelled["model"] == model)]
+            wh.replace_partition(LABELLED_TABLE, rows.astype({"run_date": "datetime64[us]"}), where=where)
+
+
+def pooled_rows(wh: Warehouse, model: str, label: str | None, cfg: MonitoringSettings) -> pd.DataFrame:
+    """Untreated labelled rows of the version's latest ``performance_runs`` matured runs."""
+    if label is None or not wh.has_table(LABELLED_TABLE):
+        return pd.DataFrame(columns=list(LabelledRows.to_schema().columns))
+    return wh.query(f"""
+        SELECT * FROM "{LABELLED_TABLE}" WHERE model = ? AND model_version = ? AND NOT treated
+          AND run_date IN (SELECT DISTINCT run_date FROM "{LABELLED_TABLE}" WHERE model = ? AND model_version = ?
+                           ORDER BY run_date DESC LIMIT {int(cfg.performance_runs)})""", [model, label, model, label])
 
 
 def performance_history(wh: Warehouse) -> pd.DataFrame:
@@ -748,33 +793,82 @@ def drift_checks(result: ModelDrift | None, cfg: MonitoringSettings) -> list[Che
     ]
 
 
-def performance_checks(history: pd.DataFrame, model: str, label: str | None, cfg: MonitoringSettings) -> list[Check]:
-    """The latest ``performance_runs`` matured runs of the version, pooled, against its test-window metrics."""
-    rows = history[(history["model"] == model) & (history["model_version"] == label)]
-    rows = rows.sort_values("run_date").tail(cfg.performance_runs)
-    n = int(rows["n"].sum()) if len(rows) else 0
+def ece_null(p: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """ECE of a perfectly calibrated model at these probabilities: labels drawn from them, same bins."""
+    bins = equal_frequency_bins(p)
+    y = rng.uniform(size=(draws, p.size)) < p
+    gaps = [np.abs(y[:, b].mean(axis=1) - p[b].mean()) * b.size for b in bins]
+    return np.sum(gaps, axis=0) / p.size
+
+
+def calibration_check(y: np.ndarray, p: np.ndarray, cfg: MonitoringSettings, rng: np.random.Generator,
+                      window: str) -> Check:
+    """Pooled ECE against its null at the pooled n: crossed only when unlikely under calibration and material."""
+    observed = float(classification_metrics(y, p, 1)["ece"])
+    null = ece_null(p, cfg.bootstrap_draws, rng)
+    p_value = float((1 + np.sum(null >= observed)) / (1 + null.size))
+    limit = float(null.mean() + cfg.ece_excess)
+    crossed = p_value < cfg.calibration_alpha and observed > limit
+    return Check("calibration", observed, limit, crossed,
+                 f"{window}; ECE {observed:.3f} vs {null.mean():.3f} expected of a calibrated model at n={p.size} "
+                 f"(p={p_value:.3f}, alpha {cfg.calibration_alpha:g}, material above {limit:.3f})")
+
+
+def clustered_bootstrap(y: np.ndarray, p: np.ndarray, groups: np.ndarray, metrics: Sequence[str], draws: int,
+                        rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Each metric over ``draws`` resamples of whole customers (a customer's rows stay together)."""
+    codes, index = np.unique(groups, return_inverse=True)
+    members = np.split(np.argsort(index, kind="stable"), np.cumsum(np.bincount(index))[:-1])
+    out: dict[str, list[float]] = {m: [] for m in metrics}
+    for _ in range(draws):
+        rows = np.concatenate([members[g] for g in rng.integers(0, codes.size, codes.size)])
+        values = classification_metrics(y[rows], p[rows], 1)
+        for m in metrics:
+            out[m].append(values[m])
+    return {m: np.asarray(v, dtype=float) for m, v in out.items()}
+
+
+def performance_checks(rows: pd.DataFrame, expected: Mapping[str, float | None], cfg: MonitoringSettings,
+                       seed: int = 0) -> list[Check]:
+    """Pooled untreated rows of the latest matured runs against the version's test-window metrics.
+
+    A drop crosses only when the upper end of the one-sided bootstrap interval (customers resampled)
+    is below the limit; calibration crosses only when its ECE is unlikely for a calibrated model at
+    this n and materially above what such a model shows. Small samples therefore rarely trigger.
+    """
+    n = len(rows)
+    runs = rows["run_date"].nunique() if n else 0
     if n < cfg.min_labelled_rows:
         return [Check("performance", float(n), float(cfg.min_labelled_rows), False,
-                      f"{len(rows)} matured run(s), {n} labelled rows: too few to judge")]
-    window = f"{len(rows)} matured run(s) {rows['run_date'].min():%Y-%m-%d}..{rows['run_date'].max():%Y-%m-%d}"
-
-    def mean(column: str) -> float | None:
-        ok = rows[column].notna()
-        return float(np.average(rows.loc[ok, column], weights=rows.loc[ok, "n"])) if ok.any() else None
-
+                      f"{runs} matured run(s), {n} untreated labelled rows: too few to judge")]
+    window = (f"{runs} matured run(s) {pd.Timestamp(rows['run_date'].min()):%Y-%m-%d}.."
+              f"{pd.Timestamp(rows['run_date'].max()):%Y-%m-%d}, {n} untreated rows")
+    y, p = rows["label"].to_numpy(dtype=float), rows["probability"].to_numpy(dtype=float)
+    rng = np.random.default_rng(seed)
+    point = classification_metrics(y, p, 1)
     checks = []
-    roc, expected_roc = mean("roc_auc"), _finite(rows["expected_roc_auc"].iloc[-1])
-    if roc is not None and expected_roc is not None:
-        limit = expected_roc - cfg.max_roc_auc_drop
-        checks.append(Check("roc_auc", roc, limit, roc < limit, f"{window}; test ROC-AUC {expected_roc:.3f}"))
-    pr, expected_pr = mean("pr_auc"), _finite(rows["expected_pr_auc"].iloc[-1])
-    if pr is not None and expected_pr is not None:
-        limit = expected_pr * (1 - cfg.max_pr_auc_drop)
-        checks.append(Check("pr_auc", pr, limit, pr < limit, f"{window}; test PR-AUC {expected_pr:.3f}"))
-    ece = mean("ece")
-    if ece is not None:
-        checks.append(Check("ece", ece, cfg.max_ece, ece > cfg.max_ece, window))
+    limits = {"roc_auc": (lambda e: e - cfg.max_roc_auc_drop), "pr_auc": (lambda e: e * (1 - cfg.max_pr_auc_drop))}
+    wanted = [m for m in limits if _finite(expected.get(m)) is not None and _finite(point[m]) is not None]
+    boot = clustered_bootstrap(y, p, rows["customer_id"].astype(str).to_numpy(), wanted, cfg.bootstrap_draws,
+                               rng) if wanted else {}
+    for metric in wanted:
+        limit = limits[metric](float(expected[metric]))  # type: ignore[arg-type]
+        upper = float(np.nanquantile(boot[metric], 1 - cfg.performance_alpha))
+        checks.append(Check(metric, float(point[metric]), limit, upper < limit,
+                            f"{window}; upper {1 - cfg.performance_alpha:.0%} bound {upper:.3f}; "
+                            f"test {metric} {float(expected[metric]):.3f}"))  # type: ignore[arg-type]
+    if 0 < y.sum() < n:
+        checks.append(calibration_check(y, p, cfg, rng, window))
     return checks
+
+
+def expected_metrics(history: pd.DataFrame, model: str, label: str | None) -> dict[str, float | None]:
+    """The version's test-window metrics as recorded with its matured runs."""
+    rows = history[(history["model"] == model) & (history["model_version"] == label)]
+    if rows.empty:
+        return {}
+    last = rows.sort_values("run_date").iloc[-1]
+    return {"roc_auc": _finite(last["expected_roc_auc"]), "pr_auc": _finite(last["expected_pr_auc"])}
 
 
 def last_retrain(wh: Warehouse, model: str) -> pd.Series | None:
@@ -1026,7 +1120,7 @@ def realised_performance_task(settings: Settings, until: Any | None = None) -> t
         rows = [evaluate_run(wh, settings, day, model) for day, model in pending_runs(wh, settings, until)]
         new = performance_table(rows)
         if len(new):
-            write_performance(wh, new)
+            write_performance(wh, new, labelled_frame(rows))
         history = performance_history(wh)
     if len(new):
         log_performance(settings, new)
