@@ -881,6 +881,8 @@ def paired_bootstrap(y: np.ndarray, champion: np.ndarray, challenger: np.ndarray
     (a customer's rows at several cutoffs are not independent). Draws where a metric is undefined
     (a single class) are dropped.
     """
+    from tasks.models.evaluation import classification_metrics, higher_is_better
+
     rng = np.random.default_rng(seed)
     keys = groups if groups is not None else np.arange(y.size)
     _, index = np.unique(keys, return_inverse=True)
