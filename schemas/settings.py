@@ -231,10 +231,16 @@ class TextSettings(BaseModel):
         description="hand-checked texts (text, language, category) the classifier is scored on; skipped if absent",
     )
     experiment: str = Field("text", description="MLflow experiment <mlflow.experiment_prefix>-<this>")
+    analyzer: Literal["word+char", "char", "word"] = Field(
+        "word+char", description="TF-IDF features: word n-grams and character n-grams side by side, or one of them")
+    compare_analyzers: tuple[str, ...] = Field(
+        ("word", "char", "word+char"), description="analyzers whose time-split sentiment ROC-AUC is logged each run")
     ngram_min: int = Field(1, description="character n-grams: works for Chinese without segmentation")
     ngram_max: int = 4
+    word_ngram_max: int = Field(2, description="word n-grams 1..this")
     min_df: int = Field(2, description="n-grams seen in fewer texts are ignored")
-    max_features: int = 200_000
+    max_features: int = Field(200_000, description="character n-gram vocabulary cap")
+    word_max_features: int = Field(100_000, description="word n-gram vocabulary cap")
     sentiment_c: float = Field(4.0, description="inverse L2 strength of the sentiment logistic regression")
     complaint_c: float = Field(4.0, description="inverse L2 strength of the complaint logistic regression")
     sentiment_test_days: int = Field(90, description="reviews of the last N days are the later test window")
@@ -244,6 +250,11 @@ class TextSettings(BaseModel):
     max_train_texts: int = Field(200_000, description="training sample cap per model (speed on big shops)")
     validation_share: float = Field(0.2, description="latest share of weakly labelled texts held out")
     train_until: str | None = Field(None, description="train only on texts created by this date (backtests)")
+    crossfit: bool = Field(True, description="store each text's prediction from models of earlier texts only")
+    crossfit_freq: str = Field("QS", description="cross-fitting periods (pandas start alias: MS, QS, YS)")
+    crossfit_min_reviews: int = Field(50, description="labelled reviews a fold needs before it has a sentiment model")
+    crossfit_min_class: int = Field(5, description="bad and good reviews each a fold's sentiment model needs")
+    crossfit_min_weak_labels: int = Field(30, description="weakly labelled texts a fold needs for a classifier")
     seed: int = 13
 
 
