@@ -49,5 +49,7 @@ def alerts_flow(as_of: datetime | None = None, weeks: int | None = None) -> dict
         result["webhook"] = message
         if not ok:
             logger.warning("alerts stored, but the webhook was not reached: %s", message)
+    for note in run.notes:
+        logger.warning(note)
     logger.info("%s alerts in %s weeks; %s", len(run.alerts), len(run.weeks), path)
     return result

@@ -281,6 +281,8 @@ class AlertSettings(BaseModel):
     top_complaints: int = Field(3, description="complaint categories named per alert")
     webhook_url: str | None = Field(None, description="POST alerts as JSON here; none: no webhook")
     webhook_timeout_seconds: float = 10.0
+    min_testable_share: float = Field(
+        0.2, description="below this share of product-weeks with enough volume to test, the run says so")
 
 
 class ReportSettings(BaseModel):
@@ -293,6 +295,11 @@ class ReportSettings(BaseModel):
     top_products: int = Field(10, description="rows in product rankings")
     response_target_hours: float = Field(24.0, description="first-response target shown as a share met")
     max_alerts: int = Field(15, description="early-warning alerts listed in the report")
+    min_count: int = Field(20, description="a figure resting on fewer rows (reviews, tickets, items, orders) is "
+                                           "marked too thin and not compared with the period before")
+    data_end_day_share: float = Field(0.25, description="a source ends on its last day with at least this share "
+                                                        "of a typical day's rows (stray late rows do not count)")
+    data_end_lookback_days: int = Field(56, description="days before a source's last row that define a typical day")
 
 
 class MonitoringSettings(BaseModel):

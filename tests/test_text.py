@@ -228,3 +228,100 @@ def test_insights_table_is_replaced_on_each_run(tmp_path: Path) -> None:
     store_insights(wh, rows)
     assert wh.row_count(TEXT_INSIGHTS_TABLE) == 1
     wh.close()
+
+
+# ---- no leakage: cross-fitted predictions ------------------------------------------------------------
+def _months_of_texts(months: int = 7, per_month: int = 90, seed: int = 5) -> pd.DataFrame:
+    """Reviews and return notes over ``months`` months (the layout ``load_texts`` returns)."""
+    from small_shops import BAD, GOOD, RETURN_TEXTS
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in range(months):
+        for i in range(per_month):
+            hours = pd.Timedelta(hours=int(rng.integers(0, 27 * 24)))
+            at = pd.Timestamp("2026-01-01") + pd.DateOffset(months=m) + hours
+            score = int(rng.choice([1, 2, 4, 5], p=[0.2, 0.1, 0.3, 0.4]))
+            rows.append({"source": "review", "source_id": f"R{m}-{i}", "customer_id": f"C{i % 50}",
+                         "order_id": f"O{m}-{i}", "product_id": "P1", "created_at": at,
+                         "text": (BAD if score <= 2 else GOOD)[int(rng.integers(10))] + f" ({i % 7})",
+                         "score": float(score), "code": None, "order_return_reason": None,
+                         "order_ticket_category": None, "order_return_at": pd.NaT, "order_ticket_at": pd.NaT})
+            if i % 4 == 0:
+                code = list(RETURN_TEXTS)[i % 4 + (m % 4) if i % 4 + (m % 4) < 4 else 0]
+                rows.append({**rows[-1], "source": "return", "source_id": f"X{m}-{i}", "text": RETURN_TEXTS[code],
+                             "score": np.nan, "code": code, "created_at": at + pd.Timedelta(days=2)})
+    frame = pd.DataFrame(rows)
+    frame["language"] = detect_language(frame["text"])
+    return frame.sort_values("created_at", ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def crossfit_settings() -> Settings:
+    return Settings(text={"crossfit_freq": "MS", "compare_analyzers": ()})
+
+
+def _row_view(insights: pd.DataFrame) -> pd.DataFrame:
+    cols = ["negative_probability", "negative", "complaint", "complaint_confidence", "method", "weak_label",
+            "trained_until"]
+    return insights.set_index("source_id")[cols].sort_index()
+
+
+def test_a_stored_prediction_does_not_change_when_later_texts_and_returns_arrive(crossfit_settings) -> None:
+    texts = _months_of_texts()
+    bad = texts[(texts["source"] == "review") & (texts["score"] <= 2)
+                & (texts["created_at"] >= "2026-05-01") & (texts["created_at"] < "2026-05-20")].iloc[0]
+    early = texts[texts["created_at"] <= bad["created_at"]].reset_index(drop=True)
+    later = texts.copy()
+    # a return on the bad review's order, filed a week after the review, arrives with the later texts
+    later.loc[later["source_id"] == bad["source_id"], ["order_return_reason", "order_return_at"]] = [
+        "size_fit", bad["created_at"] + pd.Timedelta(days=7)]
+    before = score_texts(early, train_text_models(early, crossfit_settings), crossfit_settings)
+    after = score_texts(later, train_text_models(later, crossfit_settings), crossfit_settings)
+    pd.testing.assert_frame_equal(_row_view(before), _row_view(after).loc[_row_view(before).index])
+    row = after.set_index("source_id").loc[bad["source_id"]]
+    assert row["weak_label"] != "size_fit"  # the later return's reason is not borrowed
+    assert row["trained_until"] <= pd.Timestamp("2026-05-01")  # scored by a model of earlier texts
+    assert after["trained_until"].notna().mean() > 0.5  # most texts did get a model's prediction
+
+
+def test_no_text_is_scored_by_a_model_that_saw_it(crossfit_settings) -> None:
+    from tasks.insight.text import crossfit, fold_of, load_lexicon
+
+    texts = _months_of_texts(months=5)
+    models = train_text_models(texts, crossfit_settings)
+    insights = score_texts(texts, models, crossfit_settings)
+    scored = insights[insights["trained_until"].notna()]
+    assert len(scored) and (scored["created_at"] >= scored["trained_until"]).all()
+    first = insights[insights["trained_until"].isna()]
+    assert len(first) and (first["created_at"] < models.folds[0].start).all()  # only the warm-up period
+    assert first.loc[first["source"] == "review", "negative_probability"].isin([0.0, 1.0]).all()  # review scores
+    folds = crossfit(texts, load_lexicon(crossfit_settings.text.lexicon_file), None, crossfit_settings.text, 2)
+    which = fold_of(texts["created_at"], folds)
+    for i, fold in enumerate(folds):  # a fold scores only texts at or after its start, never its training texts
+        assert (texts.loc[which == i, "created_at"] >= fold.start).all()
+        assert fold.train_reviews == int(((texts["created_at"] < fold.start) & (texts["source"] == "review")
+                                          & (texts["score"] != 3)).sum())
+
+
+# ---- a marketplace that exports reviews only ------------------------------------------------------------
+def test_reviews_only_shop_learns_sentiment_and_leaves_complaints_to_the_lexicon(tmp_path: Path) -> None:
+    from small_shops import ingest_shop, write_shop
+
+    from tasks.insight.text import summary
+
+    path = ingest_shop(write_shop(tmp_path / "data", returns=False, tickets=False), tmp_path / "wh.duckdb")
+    wh = Warehouse(path, read_only=True)
+    try:
+        texts = load_texts(wh)
+    finally:
+        wh.close()
+    assert set(texts["source"]) == {"review"}
+    settings = Settings()
+    models = train_text_models(texts, settings)
+    assert models.sentiment.model is not None and models.sentiment.test_roc_auc > 0.9
+    assert models.complaints.model is None and "keyword lexicon" in models.complaints.note
+    insights = score_texts(texts, models, settings)
+    assert len(insights) == len(texts) and set(insights["method"]) <= {"lexicon", "score"}
+    notes = summary(models, len(insights))["notes"]
+    assert len(notes) >= 1 and all("\n" not in n for n in notes)

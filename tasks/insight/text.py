@@ -462,7 +462,8 @@ def fit_fold(train: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp | None,
         sample = _cap(reviews, cfg.max_train_texts, cfg.seed)
         sentiment = fit_pipeline(cfg, cfg.sentiment_c, sample[TEXT], sample["y"])
     data = complaint_training_data(train, lexicon, negative_max_score)
-    complaint = fit_complaint_model(data, lexicon, cfg) if len(data) >= cfg.crossfit_min_weak_labels else None
+    enough = len(data) >= cfg.crossfit_min_weak_labels and (data["origin"] == "code").any()
+    complaint = fit_complaint_model(data, lexicon, cfg) if enough else None  # as train_complaints decides
     languages, _ = model_languages(complaint, lexicon, eval_set, cfg)
     return Fold(start, end, sentiment, complaint, languages, len(reviews), len(data))
 
