@@ -299,7 +299,8 @@ def text(
         if f"macro_f1_{lang}" in evaluation:
             used = "classifier" if lang in result.get("complaint_languages", []) else "keyword lexicon (fallback)"
             bare = evaluation[f"macro_f1_bare_{lang}"]
-            console.print(f"  complaint reasons ({lang}): classifier macro-F1 {bare:.3f} "
+            model = f"classifier macro-F1 {bare:.3f}" if result.get("complaint_model", True) else "no classifier"
+            console.print(f"  complaint reasons ({lang}): {model} "
                           f"vs keyword baseline {evaluation[f'macro_f1_lexicon_{lang}']:.3f}; used: {used}")
     for note in result.get("notes", []):
         console.print(f"[yellow]note:[/] {note}")

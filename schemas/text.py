@@ -65,7 +65,7 @@ class TextInsights(_Table):
     negative_probability: Series[float] = pa.Field(
         nullable=True, ge=0, le=1,
         description="P(negative) as known when the text was written: its fold's sentiment model, before any "
-                    "model a review's own score (1 bad, 0 good, 0.5 three stars), else NaN (unknown)")
+                    "model a review's own score (1 bad, 0 good), else NaN (unknown)")
     negative: Series[bool] = pa.Field(description="negative_probability >= text.negative_threshold (NaN: False)")
     complaint: Series[str] = pa.Field(isin=COMPLAINT_REASONS)
     complaint_confidence: Series[float] = pa.Field(ge=0, le=1)

@@ -519,6 +519,19 @@ def compare_analyzers(data: pd.DataFrame, split_at: pd.Timestamp, cfg: TextSetti
     return out
 
 
+def later_window_start(data: pd.DataFrame, cfg: TextSettings) -> pd.Timestamp:
+    """Start of the test window: the last ``sentiment_test_days`` days, or, when those hold only
+    good or only bad reviews (a quiet or very happy shop), the latest ``validation_share`` of them."""
+    split_at = data["created_at"].max() - pd.Timedelta(days=cfg.sentiment_test_days)
+    if data.loc[data["created_at"] >= split_at, "y"].nunique() == 2:
+        return split_at
+    ordered = data.sort_values("created_at", kind="stable")
+    n_test = max(int(len(ordered) * cfg.validation_share), 1)
+    while n_test < len(ordered) and ordered["y"].iloc[-n_test:].nunique() < 2:
+        n_test = min(len(ordered), n_test * 2)
+    return ordered["created_at"].iloc[-n_test]
+
+
 def train_sentiment(texts: pd.DataFrame, cfg: TextSettings, negative_max_score: int) -> SentimentResult:
     """Report ROC-AUC on the later window, then refit on all reviews (the deployed model also knows
     the newest vocabulary)."""
@@ -528,7 +541,7 @@ def train_sentiment(texts: pd.DataFrame, cfg: TextSettings, negative_max_score: 
         raise TextModelError(
             f"sentiment needs at least {MIN_SENTIMENT_TEXTS} reviews with text, both bad (score <= "
             f"{negative_max_score}) and good (>= {POSITIVE_MIN_SCORE}); found {len(data)}")
-    split_at = data["created_at"].max() - pd.Timedelta(days=cfg.sentiment_test_days)
+    split_at = later_window_start(data, cfg)
     train, test = data[data["created_at"] < split_at], data[data["created_at"] >= split_at]
     auc = float("nan")
     compared = compare_analyzers(data, split_at, cfg)
@@ -642,10 +655,9 @@ def train_text_models(texts: pd.DataFrame, settings: Settings) -> TextModels:
 
 
 def _no_model_sentiment(texts: pd.DataFrame, negative_max_score: int) -> np.ndarray:
-    """Before any model could exist: a review's own score (known when it was written), else unknown."""
-    y = sentiment_labels(texts, negative_max_score).to_numpy()
-    three = ((texts["source"] == "review") & texts["score"].notna()).to_numpy() & np.isnan(y)
-    return np.where(three, 0.5, y)
+    """Before any model could exist: a review's own score (known when it was written: 1 bad, 0 good),
+    else unknown (NaN, so not counted as negative), also for a middling review."""
+    return sentiment_labels(texts, negative_max_score).to_numpy()
 
 
 def score_texts(texts: pd.DataFrame, models: TextModels, settings: Settings) -> pd.DataFrame:
@@ -798,6 +810,7 @@ def summary(models: TextModels, stored: int) -> dict[str, Any]:
             "complaint_eval": {k.removeprefix("complaint_eval_"): v for k, v in m.items()
                                if k.startswith("complaint_eval_")},
             "complaint_languages": models.complaints.languages,
+            "complaint_model": models.complaints.model is not None,
             "complaint_weak_validation": models.complaints.validation,
             "weak_labels": models.complaints.class_counts,
             "folds": len(models.folds), "first_model_period": str(warmup.date()) if warmup is not None else None,
