@@ -55,6 +55,9 @@ class _Table(pa.DataFrameModel):
 class TextInsights(_Table):
     """One row per non-empty review, ticket or return text, scored by the current text models."""
 
+    class Config:
+        add_missing_columns = True  # frames written before ``trained_until`` existed still validate
+
     source: Series[str] = pa.Field(isin=TEXT_SOURCES)
     source_id: Series[str] = pa.Field(str_length={"min_value": 1}, description="review_id / ticket_id / return_id")
     customer_id: Series[str] = pa.Field(nullable=True)
