@@ -61,5 +61,7 @@ def alerts_flow(as_of: datetime | None = None, weeks: int | None = None) -> dict
         result["webhook"] = sent.result() if sent.is_completed() else failure_reason(sent)
         if not sent.is_completed():
             logger.warning("alerts stored, but the webhook was not reached: %s", result["webhook"])
+    for note in run.notes:
+        logger.warning(note)
     logger.info("%s alerts in %s weeks; %s", len(run.alerts), len(run.weeks), path)
     return result

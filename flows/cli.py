@@ -486,13 +486,19 @@ def text(
 
     result = _finish(text_flow(train_until=train_until.date() if train_until else None, return_state=True),
                      "text analysis")
+    auc = result["sentiment_test_roc_auc"]
     console.print(f"[green]{result['stored']:,} texts scored[/]; sentiment ROC-AUC on the later window "
-                  f"{result['sentiment_test_roc_auc']:.3f}; MLflow run {result['run_id']}")
+                  f"{'n/a' if auc is None else f'{auc:.3f}'}; MLflow run {result['run_id']}")
     evaluation = result["complaint_eval"]
     for lang in ("en", "zh"):
         if f"macro_f1_{lang}" in evaluation:
-            console.print(f"  complaint reasons ({lang}): macro-F1 {evaluation[f'macro_f1_{lang}']:.3f} "
-                          f"vs keyword baseline {evaluation[f'macro_f1_lexicon_{lang}']:.3f}")
+            used = "classifier" if lang in result.get("complaint_languages", []) else "keyword lexicon (fallback)"
+            bare = evaluation[f"macro_f1_bare_{lang}"]
+            model = f"classifier macro-F1 {bare:.3f}" if result.get("complaint_model", True) else "no classifier"
+            console.print(f"  complaint reasons ({lang}): {model} "
+                          f"vs keyword baseline {evaluation[f'macro_f1_lexicon_{lang}']:.3f}; used: {used}")
+    for note in result.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
 
 
 @app.command()
@@ -507,6 +513,8 @@ def alerts(
     result = _finish(alerts_flow(as_of=as_of, weeks=weeks, return_state=True), "product early warning")
     console.print(f"[green]{result['alerts']} alerts[/] in {len(result['weeks'])} weeks checked "
                   f"(data as of {result['as_of'][:10]}): {', '.join(result['products']) or 'none'}")
+    for note in result.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
     if result["webhook"]:
         console.print(f"webhook: {result['webhook']}")
     console.print(f"file: {result['file']}")
@@ -524,6 +532,8 @@ def report(
     result = _finish(report_flow(as_of=as_of, out=out, return_state=True), "report")
     console.print(f"[green]report[/] (data as of {result['as_of'][:10]}, {result['alerts']} early warnings): "
                   f"{result['report']}")
+    for line in result.get("sources", []):
+        console.print(f"  {line}")
 
 
 @app.command()

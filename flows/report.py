@@ -19,9 +19,12 @@ def report_flow(as_of: datetime | None = None, out: Path | None = None) -> dict[
     logger = get_run_logger()
     settings = get_settings()
     path, figures = build_report_task(settings, as_of, out)
-    titles = {k.key: (k.title, k.fmt) for k in KPIS}
-    lines = [f"# After-sales report, data as of {figures['as_of'][:10]}", "", f"File: `{path}`", ""]
-    lines += [f"- {titles[key][0]}: {titles[key][1](value)}" for key, value in figures["headline"].items()]
+    kpis = {k.key: k for k in KPIS}
+    lines = [f"# After-sales report, data as of {figures['as_of'][:10]}", "", f"File: `{path}`", "",
+             *(f"- {line}" for line in figures["sources"]), ""]
+    lines += [f"- {kpis[key].title}: " + (kpis[key].fmt(value) if value is not None else
+                                          f"no {kpis[key].source} data")
+              for key, value in figures["headline"].items()]
     create_markdown_artifact("\n".join(lines), key="kpi-report", description="after-sales KPI report")
     logger.info("report written to %s", path)
     return {"report": str(path), **figures}

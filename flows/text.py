@@ -33,23 +33,31 @@ def train_models(texts: pd.DataFrame, settings: Settings) -> TextModels | State:
         return Failed(message=str(exc))
 
 
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None or value != value else f"{value:.3f}"
+
+
 @task(name="publish-text-summary", cache_policy=NO_CACHE)
 def publish_summary(result: dict[str, Any]) -> None:
     evaluation = result["complaint_eval"]
     lines = ["# Text models", "", f"- texts scored: {result['stored']:,}",
-             f"- sentiment ROC-AUC on the later window: {result['sentiment_test_roc_auc']:.3f}",
+             f"- sentiment ROC-AUC on the later window: {_fmt(result['sentiment_test_roc_auc'])}",
+             *(f"  - {name}: {_fmt(auc)}" for name, auc in result.get("sentiment_analyzers", {}).items()),
+             f"- stored predictions cross-fitted over {result.get('folds', 0)} periods (models of earlier texts only)",
              f"- MLflow run: {result['run_id']}", "",
-             "| language | classifier macro-F1 | keyword baseline macro-F1 |", "|---|---|---|"]
+             "| language | classifier macro-F1 | keyword baseline macro-F1 | reasons from |", "|---|---|---|---|"]
     for lang in ("en", "zh"):
         if f"macro_f1_{lang}" in evaluation:
-            lines.append(f"| {lang} | {evaluation[f'macro_f1_{lang}']:.3f} | "
-                         f"{evaluation[f'macro_f1_lexicon_{lang}']:.3f} |")
+            used = "classifier" if lang in result.get("complaint_languages", []) else "keyword lexicon"
+            lines.append(f"| {lang} | {_fmt(evaluation[f'macro_f1_bare_{lang}'])} | "
+                         f"{_fmt(evaluation[f'macro_f1_lexicon_{lang}'])} | {used} |")
+    lines += ["", *(f"- note: {n}" for n in result.get("notes", []))]
     create_markdown_artifact("\n".join(lines), key="text-models", description="sentiment and complaint reasons")
 
 
 @flow(name="text")
 def text_flow(train_until: date | None = None) -> dict[str, Any] | State:
-    """Train and evaluate the text models, log them to MLflow, rescore every text."""
+    """Train and evaluate the text models, log them to MLflow, rescore every text (cross-fitted)."""
     logger = get_run_logger()
     settings = get_settings()
     if train_until is not None:
@@ -67,6 +75,8 @@ def text_flow(train_until: date | None = None) -> dict[str, Any] | State:
     stored = score_and_store_task(texts, models, settings)
     result = summary(models, stored)
     publish_summary(result)
-    logger.info("text models: sentiment AUC %.3f, %s texts scored, MLflow run %s",
-                result["sentiment_test_roc_auc"], stored, models.run_id)
+    for note in result["notes"]:
+        logger.warning(note)
+    logger.info("text models: sentiment AUC %s, %s texts scored, MLflow run %s",
+                _fmt(result["sentiment_test_roc_auc"]), stored, models.run_id)
     return result

@@ -270,10 +270,16 @@ class TextSettings(BaseModel):
         description="hand-checked texts (text, language, category) the classifier is scored on; skipped if absent",
     )
     experiment: str = Field("text", description="MLflow experiment <mlflow.experiment_prefix>-<this>")
+    analyzer: Literal["word+char", "char", "word"] = Field(
+        "word+char", description="TF-IDF features: word n-grams and character n-grams side by side, or one of them")
+    compare_analyzers: tuple[str, ...] = Field(
+        ("word", "char", "word+char"), description="analyzers whose time-split sentiment ROC-AUC is logged each run")
     ngram_min: int = Field(1, description="character n-grams: works for Chinese without segmentation")
     ngram_max: int = 4
+    word_ngram_max: int = Field(2, description="word n-grams 1..this")
     min_df: int = Field(2, description="n-grams seen in fewer texts are ignored")
-    max_features: int = 200_000
+    max_features: int = Field(200_000, description="character n-gram vocabulary cap")
+    word_max_features: int = Field(100_000, description="word n-gram vocabulary cap")
     sentiment_c: float = Field(4.0, description="inverse L2 strength of the sentiment logistic regression")
     complaint_c: float = Field(4.0, description="inverse L2 strength of the complaint logistic regression")
     sentiment_test_days: int = Field(90, description="reviews of the last N days are the later test window")
@@ -283,6 +289,11 @@ class TextSettings(BaseModel):
     max_train_texts: int = Field(200_000, description="training sample cap per model (speed on big shops)")
     validation_share: float = Field(0.2, description="latest share of weakly labelled texts held out")
     train_until: str | None = Field(None, description="train only on texts created by this date (backtests)")
+    crossfit: bool = Field(True, description="store each text's prediction from models of earlier texts only")
+    crossfit_freq: str = Field("QS", description="cross-fitting periods (pandas start alias: MS, QS, YS)")
+    crossfit_min_reviews: int = Field(50, description="labelled reviews a fold needs before it has a sentiment model")
+    crossfit_min_class: int = Field(5, description="bad and good reviews each a fold's sentiment model needs")
+    crossfit_min_weak_labels: int = Field(30, description="weakly labelled texts a fold needs for a classifier")
     seed: int = 13
 
 
@@ -309,6 +320,8 @@ class AlertSettings(BaseModel):
     top_complaints: int = Field(3, description="complaint categories named per alert")
     webhook_url: str | None = Field(None, description="POST alerts as JSON here; none: no webhook")
     webhook_timeout_seconds: float = 10.0
+    min_testable_share: float = Field(
+        0.2, description="below this share of product-weeks with enough volume to test, the run says so")
 
 
 class ReportSettings(BaseModel):
@@ -321,6 +334,11 @@ class ReportSettings(BaseModel):
     top_products: int = Field(10, description="rows in product rankings")
     response_target_hours: float = Field(24.0, description="first-response target shown as a share met")
     max_alerts: int = Field(15, description="early-warning alerts listed in the report")
+    min_count: int = Field(20, description="a figure resting on fewer rows (reviews, tickets, items, orders) is "
+                                           "marked too thin and not compared with the period before")
+    data_end_day_share: float = Field(0.25, description="a source ends on its last day with at least this share "
+                                                        "of a typical day's rows (stray late rows do not count)")
+    data_end_lookback_days: int = Field(56, description="days before a source's last row that define a typical day")
 
 
 class MonitoringSettings(BaseModel):

@@ -2,9 +2,10 @@
 statistics and product alerts.
 
 ``text_insights`` holds one row per review, ticket and return text with its negative-sentiment
-probability and complaint reason; ``text_features`` (tasks/insight/text.py) aggregates it per customer as
-of a cutoff. ``product_week_stats`` and ``product_alerts`` are written by the early-warning flow
-(tasks/insight/alerts.py) and read by the KPI report.
+probability and complaint reason as they could have been known when the text was written
+(cross-fitted: from models of earlier texts only); ``text_features`` (tasks/insight/text.py)
+aggregates it per customer as of a cutoff. ``product_week_stats`` and ``product_alerts`` are
+written by the early-warning flow (tasks/insight/alerts.py) and read by the KPI report.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ COMPLAINT_REASONS = [
     "damaged_packaging",
     "service_attitude",
     "price_value",
+    "food_taste",
     "other",
 ]
 COMPLAINTS = [c for c in COMPLAINT_REASONS if c != "other"]  # "other" is not a complaint reason
@@ -53,6 +55,9 @@ class _Table(pa.DataFrameModel):
 class TextInsights(_Table):
     """One row per non-empty review, ticket or return text, scored by the current text models."""
 
+    class Config:
+        add_missing_columns = True  # frames written before ``trained_until`` existed still validate
+
     source: Series[str] = pa.Field(isin=TEXT_SOURCES)
     source_id: Series[str] = pa.Field(str_length={"min_value": 1}, description="review_id / ticket_id / return_id")
     customer_id: Series[str] = pa.Field(nullable=True)
@@ -60,12 +65,19 @@ class TextInsights(_Table):
     product_id: Series[str] = pa.Field(nullable=True)
     created_at: Series[pd.Timestamp] = pa.Field(description="when the text became known (created/opened/requested)")
     language: Series[str] = pa.Field(isin=LANGUAGES)
-    negative_probability: Series[float] = pa.Field(ge=0, le=1, description="P(negative) from the sentiment model")
-    negative: Series[bool] = pa.Field(description="negative_probability >= text.negative_threshold")
+    negative_probability: Series[float] = pa.Field(
+        nullable=True, ge=0, le=1,
+        description="P(negative) as known when the text was written: its fold's sentiment model, before any "
+                    "model a review's own score (1 bad, 0 good), else NaN (unknown)")
+    negative: Series[bool] = pa.Field(description="negative_probability >= text.negative_threshold (NaN: False)")
     complaint: Series[str] = pa.Field(isin=COMPLAINT_REASONS)
     complaint_confidence: Series[float] = pa.Field(ge=0, le=1)
     method: Series[str] = pa.Field(isin=METHODS, description="who decided the complaint reason")
-    weak_label: Series[str] = pa.Field(nullable=True, isin=COMPLAINT_REASONS)
+    weak_label: Series[str] = pa.Field(nullable=True, isin=COMPLAINT_REASONS,
+                                       description="the code-given reason known when the text was written")
+    trained_until: Series[pd.Timestamp] = pa.Field(
+        nullable=True, description="the models that scored this text learnt only from texts created before this "
+                                   "(NaT: no model yet, or cross-fitting off)")
     model_run_id: Series[str] = pa.Field(nullable=True, description="MLflow run of the text models")
 
 
@@ -84,6 +96,7 @@ class TextFeatures(_Table):
     complaint_damaged_packaging_count: Series[float] = pa.Field(ge=0)
     complaint_service_attitude_count: Series[float] = pa.Field(ge=0)
     complaint_price_value_count: Series[float] = pa.Field(ge=0)
+    complaint_food_taste_count: Series[float] = pa.Field(ge=0)
     dominant_complaint: Series[str] = pa.Field(isin=[*COMPLAINTS, NO_COMPLAINT])
 
 
@@ -107,6 +120,7 @@ class ProductWeekStats(_Table):
     complaint_damaged_packaging_count: Series[float] = pa.Field(ge=0)
     complaint_service_attitude_count: Series[float] = pa.Field(ge=0)
     complaint_price_value_count: Series[float] = pa.Field(ge=0)
+    complaint_food_taste_count: Series[float] = pa.Field(ge=0)
 
 
 class ProductAlerts(_Table):

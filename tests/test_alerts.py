@@ -199,3 +199,35 @@ def test_an_unreachable_webhook_is_reported_not_raised() -> None:
     server.server_close()  # nothing listens there any more
     ok, message = post_webhook(f"http://127.0.0.1:{port}/hook", {"alerts": []}, 2)
     assert not ok and "webhook failed" in message
+
+
+# ---- thin data: say so instead of silently finding nothing ------------------------------------------------
+def test_testable_share_counts_active_product_weeks_with_enough_volume() -> None:
+    from tasks.insight.alerts import testable_notes, testable_shares
+
+    frame = weeks_frame({"busy": {"units": 40, "returns": 4, "reviews": 12, "negative": 1},
+                         "quiet": {"units": 2, "returns": 0, "reviews": 1},
+                         "idle": {"units": 0, "returns": 0}}, n_weeks=4)
+    weeks = sorted(frame["week_start"].unique())
+    shares = testable_shares(frame, weeks, CFG)
+    assert shares == {"return_rate": 0.5, "negative_review_rate": 0.5, "product_weeks": 8.0}  # idle is not active
+    assert testable_notes(shares, True, CFG) == []
+    thin = testable_notes(shares, True, CFG.model_copy(update={"min_testable_share": 0.6}))
+    assert len(thin) == 2 and thin[1].startswith("only 50% of 8 active product-weeks had the 5 reviews")
+    assert testable_notes(shares, False, CFG)[0] == "no returns data: return rates were not tested"
+
+
+def test_alerts_on_a_thin_marketplace_say_what_could_not_be_tested(tmp_path: Path) -> None:
+    from small_shops import ingest_shop, write_shop
+
+    path = ingest_shop(write_shop(tmp_path / "data", returns=False, orders_per_day=6, products=60),
+                       tmp_path / "wh.duckdb")
+    wh = Warehouse(path, read_only=True)
+    try:
+        run = detect_alerts(wh, Settings())
+    finally:
+        wh.close()
+    assert run.testable["negative_review_rate"] < CFG.min_testable_share
+    assert "no returns data: return rates were not tested" in run.notes
+    assert any("reviews a week needed to test the negative-review rate" in n for n in run.notes)
+    assert run.summary()["notes"] == run.notes and "Note: no returns data" in alerts_markdown(run)

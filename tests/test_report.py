@@ -30,10 +30,10 @@ def visible_text(html: str) -> str:
     return re.sub(r"<[^>]+>", " ", html)
 
 
-def assert_readable_report(html: str) -> None:
+def assert_readable_report(html: str, min_charts: int = 8) -> None:
     for title in SECTIONS:
         assert f"<h2>{title}</h2>" in html, title
-    assert html.count("data:image/png;base64,") >= 8
+    assert html.count("data:image/png;base64,") >= min_charts
     assert not re.search(r"(src|href)=\"(http|//)", html), "the report must not load anything from outside"
     words = visible_text(html)
     assert not SNAKE.findall(words), f"raw identifiers shown to the reader: {set(SNAKE.findall(words))}"
@@ -54,6 +54,7 @@ def test_report_builds_before_text_and_alert_flows_have_run(shop: Path, tmp_path
     assert figures["as_of"].startswith("2026-11-02")
     assert 0 < figures["headline"]["return_rate"] < 1 and 1 <= figures["headline"]["satisfaction"] <= 5
     assert any("ParcelPro" in h for h in figures["highlights"])  # the planted late carrier stands out
+    assert all("no data" not in line for line in figures["sources"])  # the generated shop has every source
     assert any("Team Pine" in h for h in figures["highlights"])  # and the slow team
 
 
@@ -108,3 +109,45 @@ def test_text_flow_fails_in_words_on_an_empty_warehouse(prefect_api, settings) -
     Warehouse(settings.warehouse_path).close()
     state = text_flow(return_state=True)
     assert state.is_failed() and "no review, ticket or return texts" in state.message
+
+
+# ---- real export layouts: a marketplace without returns, a stray late row, thin data ----------------------
+def test_report_tells_the_truth_about_absent_sources_and_stray_rows(tmp_path: Path) -> None:
+    from small_shops import ingest_shop, write_shop
+
+    path = ingest_shop(write_shop(tmp_path / "data", returns=False, stray_order_days=21), tmp_path / "wh.duckdb")
+    wh = Warehouse(path, read_only=True)
+    try:
+        last_review = wh.scalar("SELECT max(created_at) FROM reviews")
+        report, figures = build_report(wh, Settings(), out=tmp_path / "report.html")
+    finally:
+        wh.close()
+    html = report.read_text(encoding="utf-8")
+    assert_readable_report(html, min_charts=3)
+    # "as of" is where the sources end, not the stray cancelled order three weeks later
+    assert figures["as_of"][:10] == str((last_review.normalize() if hasattr(last_review, "normalize") else
+                                         __import__("pandas").Timestamp(last_review).normalize())
+                                        + __import__("pandas").Timedelta(days=1))[:10]
+    assert any("stray" in line and "Orders" in line for line in figures["sources"])
+    assert "Returns: no data." in figures["sources"]
+    # no returns source: no 0.0 % return rate, no "returned most often" table
+    assert figures["headline"]["return_rate"] is None
+    words = visible_text(html)
+    assert "no returns data" in words and "Products returned most often" not in words
+    assert "0.0%" not in words.split("Return rate")[1][:80]
+    assert "▲" not in words or "vs previous period" in words
+
+
+def test_report_without_any_product_over_the_minimum_does_not_crash(tmp_path: Path) -> None:
+    from small_shops import ingest_shop, write_shop
+
+    path = ingest_shop(write_shop(tmp_path / "data", weeks=10, orders_per_day=1, products=40),
+                       tmp_path / "wh.duckdb")
+    wh = Warehouse(path, read_only=True)
+    try:
+        report, _ = build_report(wh, Settings(), out=tmp_path / "report.html")
+    finally:
+        wh.close()
+    words = visible_text(report.read_text(encoding="utf-8"))
+    assert "too thin: only" in words  # tiny windows say so instead of showing big swings
+    assert "none is ranked" in words or "none is compared" in words

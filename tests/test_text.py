@@ -107,20 +107,35 @@ def test_language_is_detected_when_missing() -> None:
 
 # ---- weak labels -------------------------------------------------------------------------------
 def test_weak_labels_come_from_codes_linked_orders_and_the_lexicon(lexicon: Lexicon) -> None:
+    at = pd.Timestamp("2026-03-10")
     texts = pd.DataFrame({
-        "source": ["return", "ticket", "ticket", "review", "review", "review", "review"],
-        "text": ["box crushed", "where is it", "invoice please", "awful", "way too expensive", "great!", "meh"],
-        "language": ["en"] * 7,
-        "code": ["damaged_in_transit", "delivery", "payment", None, None, None, None],
-        "score": [np.nan, np.nan, np.nan, 1, 2, 5, 3],
-        "order_return_reason": [None, None, None, "size_fit", None, None, None],
-        "order_ticket_category": [None, None, None, "delivery", None, None, None],
+        "source": ["return", "ticket", "ticket", "review", "review", "review", "review", "review"],
+        "text": ["box crushed", "where is it", "invoice please", "awful", "way too expensive", "great!", "meh",
+                 "awful too"],
+        "language": ["en"] * 8,
+        "created_at": [at] * 8,
+        "code": ["damaged_in_transit", "delivery", "payment", None, None, None, None, None],
+        "score": [np.nan, np.nan, np.nan, 1, 2, 5, 3, 1],
+        "order_return_reason": [None, None, None, "size_fit", None, None, None, "size_fit"],
+        "order_return_at": [pd.NaT, pd.NaT, pd.NaT, at - pd.Timedelta(days=1), pd.NaT, pd.NaT, pd.NaT,
+                            at + pd.Timedelta(days=1)],  # the last return was filed after its review
+        "order_ticket_category": [None, None, None, "delivery", None, None, None, None],
+        "order_ticket_at": [pd.NaT, pd.NaT, pd.NaT, at, pd.NaT, pd.NaT, pd.NaT, pd.NaT],
     })
     hits = lexicon.hits(texts["text"], texts["language"])
     label, origin = weak_labels(texts, lexicon, hits, negative_max_score=2)
     assert label.tolist()[:5] == ["damaged_packaging", "logistics_late", "other", "size_fit", "price_value"]
     assert origin.tolist()[:5] == ["code", "code", "code", "code", "lexicon"]
     assert pd.isna(label.iloc[5]) and pd.isna(label.iloc[6])  # praise and 3 stars teach nothing
+    assert pd.isna(label.iloc[7])  # a reason filed after the review is never borrowed
+
+
+def test_food_and_taste_complaints_are_their_own_reason(lexicon: Lexicon) -> None:
+    texts = pd.Series(["外卖送到都凉了，米饭还夹生", "菜太咸了，不好吃", "The crackers tasted stale and bland",
+                       "送餐太慢了，等了一个多小时"])
+    langs = pd.Series(["zh", "zh", "en", "zh"])
+    assert lexicon.predict(texts, langs).tolist() == ["food_taste", "food_taste", "food_taste", "logistics_late"]
+    assert "food_taste" in COMPLAINTS and lexicon.reason_phrases["food_taste"]["zh"]
 
 
 # ---- the hand-checked evaluation set -------------------------------------------------------------
@@ -128,7 +143,7 @@ def test_evaluation_set_is_balanced_bilingual_and_not_from_the_generator() -> No
     from tasks.data.synthetic import FRAMES, PHRASES
 
     ev = load_eval_set(Settings().text.eval_file)
-    assert 80 <= len(ev) <= 120
+    assert 100 <= len(ev) <= 150
     assert set(ev["language"]) == {"en", "zh"}
     per = ev.groupby(["language", "category"]).size()
     assert set(per.index.get_level_values("category")) == set(COMPLAINT_REASONS) and per.min() >= 5
@@ -213,3 +228,100 @@ def test_insights_table_is_replaced_on_each_run(tmp_path: Path) -> None:
     store_insights(wh, rows)
     assert wh.row_count(TEXT_INSIGHTS_TABLE) == 1
     wh.close()
+
+
+# ---- no leakage: cross-fitted predictions ------------------------------------------------------------
+def _months_of_texts(months: int = 7, per_month: int = 90, seed: int = 5) -> pd.DataFrame:
+    """Reviews and return notes over ``months`` months (the layout ``load_texts`` returns)."""
+    from small_shops import BAD, GOOD, RETURN_TEXTS
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for m in range(months):
+        for i in range(per_month):
+            hours = pd.Timedelta(hours=int(rng.integers(0, 27 * 24)))
+            at = pd.Timestamp("2026-01-01") + pd.DateOffset(months=m) + hours
+            score = int(rng.choice([1, 2, 4, 5], p=[0.2, 0.1, 0.3, 0.4]))
+            rows.append({"source": "review", "source_id": f"R{m}-{i}", "customer_id": f"C{i % 50}",
+                         "order_id": f"O{m}-{i}", "product_id": "P1", "created_at": at,
+                         "text": (BAD if score <= 2 else GOOD)[int(rng.integers(10))] + f" ({i % 7})",
+                         "score": float(score), "code": None, "order_return_reason": None,
+                         "order_ticket_category": None, "order_return_at": pd.NaT, "order_ticket_at": pd.NaT})
+            if i % 4 == 0:
+                code = list(RETURN_TEXTS)[i % 4 + (m % 4) if i % 4 + (m % 4) < 4 else 0]
+                rows.append({**rows[-1], "source": "return", "source_id": f"X{m}-{i}", "text": RETURN_TEXTS[code],
+                             "score": np.nan, "code": code, "created_at": at + pd.Timedelta(days=2)})
+    frame = pd.DataFrame(rows)
+    frame["language"] = detect_language(frame["text"])
+    return frame.sort_values("created_at", ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def crossfit_settings() -> Settings:
+    return Settings(text={"crossfit_freq": "MS", "compare_analyzers": ()})
+
+
+def _row_view(insights: pd.DataFrame) -> pd.DataFrame:
+    cols = ["negative_probability", "negative", "complaint", "complaint_confidence", "method", "weak_label",
+            "trained_until"]
+    return insights.set_index("source_id")[cols].sort_index()
+
+
+def test_a_stored_prediction_does_not_change_when_later_texts_and_returns_arrive(crossfit_settings) -> None:
+    texts = _months_of_texts()
+    bad = texts[(texts["source"] == "review") & (texts["score"] <= 2)
+                & (texts["created_at"] >= "2026-05-01") & (texts["created_at"] < "2026-05-20")].iloc[0]
+    early = texts[texts["created_at"] <= bad["created_at"]].reset_index(drop=True)
+    later = texts.copy()
+    # a return on the bad review's order, filed a week after the review, arrives with the later texts
+    later.loc[later["source_id"] == bad["source_id"], ["order_return_reason", "order_return_at"]] = [
+        "size_fit", bad["created_at"] + pd.Timedelta(days=7)]
+    before = score_texts(early, train_text_models(early, crossfit_settings), crossfit_settings)
+    after = score_texts(later, train_text_models(later, crossfit_settings), crossfit_settings)
+    pd.testing.assert_frame_equal(_row_view(before), _row_view(after).loc[_row_view(before).index])
+    row = after.set_index("source_id").loc[bad["source_id"]]
+    assert row["weak_label"] != "size_fit"  # the later return's reason is not borrowed
+    assert row["trained_until"] <= pd.Timestamp("2026-05-01")  # scored by a model of earlier texts
+    assert after["trained_until"].notna().mean() > 0.5  # most texts did get a model's prediction
+
+
+def test_no_text_is_scored_by_a_model_that_saw_it(crossfit_settings) -> None:
+    from tasks.insight.text import crossfit, fold_of, load_lexicon
+
+    texts = _months_of_texts(months=5)
+    models = train_text_models(texts, crossfit_settings)
+    insights = score_texts(texts, models, crossfit_settings)
+    scored = insights[insights["trained_until"].notna()]
+    assert len(scored) and (scored["created_at"] >= scored["trained_until"]).all()
+    first = insights[insights["trained_until"].isna()]
+    assert len(first) and (first["created_at"] < models.folds[0].start).all()  # only the warm-up period
+    assert first.loc[first["source"] == "review", "negative_probability"].isin([0.0, 1.0]).all()  # review scores
+    folds = crossfit(texts, load_lexicon(crossfit_settings.text.lexicon_file), None, crossfit_settings.text, 2)
+    which = fold_of(texts["created_at"], folds)
+    for i, fold in enumerate(folds):  # a fold scores only texts at or after its start, never its training texts
+        assert (texts.loc[which == i, "created_at"] >= fold.start).all()
+        assert fold.train_reviews == int(((texts["created_at"] < fold.start) & (texts["source"] == "review")
+                                          & (texts["score"] != 3)).sum())
+
+
+# ---- a marketplace that exports reviews only ------------------------------------------------------------
+def test_reviews_only_shop_learns_sentiment_and_leaves_complaints_to_the_lexicon(tmp_path: Path) -> None:
+    from small_shops import ingest_shop, write_shop
+
+    from tasks.insight.text import summary
+
+    path = ingest_shop(write_shop(tmp_path / "data", returns=False, tickets=False), tmp_path / "wh.duckdb")
+    wh = Warehouse(path, read_only=True)
+    try:
+        texts = load_texts(wh)
+    finally:
+        wh.close()
+    assert set(texts["source"]) == {"review"}
+    settings = Settings()
+    models = train_text_models(texts, settings)
+    assert models.sentiment.model is not None and models.sentiment.test_roc_auc > 0.9
+    assert models.complaints.model is None and "keyword lexicon" in models.complaints.note
+    insights = score_texts(texts, models, settings)
+    assert len(insights) == len(texts) and set(insights["method"]) <= {"lexicon", "score"}
+    notes = summary(models, len(insights))["notes"]
+    assert len(notes) >= 1 and all("\n" not in n for n in notes)

@@ -25,7 +25,7 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +53,62 @@ METRIC_WORDS = {"return_rate": "return rate", "negative_review_rate": "negative-
 
 
 # ---- the data's clock ----------------------------------------------------------------------------
-def data_clock(wh: Warehouse) -> pd.Timestamp:
-    """Midnight after the latest order, review, return or ticket: "now" as far as the data knows
-    (a run never reads the wall clock)."""
-    latest = wh.scalar("""SELECT max(t) FROM (
-        SELECT max(ordered_at) AS t FROM orders UNION ALL SELECT max(created_at) FROM reviews
-        UNION ALL SELECT max(requested_at) FROM returns UNION ALL SELECT max(opened_at) FROM tickets)""")
-    if latest is None:
+SOURCE_TIME = {"orders": "ordered_at", "reviews": "created_at", "returns": "requested_at", "tickets": "opened_at"}
+SOURCE_WORDS = {"orders": "orders", "reviews": "reviews", "returns": "returns", "tickets": "support tickets"}
+
+
+@dataclass(frozen=True)
+class SourceEnd:
+    """Where one source's data ends: its last row, and the last day with a normal day's volume."""
+
+    source: str
+    rows: int
+    last: pd.Timestamp | None  # the latest timestamp of any row
+    end: pd.Timestamp | None  # midnight after the last day with a normal volume (robust to stray rows)
+
+    def sentence(self) -> str:
+        words = SOURCE_WORDS[self.source]
+        if not self.rows:
+            return f"{words.capitalize()}: no data."
+        line = f"{words.capitalize()}: {self.rows:,} rows, up to {self.end - pd.Timedelta(days=1):%d %b %Y}"
+        if self.last is not None and self.last >= self.end:
+            stray = self.last.normalize() - (self.end - pd.Timedelta(days=1))
+            line += f" (a few stray rows up to {self.last:%d %b %Y}, {stray.days} days later, are left out)"
+        return line + "."
+
+
+def source_ends(wh: Warehouse, day_share: float = 0.25, lookback_days: int = 56) -> dict[str, SourceEnd]:
+    """Per source: the last day whose row count reaches ``day_share`` of a typical day (the median
+    of the active days in the ``lookback_days`` before its last row). One cancelled order three
+    weeks after the last review does not move the shop's clock."""
+    out = {}
+    for table, column in SOURCE_TIME.items():
+        if not wh.has_table(table):
+            out[table] = SourceEnd(table, 0, None, None)
+            continue
+        days = wh.query(f"""SELECT date_trunc('day', "{column}") AS day, count(*) AS n FROM "{table}"
+                            WHERE "{column}" IS NOT NULL GROUP BY 1 ORDER BY 1""")
+        if days.empty:
+            out[table] = SourceEnd(table, 0, None, None)
+            continue
+        days["day"] = pd.to_datetime(days["day"])
+        last = pd.Timestamp(wh.scalar(f'SELECT max("{column}") FROM "{table}"'))
+        recent = days[days["day"] > days["day"].max() - pd.Timedelta(days=lookback_days)]
+        typical = float(recent["n"].median())
+        normal = days[days["n"] >= max(1.0, day_share * typical)]
+        end_day = normal["day"].max() if len(normal) else days["day"].max()
+        out[table] = SourceEnd(table, int(days["n"].sum()), last, end_day + pd.Timedelta(days=1))
+    return out
+
+
+def data_clock(wh: Warehouse, day_share: float = 0.25, lookback_days: int = 56) -> pd.Timestamp:
+    """Midnight after the latest source's last normal day (orders, reviews, returns, tickets):
+    "now" as far as the data knows (a run never reads the wall clock, and a stray late row does
+    not count)."""
+    ends = [e.end for e in source_ends(wh, day_share, lookback_days).values() if e.end is not None]
+    if not ends:
         raise ValueError("the warehouse holds no orders, reviews, returns or tickets yet")
-    return pd.Timestamp(latest).normalize() + pd.Timedelta(days=1)
+    return max(ends)
 
 
 def week_start(ts: pd.Timestamp) -> pd.Timestamp:
@@ -342,11 +389,44 @@ class AlertRun:
     weeks: list[pd.Timestamp]
     stats: pd.DataFrame
     alerts: pd.DataFrame
+    testable: dict[str, float] = field(default_factory=dict)  # share of active product-weeks testable
+    notes: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {"as_of": str(self.as_of), "weeks": [str(w.date()) for w in self.weeks],
                 "alerts": len(self.alerts),
-                "products": sorted(self.alerts["product_id"].unique().tolist()) if len(self.alerts) else []}
+                "products": sorted(self.alerts["product_id"].unique().tolist()) if len(self.alerts) else [],
+                "testable": self.testable, "notes": self.notes}
+
+
+def testable_shares(scored: pd.DataFrame, weeks: list[pd.Timestamp], cfg: AlertSettings) -> dict[str, float]:
+    """Of the product-weeks checked that had any delivery or review, the share with enough units to
+    test the return rate and with enough reviews to test the negative-review rate."""
+    part = scored[scored["week_start"].isin(weeks)] if len(scored) else scored
+    active = part[(part["units"] > 0) | (part["reviews"] > 0)] if len(part) else part
+    if active.empty:
+        return {"return_rate": 0.0, "negative_review_rate": 0.0, "product_weeks": 0.0}
+    return {"return_rate": float((active["units"] >= cfg.min_units).mean()),
+            "negative_review_rate": float((active["reviews"] >= cfg.min_reviews).mean()),
+            "product_weeks": float(len(active))}
+
+
+def testable_notes(shares: dict[str, float], has_returns: bool, cfg: AlertSettings) -> list[str]:
+    """One line per metric that almost never had the volume to be tested (instead of silently
+    finding nothing)."""
+    n = int(shares.get("product_weeks", 0))
+    if n == 0:
+        return ["no product had deliveries or reviews in the weeks checked: nothing could be tested"]
+    notes = []
+    if not has_returns:
+        notes.append("no returns data: return rates were not tested")
+    elif shares["return_rate"] < cfg.min_testable_share:
+        notes.append(f"only {shares['return_rate']:.0%} of {n:,} active product-weeks had the {cfg.min_units} units "
+                     f"a week needed to test the return rate (alerts.min_units)")
+    if shares["negative_review_rate"] < cfg.min_testable_share:
+        notes.append(f"only {shares['negative_review_rate']:.0%} of {n:,} active product-weeks had the "
+                     f"{cfg.min_reviews} reviews a week needed to test the negative-review rate (alerts.min_reviews)")
+    return notes
 
 
 def evaluated_weeks(weekly: pd.DataFrame, as_of: pd.Timestamp, n_weeks: int) -> list[pd.Timestamp]:
@@ -362,7 +442,8 @@ def detect_alerts(wh: Warehouse, settings: Settings, as_of: Any = None, weeks: i
     from tasks.insight.text import load_lexicon
 
     cfg = settings.alerts
-    as_of = pd.Timestamp(as_of) if as_of is not None else data_clock(wh)
+    as_of = pd.Timestamp(as_of) if as_of is not None else data_clock(
+        wh, settings.report.data_end_day_share, settings.report.data_end_lookback_days)
     if as_of.tzinfo is not None:
         as_of = as_of.tz_convert("UTC").tz_localize(None)
     neg_max = settings.labels.negative_review_max_score
@@ -373,7 +454,10 @@ def detect_alerts(wh: Warehouse, settings: Settings, as_of: Any = None, weeks: i
     scored = score_weeks(weekly, cfg) if len(weekly) else weekly
     flagged = flag_alerts(scored, chosen, cfg) if len(weekly) else pd.DataFrame()
     alerts = _finish_alerts(wh, flagged, scored, as_of, neg_max, cfg)
-    return AlertRun(as_of, chosen, week_stats_table(weekly) if len(weekly) else _empty(ProductWeekStats), alerts)
+    shares = testable_shares(scored, chosen, cfg) if len(weekly) else testable_shares(pd.DataFrame(), [], cfg)
+    has_returns = wh.has_table("returns") and bool(wh.scalar("SELECT count(*) FROM returns"))
+    return AlertRun(as_of, chosen, week_stats_table(weekly) if len(weekly) else _empty(ProductWeekStats), alerts,
+                    shares, testable_notes(shares, has_returns, cfg))
 
 
 def _empty(model: type) -> pd.DataFrame:
@@ -438,7 +522,8 @@ def alerts_markdown(run: AlertRun, labels: dict[str, str] | None = None) -> str:
     last_day = run.weeks[-1] + WEEK - pd.Timedelta(days=1) if run.weeks else None
     weeks = f"{run.weeks[0]:%d %b %Y} to {last_day:%d %b %Y}" if run.weeks else "none"
     lines = [f"# Product early warning, data as of {run.as_of:%Y-%m-%d}", "",
-             f"Weeks checked: {weeks}. Alerts: {len(run.alerts)}.", ""]
+             f"Weeks checked: {weeks}. Alerts: {len(run.alerts)}.", "",
+             *(f"- Note: {note}." for note in run.notes), *([""] if run.notes else [])]
     for row in run.alerts.itertuples(index=False):
         complaints = ", ".join(f"{labels.get(c.split(':')[0], c.split(':')[0])} ({c.split(':')[1]})"
                                for c in _text(row.main_complaints).split("; ") if ":" in c)
@@ -499,7 +584,3 @@ def store_alerts_task(run: AlertRun, settings: Settings) -> int:
         store_alerts(wh, run)
     return len(run.alerts)
 
-
-@task(name="notify-webhook", cache_policy=NO_CACHE)
-def webhook_task(run: AlertRun, settings: Settings) -> tuple[bool, str]:
-    return post_webhook(str(settings.alerts.webhook_url), alerts_payload(run), settings.alerts.webhook_timeout_seconds)

@@ -1,17 +1,21 @@
 """The after-sales KPI report: one self-contained HTML file for people who never saw the data.
 
+Rendered with Jinja2 from ``schemas/defaults/templates/report.html.j2`` (autoescaped): this module
+only computes figures and hands the template plain values, tables of formatted strings and charts.
+
 Sections: headline figures of the last ``report.recent_days`` against the window before, what
 stands out, trends, customer service, returns, product quality, reviews and complaint reasons,
 delivery partners, early warnings, and how each figure is defined. Every chart is a matplotlib
 PNG embedded as base64, so the file can be mailed or opened offline; every label is in words,
-never a column name. Figures are as of the data's clock (``tasks.insight.alerts.data_clock``) unless a
-date is given; nothing after it is counted.
+never a column name. Figures are as of the data's clock (``tasks.insight.alerts.data_clock``: where
+the sources end, stray late rows left out) unless a date is given; nothing after it is counted. A
+source the shop does not export says "no ... data" instead of a zero, and a figure resting on fewer
+than ``report.min_count`` rows says so and is not compared with the period before.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import math
@@ -31,10 +35,10 @@ from matplotlib.ticker import FuncFormatter, PercentFormatter
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from schemas.settings import Settings
+from schemas.settings import DEFAULTS_DIR, Settings
 from schemas.text import ALERTS_TABLE, COMPLAINTS, TEXT_INSIGHTS_TABLE
 from tasks.data.warehouse import Warehouse
-from tasks.insight.alerts import WEEK, data_clock, last_complete_week
+from tasks.insight.alerts import SOURCE_WORDS, WEEK, SourceEnd, last_complete_week, source_ends
 
 COMPLAINT_TICKETS = ("delivery", "product_defect", "size_fit", "complaint_service")
 RETURN_REASON_WORDS = {
@@ -48,6 +52,7 @@ METRIC_WORDS = {"return_rate": "Return rate", "negative_review_rate": "Negative-
 SECTIONS = ("Headline figures", "What stands out", "Trends over time", "Customer service", "Returns",
             "Product quality", "Reviews and complaints", "Delivery partners", "Early warnings",
             "How these figures are defined")
+TEMPLATES_DIR = DEFAULTS_DIR / "templates"
 BLUE, GREY, RED, GREEN = "#2f6db5", "#9aa5b1", "#c0392b", "#2e8b57"
 
 
@@ -74,17 +79,14 @@ def num(value: Any, digits: int = 1, unit: str = "") -> str:
     return "–" if math.isnan(v) else f"{v:,.{digits}f}{unit}"
 
 
-def esc(text: Any) -> str:
-    return html.escape("" if text is None else str(text))
-
-
-def figure_png(fig: plt.Figure) -> str:
-    """A figure as an inline ``<img>`` (base64 PNG); the figure is closed."""
+def figure_png(fig: plt.Figure) -> dict[str, str]:
+    """A figure as a chart block: its title and an inline base64 PNG; the figure is closed."""
+    title = fig.axes[0].get_title(loc="left") if fig.axes else ""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img class="chart" alt="chart" src="data:image/png;base64,{data}">'
+    return {"kind": "chart", "alt": title or "chart",
+            "src": "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")}
 
 
 def bar_chart(labels: list[str], values: list[float], title: str, percent: bool = True,
@@ -96,7 +98,7 @@ def bar_chart(labels: list[str], values: list[float], title: str, percent: bool 
     ax.barh(range(n)[::-1], values, color=colors)
     ax.set_yticks(range(n)[::-1], labels)
     ax.set_title(title, loc="left", fontsize=11)
-    top = max([v for v in values if np.isfinite(v)] or [1.0])
+    top = max([v for v in values if np.isfinite(v)] or [1.0]) or 1.0
     for i, v in enumerate(values):
         if np.isfinite(v):
             ax.text(v + top * 0.01, n - 1 - i, f"{v:.1%}" if percent else f"{v:,.1f}", va="center", fontsize=9)
@@ -130,18 +132,27 @@ def line_chart(weeks: pd.Series, series: dict[str, pd.Series], title: str, perce
     return figure_png(fig)
 
 
-def table_html(frame: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = None,
-               numeric: tuple[str, ...] = ()) -> str:
-    """A plain table; the frame's column names are already the words shown."""
+def table_block(frame: pd.DataFrame, formats: dict[str, Callable[[Any], str]] | None = None,
+                numeric: tuple[str, ...] = (), title: str | None = None) -> dict[str, Any]:
+    """A table block for the template: headers, rows of display strings, which columns are numeric;
+    the frame's column names are already the words shown."""
     formats = formats or {}
-    head = "".join(f'<th class="{"num" if c in numeric else ""}">{esc(c)}</th>' for c in frame.columns)
-    rows = []
-    for _, row in frame.iterrows():
-        cells = "".join(
-            f'<td class="{"num" if c in numeric else ""}">{formats[c](row[c]) if c in formats else esc(row[c])}</td>'
-            for c in frame.columns)
-        rows.append(f"<tr>{cells}</tr>")
-    return f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    rows = [[formats[c](row[c]) if c in formats else ("" if row[c] is None else str(row[c])) for c in frame.columns]
+            for _, row in frame.iterrows()]
+    return {"kind": "table", "title": title, "headers": list(frame.columns),
+            "numeric": [c in numeric for c in frame.columns], "rows": rows}
+
+
+def empty_block(text: str) -> dict[str, str]:
+    return {"kind": "empty", "text": text}
+
+
+def note_block(text: str) -> dict[str, str]:
+    return {"kind": "note", "text": text}
+
+
+def grid(*charts: dict[str, str]) -> dict[str, Any]:
+    return {"kind": "grid", "items": [c for c in charts if c]}
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -192,7 +203,10 @@ def window_kpis(wh: Warehouse, start: pd.Timestamp, end: pd.Timestamp, settings:
                 AS first_contact_resolution,
             (SELECT n FROM lines) AS units,
             (SELECT count(*) FROM ret) AS returns,
-            (SELECT count(*) FROM ret WHERE reason_code = 'quality_defect') AS quality_returns
+            (SELECT count(*) FROM ret WHERE reason_code = 'quality_defect') AS quality_returns,
+            (SELECT count(*) FROM r) AS n_reviews,
+            (SELECT count(*) FROM t) AS n_tickets,
+            (SELECT count(*) FROM tickets WHERE resolved_at >= $s AND resolved_at < $e) AS n_resolved
         """, {"s": _py(start), "e": _py(end), "bad": settings.labels.negative_review_max_score,
               "target": float(settings.report.response_target_hours)}).iloc[0]
     out = {k: _num(v) for k, v in row.items()}
@@ -351,13 +365,26 @@ class ReportData:
     teams: pd.DataFrame
     alerts: pd.DataFrame | None
     complaint_words: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, SourceEnd] = field(default_factory=dict)
+
+    def has(self, source: str) -> bool:
+        """The shop exports this source (it has rows at all)."""
+        end = self.sources.get(source)
+        return end is None or end.rows > 0
 
 
 def collect(wh: Warehouse, settings: Settings, as_of: Any = None) -> ReportData:
-    """Every figure of the report, as of ``as_of`` (default: the data's clock)."""
+    """Every figure of the report, as of ``as_of`` (default: where the sources end)."""
     from tasks.insight.text import load_lexicon
 
-    as_of = pd.Timestamp(as_of) if as_of is not None else data_clock(wh)
+    cfg = settings.report
+    ends = source_ends(wh, cfg.data_end_day_share, cfg.data_end_lookback_days)
+    if as_of is None:
+        known = [e.end for e in ends.values() if e.end is not None]
+        if not known:
+            raise ValueError("the warehouse holds no orders, reviews, returns or tickets yet")
+        as_of = max(known)
+    as_of = pd.Timestamp(as_of)
     if as_of.tzinfo is not None:
         as_of = as_of.tz_convert("UTC").tz_localize(None)
     w = windows(as_of, settings)
@@ -374,6 +401,7 @@ def collect(wh: Warehouse, settings: Settings, as_of: Any = None) -> ReportData:
         teams=team_breakdown(wh, w.breakdown_start, as_of, settings),
         alerts=recent_alerts(wh, as_of, settings.report.max_alerts),
         complaint_words={c: lexicon.label(c) for c in [*COMPLAINTS, "other"]},
+        sources=ends,
     )
 
 
@@ -385,50 +413,68 @@ class Kpi:
     fmt: Callable[[Any], str]
     better: str  # "up" or "down"
     explain: str
+    source: str  # the source it needs (absent: "no ... data")
+    basis: str  # the count it rests on (too thin below report.min_count)
+    basis_words: str
 
 
 KPIS = [
     Kpi("satisfaction", "Service satisfaction", lambda v: num(v, 2, " / 5"), "up",
-        "average rating customers gave their support contact"),
-    Kpi("review_score", "Average review", lambda v: num(v, 2, " / 5"), "up", "average product review score"),
+        "average rating customers gave their support contact", "tickets", "n_tickets", "tickets"),
+    Kpi("review_score", "Average review", lambda v: num(v, 2, " / 5"), "up", "average product review score",
+        "reviews", "n_reviews", "reviews"),
     Kpi("complaint_rate", "Complaints per 100 orders", lambda v: num(v, 1), "down",
-        "complaint tickets plus 1-2 star reviews, per 100 orders placed"),
+        "complaint tickets plus 1-2 star reviews, per 100 orders placed", "orders", "orders", "orders"),
     Kpi("first_response_hours", "First response time", lambda v: num(v, 1, " h"), "down",
-        "median hours until a customer's ticket first got an answer"),
+        "median hours until a customer's ticket first got an answer", "tickets", "n_tickets", "tickets"),
     Kpi("response_target_share", "Answered within target", lambda v: pct(v, 0), "up",
-        "share of tickets answered within the response target"),
+        "share of tickets answered within the response target", "tickets", "n_tickets", "tickets"),
     Kpi("handling_hours", "Time to resolve", lambda v: num(v, 1, " h"), "down",
-        "median hours from opening a ticket to solving it"),
+        "median hours from opening a ticket to solving it", "tickets", "n_resolved", "solved tickets"),
     Kpi("first_contact_resolution", "Solved without escalation", lambda v: pct(v, 0), "up",
-        "solved tickets that were neither escalated nor reopened"),
-    Kpi("return_rate", "Return rate", lambda v: pct(v, 1), "down", "returns per item delivered"),
+        "solved tickets that were neither escalated nor reopened", "tickets", "n_resolved", "solved tickets"),
+    Kpi("return_rate", "Return rate", lambda v: pct(v, 1), "down", "returns per item delivered", "returns", "units",
+        "items delivered"),
     Kpi("failure_rate", "Product failure rate", lambda v: pct(v, 1), "down",
-        "items returned as faulty, per item delivered"),
-    Kpi("negative_review_rate", "Negative reviews", lambda v: pct(v, 1), "down", "share of reviews with 1-2 stars"),
+        "items returned as faulty, per item delivered", "returns", "units", "items delivered"),
+    Kpi("negative_review_rate", "Negative reviews", lambda v: pct(v, 1), "down", "share of reviews with 1-2 stars",
+        "reviews", "n_reviews", "reviews"),
 ]
 
 
-def _change(kpi: Kpi, now: float, before: float) -> str:
+def _change(kpi: Kpi, now: float, before: float) -> tuple[str, str]:
+    """(css class, words) of the change against the period before."""
     if math.isnan(now) or math.isnan(before) or before == 0:
-        return '<span class="flat">no earlier figure</span>'
+        return "flat", "no earlier figure"
     rel = now / before - 1
     if abs(rel) < 0.02:
-        return '<span class="flat">about the same as before</span>'
+        return "flat", "about the same as before"
     good = (rel > 0) == (kpi.better == "up")
-    arrow = "▲" if rel > 0 else "▼"
-    return f'<span class="{"good" if good else "bad"}">{arrow} {abs(rel):.0%} vs previous period</span>'
+    return ("good" if good else "bad"), f"{'▲' if rel > 0 else '▼'} {abs(rel):.0%} vs previous period"
 
 
-def headline_html(data: ReportData, settings: Settings) -> str:
+def kpi_cards(data: ReportData, settings: Settings) -> list[dict[str, str]]:
+    """One card per headline figure; an absent source or a thin basis says so in words."""
     cards = []
+    floor = settings.report.min_count
     for kpi in KPIS:
         now, before = data.recent.get(kpi.key, math.nan), data.previous.get(kpi.key, math.nan)
-        explain = kpi.explain.replace("the response target",
-                                      f"{settings.report.response_target_hours:g} hours")
-        cards.append(f'<div class="card"><div class="label">{esc(kpi.title)}</div>'
-                     f'<div class="value">{kpi.fmt(now)}</div><div class="change">{_change(kpi, now, before)}</div>'
-                     f'<div class="explain">{esc(explain)}; before: {kpi.fmt(before)}</div></div>')
-    return f'<div class="cards">{"".join(cards)}</div>'
+        n_now, n_before = data.recent.get(kpi.basis, 0.0), data.previous.get(kpi.basis, 0.0)
+        explain = kpi.explain.replace("the response target", f"{settings.report.response_target_hours:g} hours")
+        card = {"title": kpi.title, "explain": explain}
+        if not data.has(kpi.source):
+            card |= {"value": f"no {SOURCE_WORDS[kpi.source]} data", "change_class": "flat",
+                     "change": "the shop exports no " + SOURCE_WORDS[kpi.source], "before": ""}
+        elif _num(n_now) < floor:
+            card |= {"value": kpi.fmt(now) if _num(n_now) > 0 else "–", "change_class": "thin",
+                     "change": f"too thin: only {_num(n_now):,.0f} {kpi.basis_words} (fewer than {floor})",
+                     "before": ""}
+        else:
+            cls, words = _change(kpi, now, before) if _num(n_before) >= floor else \
+                ("flat", f"no comparison: only {_num(n_before):,.0f} {kpi.basis_words} before")
+            card |= {"value": kpi.fmt(now), "change_class": cls, "change": words, "before": kpi.fmt(before)}
+        cards.append(card)
+    return cards
 
 
 def _baselines(row: Any) -> str:
@@ -448,26 +494,26 @@ def highlights(data: ReportData, settings: Settings) -> list[str]:
     if data.alerts is not None and len(data.alerts):
         latest = data.alerts.sort_values("week_start").groupby("product_id").tail(1)
         for row in latest.sort_values("week_start", ascending=False).head(3).itertuples(index=False):
-            out.append(f"<b>{esc(_product_label(row.product_name, row.product_id))}</b>: "
+            out.append(f"{_product_label(row.product_name, row.product_id)}: "
                        f"{METRIC_WORDS[row.metric].lower()} of {pct(row.rate, 0)} in the week of "
                        f"{pd.Timestamp(row.week_start):%d %b %Y}, against {_baselines(row)}.")
     products = data.returns["product"]
     big = products[products["units"] >= settings.report.min_product_units].copy()
-    if len(big):
-        cat_fail = data.returns["category"].set_index("category")["failure_rate"]
-        big["ratio"] = big["failure_rate"] / big["category"].map(cat_fail)
+    if len(big) and data.has("returns"):
+        cat_fail = data.returns["category"].set_index("category")["failure_rate"].astype(float)
+        big["ratio"] = big["failure_rate"].astype(float) / big["category"].map(cat_fail).astype(float)
         worst = big[big["quality_returns"] >= 3].sort_values("ratio", ascending=False).head(1)
         for row in worst.itertuples(index=False):
             if row.ratio >= 1.5:
-                out.append(f"<b>{esc(row.name)}</b> fails {row.ratio:.1f} times as often as other "
-                           f"{esc(row.category)} products ({pct(row.failure_rate)} of items returned as faulty).")
+                out.append(f"{row.name} fails {row.ratio:.1f} times as often as other "
+                           f"{row.category} products ({pct(row.failure_rate)} of items returned as faulty).")
     carriers = data.carriers[data.carriers["delivered"] >= settings.report.min_product_units]
     if len(carriers) > 1:
         top = carriers.sort_values("late_rate", ascending=False).iloc[0]
         rest = carriers[carriers["carrier"] != top["carrier"]]
         rest_rate = rest["late"].sum() / max(rest["delivered"].sum(), 1)
-        if top["late_rate"] >= 2 * rest_rate:
-            out.append(f"<b>{esc(top['carrier'])}</b> delivered {pct(top['late_rate'], 0)} of its parcels late, "
+        if top["late"] >= 5 and top["late_rate"] >= 2 * rest_rate:
+            out.append(f"{top['carrier']} delivered {pct(top['late_rate'], 0)} of its parcels late, "
                        f"against {pct(rest_rate, 0)} for the other carriers; it accounts for "
                        f"{pct(top['share_of_late'], 0)} of all late deliveries.")
     teams = data.teams[data.teams["tickets"] >= 20]
@@ -475,46 +521,52 @@ def highlights(data: ReportData, settings: Settings) -> list[str]:
         slow = teams.sort_values("first_response_hours", ascending=False).iloc[0]
         others = teams[teams["team"] != slow["team"]]["first_response_hours"].median()
         if slow["first_response_hours"] >= 2 * others:
-            out.append(f"<b>{esc(slow['team'])}</b> takes a median {num(slow['first_response_hours'])} hours to "
+            out.append(f"{slow['team']} takes a median {num(slow['first_response_hours'])} hours to "
                        f"answer a ticket, against {num(others)} hours for the other teams; its customers rate "
                        f"the service {num(slow['satisfaction'], 1)} / 5.")
     if data.complaints is not None and len(data.complaints["reason"]):
         reasons = data.complaints["reason"]
         first = reasons.iloc[0]
-        out.append(f"The most common complaint is <b>{esc(data.complaint_words.get(first['complaint']))}</b>: "
-                   f"{pct(first['texts'] / reasons['texts'].sum(), 0)} of complaints in the last "
-                   f"{settings.report.breakdown_days} days.")
+        total = reasons["texts"].sum()
+        if total >= settings.report.min_count:
+            out.append(f"The most common complaint is {data.complaint_words.get(first['complaint'])}: "
+                       f"{pct(first['texts'] / total, 0)} of complaints in the last "
+                       f"{settings.report.breakdown_days} days.")
     return out
 
 
-def _section(title: str, intro: str, body: str) -> str:
-    anchor = title.lower().replace(" ", "-")
-    return f'<section id="{anchor}"><h2>{esc(title)}</h2><p class="intro">{intro}</p>{body}</section>'
+def _no_source(source: str) -> dict[str, str]:
+    return empty_block(f"This shop exports no {SOURCE_WORDS[source]}, so there is no figure here "
+                       f"(no {SOURCE_WORDS[source]} data, which is not the same as zero).")
 
 
-def _empty(text: str) -> str:
-    return f'<p class="empty">{esc(text)}</p>'
-
-
-def trends_html(data: ReportData) -> str:
+def trends_blocks(data: ReportData) -> list[dict[str, Any]]:
     t = data.trends
     if t.empty or t["orders"].sum() == 0:
-        return _empty("No orders in the period.")
-    charts = [
-        line_chart(t["week"], {"orders": t["orders"]}, "Orders per week"),
-        line_chart(t["week"], {"return rate": t["return_rate"], "share of 1-2 star reviews":
-                               t["negative_review_rate"]}, "Return rate and share of negative reviews", percent=True),
-        line_chart(t["week"], {"service satisfaction (1-5)": t["satisfaction"]}, "Service satisfaction (1 to 5)"),
-        line_chart(t["week"], {"first response (hours)": t["first_response_hours"]},
-                   "Median hours to first response"),
-    ]
-    return f'<div class="grid">{"".join(charts)}</div>'
+        return [empty_block("No orders in the period.")]
+    rates = {}
+    if data.has("returns"):
+        rates["return rate"] = t["return_rate"]
+    if data.has("reviews"):
+        rates["share of 1-2 star reviews"] = t["negative_review_rate"]
+    charts = [line_chart(t["week"], {"orders": t["orders"]}, "Orders per week")]
+    if rates:
+        charts.append(line_chart(t["week"], rates, "Return rate and share of negative reviews" if len(rates) > 1
+                                 else next(iter(rates)).capitalize(), percent=True))
+    if data.has("tickets") and t["satisfaction"].notna().any():
+        charts.append(line_chart(t["week"], {"service satisfaction (1-5)": t["satisfaction"]},
+                                 "Service satisfaction (1 to 5)"))
+        charts.append(line_chart(t["week"], {"first response (hours)": t["first_response_hours"]},
+                                 "Median hours to first response"))
+    return [grid(*charts)]
 
 
-def service_html(data: ReportData, settings: Settings) -> str:
+def service_blocks(data: ReportData, settings: Settings) -> list[dict[str, Any]]:
+    if not data.has("tickets"):
+        return [_no_source("tickets")]
     teams = data.teams
     if teams.empty:
-        return _empty("No support tickets in the period.")
+        return [empty_block("No support tickets in the period.")]
     target = f"Answered within {settings.report.response_target_hours:g} h"
     shown = pd.DataFrame({
         "Team": teams["team"], "Tickets": teams["tickets"],
@@ -522,105 +574,130 @@ def service_html(data: ReportData, settings: Settings) -> str:
         "Median time to resolve": teams["handling_hours"], "Still open": teams["unresolved_share"],
         "Escalated": teams["escalation_rate"], "Satisfaction (1-5)": teams["satisfaction"]})
     hours = lambda v: num(v, 1, " h")  # noqa: E731
-    table = table_html(shown, {"Tickets": lambda v: num(v, 0), "Median first response": hours, target: pct,
-                               "Median time to resolve": hours, "Still open": pct, "Escalated": pct,
-                               "Satisfaction (1-5)": lambda v: num(v, 2)},
-                       numeric=tuple(shown.columns[1:]))
-    chart = bar_chart(teams["team"].tolist(), teams["first_response_hours"].tolist(),
-                      "Median hours to first response, by team", percent=False,
-                      highlight=(teams["first_response_hours"] >= 2 * teams["first_response_hours"].median()).tolist())
-    return table + chart
+    blocks: list[dict[str, Any]] = [table_block(
+        shown, {"Tickets": lambda v: num(v, 0), "Median first response": hours, target: pct,
+                "Median time to resolve": hours, "Still open": pct, "Escalated": pct,
+                "Satisfaction (1-5)": lambda v: num(v, 2)}, numeric=tuple(shown.columns[1:]))]
+    thin = teams[teams["tickets"] < settings.report.min_count]["team"].tolist()
+    if thin:
+        blocks.append(note_block(f"Too thin to compare (fewer than {settings.report.min_count} tickets): "
+                                 f"{', '.join(map(str, thin))}."))
+    blocks.append(bar_chart(teams["team"].tolist(), teams["first_response_hours"].tolist(),
+                            "Median hours to first response, by team", percent=False,
+                            highlight=(teams["first_response_hours"] >= 2 * teams["first_response_hours"].median())
+                            .tolist()))
+    return blocks
 
 
-def returns_html(data: ReportData, settings: Settings) -> str:
+def returns_blocks(data: ReportData, settings: Settings) -> list[dict[str, Any]]:
+    if not data.has("returns"):
+        return [_no_source("returns")]
     r = data.returns
     if r["reason"].empty and r["product"]["units"].sum() == 0:
-        return _empty("No deliveries or returns in the period.")
+        return [empty_block("No deliveries or returns in the period.")]
     reasons = r["reason"]
     total = max(reasons["returns"].sum(), 1)
-    parts = [bar_chart([RETURN_REASON_WORDS.get(c, str(c)) for c in reasons["reason_code"]],
-                       (reasons["returns"] / total).tolist(), "Why customers return (share of returns)")]
+    charts = [bar_chart([RETURN_REASON_WORDS.get(c, str(c)) for c in reasons["reason_code"]],
+                        (reasons["returns"] / total).tolist(), "Why customers return (share of returns)")]
     cat = r["category"][r["category"]["units"] > 0].sort_values("return_rate", ascending=False)
-    parts.append(bar_chart(cat["category"].str.capitalize().tolist(), cat["return_rate"].tolist(),
-                           "Return rate by product category"))
+    charts.append(bar_chart(cat["category"].str.capitalize().tolist(), cat["return_rate"].astype(float).tolist(),
+                            "Return rate by product category"))
     reg = r["region"][r["region"]["units"] >= settings.report.min_product_units].sort_values("return_rate",
                                                                                                ascending=False)
     if len(reg):
-        parts.append(bar_chart(reg["region"].tolist(), reg["return_rate"].tolist(), "Return rate by region"))
-    prod = r["product"][r["product"]["units"] >= settings.report.min_product_units]
+        charts.append(bar_chart(reg["region"].tolist(), reg["return_rate"].astype(float).tolist(),
+                                "Return rate by region"))
+    blocks: list[dict[str, Any]] = [grid(*charts)]
+    prod = r["product"][(r["product"]["units"] >= settings.report.min_product_units) & (r["product"]["returns"] > 0)]
     top = prod.sort_values("return_rate", ascending=False).head(settings.report.top_products)
-    cat_rate = r["category"].set_index("category")["return_rate"]
-    shown = pd.DataFrame({
-        "Product": top["name"].fillna(top["product_id"]), "Category": top["category"].str.capitalize(),
-        "Items delivered": top["units"], "Returned": top["returns"], "Return rate": top["return_rate"],
-        "Category average": top["category"].map(cat_rate),
-        "Main reason": [RETURN_REASON_WORDS.get(c, str(c)) for c in top["main_reason"]]})
-    body = f'<div class="grid">{"".join(parts)}</div>'
-    if len(shown):
-        body += (f"<h3>Products returned most often (at least {settings.report.min_product_units} items delivered)</h3>"
-                 + table_html(shown, {"Items delivered": lambda v: num(v, 0), "Returned": lambda v: num(v, 0),
-                                      "Return rate": pct, "Category average": pct},
-                              numeric=("Items delivered", "Returned", "Return rate", "Category average")))
-    return body
+    cat_rate = r["category"].set_index("category")["return_rate"].astype(float)
+    if len(top):
+        shown = pd.DataFrame({
+            "Product": top["name"].fillna(top["product_id"]), "Category": top["category"].str.capitalize(),
+            "Items delivered": top["units"], "Returned": top["returns"], "Return rate": top["return_rate"],
+            "Category average": top["category"].map(cat_rate),
+            "Main reason": [RETURN_REASON_WORDS.get(c, str(c)) for c in top["main_reason"]]})
+        blocks.append(table_block(
+            shown, {"Items delivered": lambda v: num(v, 0), "Returned": lambda v: num(v, 0), "Return rate": pct,
+                    "Category average": pct},
+            numeric=("Items delivered", "Returned", "Return rate", "Category average"),
+            title=f"Products returned most often (at least {settings.report.min_product_units} items delivered)"))
+    else:
+        blocks.append(note_block(f"No product reached {settings.report.min_product_units} delivered items with a "
+                                 f"return in the last {settings.report.breakdown_days} days, so none is ranked."))
+    return blocks
 
 
-def quality_html(data: ReportData, settings: Settings) -> str:
+def quality_blocks(data: ReportData, settings: Settings) -> list[dict[str, Any]]:
+    if not data.has("returns"):
+        return [_no_source("returns")]
     r = data.returns
     cat = r["category"][r["category"]["units"] > 0].sort_values("failure_rate", ascending=False)
     if cat.empty:
-        return _empty("No deliveries in the period.")
-    chart = bar_chart(cat["category"].str.capitalize().tolist(), cat["failure_rate"].tolist(),
-                      "Items returned as faulty, by category")
+        return [empty_block("No deliveries in the period.")]
+    blocks: list[dict[str, Any]] = [bar_chart(cat["category"].str.capitalize().tolist(),
+                                              cat["failure_rate"].astype(float).tolist(),
+                                              "Items returned as faulty, by category")]
     prod = r["product"][(r["product"]["units"] >= settings.report.min_product_units)].copy()
-    prod["peers"] = prod["category"].map(cat.set_index("category")["failure_rate"])
-    prod["ratio"] = prod["failure_rate"] / prod["peers"].where(prod["peers"] > 0)
+    prod["peers"] = prod["category"].map(cat.set_index("category")["failure_rate"]).astype(float)
+    prod["ratio"] = prod["failure_rate"].astype(float) / prod["peers"].where(prod["peers"] > 0)
     top = prod[prod["quality_returns"] >= 3].sort_values("ratio", ascending=False).head(settings.report.top_products)
-    shown = pd.DataFrame({"Product": top["name"].fillna(top["product_id"]),
-                          "Category": top["category"].str.capitalize(), "Items delivered": top["units"],
-                          "Returned as faulty": top["quality_returns"], "Failure rate": top["failure_rate"],
-                          "Category average": top["peers"], "Compared with peers": top["ratio"]})
-    table = table_html(shown, {"Items delivered": lambda v: num(v, 0), "Returned as faulty": lambda v: num(v, 0),
-                               "Failure rate": pct, "Category average": pct,
-                               "Compared with peers": lambda v: "–" if math.isnan(_num(v)) else f"{v:.1f}×"},
-                       numeric=("Items delivered", "Returned as faulty", "Failure rate", "Category average",
-                                "Compared with peers"))
-    return chart + ("<h3>Products failing more often than similar products (at least 3 returned as faulty)</h3>"
-                    + table if len(shown) else "")
+    if len(top):
+        shown = pd.DataFrame({"Product": top["name"].fillna(top["product_id"]),
+                              "Category": top["category"].str.capitalize(), "Items delivered": top["units"],
+                              "Returned as faulty": top["quality_returns"], "Failure rate": top["failure_rate"],
+                              "Category average": top["peers"], "Compared with peers": top["ratio"]})
+        blocks.append(table_block(
+            shown, {"Items delivered": lambda v: num(v, 0), "Returned as faulty": lambda v: num(v, 0),
+                    "Failure rate": pct, "Category average": pct,
+                    "Compared with peers": lambda v: "–" if math.isnan(_num(v)) else f"{v:.1f}×"},
+            numeric=("Items delivered", "Returned as faulty", "Failure rate", "Category average",
+                     "Compared with peers"),
+            title="Products failing more often than similar products (at least 3 returned as faulty)"))
+    elif prod.empty:
+        blocks.append(note_block(f"No product reached {settings.report.min_product_units} delivered items in the last "
+                                 f"{settings.report.breakdown_days} days, so none is compared with its peers."))
+    return blocks
 
 
-def reviews_html(data: ReportData, settings: Settings) -> str:
-    parts = []
+def reviews_blocks(data: ReportData, settings: Settings) -> list[dict[str, Any]]:
+    if not data.has("reviews"):
+        return [_no_source("reviews")]
+    charts = []
     rev = data.reviews[data.reviews["reviews"] > 0]
     if len(rev):
-        parts.append(bar_chart(rev["category"].str.capitalize().tolist(), rev["negative_review_rate"].tolist(),
-                               "Share of 1-2 star reviews, by product category"))
+        charts.append(bar_chart(rev["category"].str.capitalize().tolist(),
+                                rev["negative_review_rate"].astype(float).tolist(),
+                                "Share of 1-2 star reviews, by product category"))
     c = data.complaints
     if c is None:
-        parts.append(_empty("Complaint reasons appear here once the shop's review and ticket texts have been "
-                            "analysed (text analysis has not run yet)."))
-        return f'<div class="grid">{"".join(parts)}</div>'
+        return [grid(*charts), empty_block("Complaint reasons appear here once the shop's review and ticket texts "
+                                           "have been analysed (text analysis has not run yet).")]
+    blocks: list[dict[str, Any]] = []
+    total = c["reason"]["texts"].sum() if len(c["reason"]) else 0
     if len(c["reason"]):
-        total = c["reason"]["texts"].sum()
-        parts.append(bar_chart([data.complaint_words.get(x, x) for x in c["reason"]["complaint"]],
-                               (c["reason"]["texts"] / total).tolist(),
-                               "What customers complain about (share of complaint texts)"))
-    body = f'<div class="grid">{"".join(parts)}</div>'
+        charts.append(bar_chart([data.complaint_words.get(x, x) for x in c["reason"]["complaint"]],
+                                (c["reason"]["texts"] / total).tolist(),
+                                "What customers complain about (share of complaint texts)"))
+    blocks.append(grid(*charts))
+    if 0 < total < settings.report.min_count:
+        blocks.append(note_block(f"Too thin to rank reasons: only {total:,.0f} complaint texts in the period."))
     hot = c["hotspots"]
     if len(hot):
         shown = pd.DataFrame({"Product": hot["name"].fillna(hot["product_id"]),
                               "Category": hot["category"].str.capitalize(),
                               "Complaint": [data.complaint_words.get(x, x) for x in hot["complaint"]],
                               "Texts": hot["texts"], "Share of the product's complaints": hot["share_of_product"]})
-        body += ("<h3>Where complaints concentrate: product and reason</h3>"
-                 + table_html(shown, {"Texts": lambda v: num(v, 0), "Share of the product's complaints": pct},
-                              numeric=("Texts", "Share of the product's complaints")))
-    return body
+        blocks.append(table_block(shown, {"Texts": lambda v: num(v, 0), "Share of the product's complaints": pct},
+                                  numeric=("Texts", "Share of the product's complaints"),
+                                  title="Where complaints concentrate: product and reason"))
+    return blocks
 
 
-def carriers_html(data: ReportData, settings: Settings) -> str:
+def carriers_blocks(data: ReportData, settings: Settings) -> list[dict[str, Any]]:
     car = data.carriers[data.carriers["delivered"] > 0]
     if car.empty:
-        return _empty("No deliveries in the period.")
+        return [empty_block("No deliveries in the period.")]
     complaints = None
     if data.complaints is not None and len(data.complaints["carrier"]):
         by = data.complaints["carrier"].set_index("carrier")["texts"]
@@ -634,132 +711,124 @@ def carriers_html(data: ReportData, settings: Settings) -> str:
         shown["Share of delivery complaints"] = complaints.to_numpy()
         formats["Share of delivery complaints"] = pct
     rate = car.sort_values("late_rate", ascending=False)
-    chart = bar_chart(rate["carrier"].tolist(), rate["late_rate"].tolist(), "Share of parcels delivered late",
+    chart = bar_chart(rate["carrier"].tolist(), rate["late_rate"].astype(float).tolist(),
+                      "Share of parcels delivered late",
                       highlight=(rate["late_rate"] >= 2 * rate["late_rate"].median()).tolist())
-    return table_html(shown, formats, numeric=tuple(shown.columns[1:])) + chart
+    return [table_block(shown, formats, numeric=tuple(shown.columns[1:])), chart]
 
 
-def alerts_html(data: ReportData, settings: Settings) -> str:
+def alert_cards(data: ReportData) -> list[dict[str, Any]]:
     """One card per flagged product: its latest alert with the evidence, and the other weeks it was flagged."""
-    if data.alerts is None:
-        return _empty("The weekly product check has not run yet, so there are no early warnings to show.")
-    if data.alerts.empty:
-        return _empty("No product stood out in the weeks checked: every weekly return and negative-review rate "
-                      "was in line with the product's own history and with similar products.")
     cards = []
     ordered = data.alerts.sort_values(["week_start"], ascending=False)
     for _, group in ordered.groupby("product_id", sort=False):
         a = next(group.itertuples(index=False))
         complaints = ", ".join(
-            f"{esc(data.complaint_words.get(c.split(':')[0], c.split(':')[0]))} ({c.split(':')[1]})"
+            f"{data.complaint_words.get(c.split(':')[0], c.split(':')[0])} ({c.split(':')[1]})"
             for c in (a.main_complaints if isinstance(a.main_complaints, str) else "").split("; ") if ":" in c)
-        quotes = "".join(f"<q>{esc(q)}</q>" for q in json.loads(a.quotes if isinstance(a.quotes, str) else "[]"))
         if a.metric == "return_rate":
             counts = f"{num(a.events, 0)} returns, while about {num(a.volume, 0)} items a week were delivered lately"
         else:
             counts = f"{num(a.events, 0)} of {num(a.volume, 0)} reviews had 1-2 stars"
         others = sorted({pd.Timestamp(w) for w in group["week_start"]} - {pd.Timestamp(a.week_start)}, reverse=True)
-        also = (f"Also flagged in the weeks of {', '.join(f'{w:%d %b}' for w in others)}." if others else "")
-        forecast = (f"{pct(a.forecast_negative_review_rate, 0)} (likely between {pct(a.forecast_low, 0)} and "
-                    f"{pct(a.forecast_high, 0)})")
-        cards.append(
-            f'<div class="alert"><div class="alert-head"><b>{esc(_product_label(a.product_name, a.product_id))}</b>'
-            f' <span class="muted">{esc(str(a.category).capitalize())} · week of '
-            f'{pd.Timestamp(a.week_start):%d %b %Y}</span></div>'
-            f'<div>{METRIC_WORDS[a.metric]} <b>{pct(a.rate, 0)}</b> ({counts}), against {_baselines(a)}.</div>'
-            f'<div class="muted">Main complaints that week: {complaints or "no texts"}. Expected share of '
-            f'negative reviews next week: {forecast}. {also}</div>'
-            f'<div class="quotes">{quotes}</div></div>')
-    return "".join(cards)
+        cards.append({
+            "product": _product_label(a.product_name, a.product_id), "category": str(a.category).capitalize(),
+            "week": f"{pd.Timestamp(a.week_start):%d %b %Y}", "metric": METRIC_WORDS[a.metric],
+            "rate": pct(a.rate, 0), "counts": counts, "baselines": _baselines(a),
+            "complaints": complaints or "no texts",
+            "forecast": f"{pct(a.forecast_negative_review_rate, 0)} (likely between {pct(a.forecast_low, 0)} and "
+                        f"{pct(a.forecast_high, 0)})",
+            "also": f"Also flagged in the weeks of {', '.join(f'{w:%d %b}' for w in others)}." if others else "",
+            "quotes": json.loads(a.quotes if isinstance(a.quotes, str) else "[]")})
+    return cards
 
 
-def definitions_html(settings: Settings) -> str:
-    items = [
+def alerts_blocks(data: ReportData, settings: Settings) -> list[dict[str, Any]]:
+    if data.alerts is None:
+        return [empty_block("The weekly product check has not run yet, so there are no early warnings to show.")]
+    if data.alerts.empty:
+        return [empty_block("No product stood out in the weeks checked: every weekly return and negative-review "
+                            "rate that had enough volume to test was in line with the product's own history and "
+                            "with similar products.")]
+    return [{"kind": "alerts", "cards": alert_cards(data)}]
+
+
+def definitions(settings: Settings) -> list[tuple[str, str]]:
+    return [
         ("Period", f"Headline figures cover the last {settings.report.recent_days} days, compared with the "
                    f"{settings.report.recent_days} days before. Breakdowns cover the last "
                    f"{settings.report.breakdown_days} days; trends show complete weeks (Monday to Sunday)."),
+        ("Where the data ends", "Each source ends on its last day with a normal day's volume; a few stray rows "
+                                "after that (say one cancelled order weeks later) do not move the report's date."),
+        ("Too thin", f"A figure resting on fewer than {settings.report.min_count} reviews, tickets, items or orders "
+                     "is marked as such and not compared with the period before."),
         ("Return rate", "Returns requested in the period divided by items delivered in the period."),
         ("Product failure rate", "Items returned as faulty divided by items delivered."),
         ("Negative review", f"A review with {settings.labels.negative_review_max_score} stars or fewer."),
         ("Complaint", "A support ticket about delivery, a faulty product, size or the service, or a negative "
                       "review."),
         ("Complaint reason", "Read from the customer's own words (reviews, tickets, return notes, in English and "
-                             "Chinese) by a model trained on the shop's texts, with a keyword list as fallback."),
+                             "Chinese) by a model trained on the shop's earlier texts, with a keyword list as "
+                             "fallback."),
         ("Early warning", "A product whose weekly return or negative-review rate is clearly above its own recent "
                           "weeks or above similar products, after allowing for chance across all products "
-                          "checked (false discovery rate "
-                          f"{settings.alerts.fdr_alpha:.0%}); small numbers are not flagged."),
+                          f"checked (false discovery rate {settings.alerts.fdr_alpha:.0%}); small numbers are not "
+                          "flagged."),
         ("Forecast", "Next week's share of negative reviews, weighting recent weeks most and starting from the "
                      "category's usual share; the range covers the likely values "
                      f"({settings.alerts.forecast_interval:.0%})."),
     ]
-    return "<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in items) + "</dl>"
 
 
-CSS = """
-body{font-family:-apple-system,"Segoe UI",Roboto,"Noto Sans","Noto Sans CJK SC","Microsoft YaHei",sans-serif;
-  color:#1f2933;margin:0;background:#f5f7fa}
-main{max-width:1120px;margin:0 auto;padding:24px 28px 60px;background:#fff}
-h1{font-size:26px;margin:0 0 4px} h2{font-size:20px;margin:36px 0 4px;border-bottom:2px solid #e4e7eb;
-  padding-bottom:4px} h3{font-size:15px;margin:20px 0 8px}
-.sub{color:#52606d;margin:0 0 12px} .intro{color:#52606d;margin:4px 0 14px}
-nav a{color:#2f6db5;margin-right:12px;font-size:13px;text-decoration:none}
-.cards{display:grid;grid-template-columns:repeat(5,1fr);gap:10px}
-.card{border:1px solid #e4e7eb;border-radius:8px;padding:10px 12px}
-.card .label{font-size:12px;color:#52606d} .card .value{font-size:22px;font-weight:600;margin:2px 0}
-.card .change{font-size:12px} .card .explain{font-size:11px;color:#7b8794;margin-top:4px}
-.good{color:#2e8b57} .bad{color:#c0392b} .flat{color:#7b8794}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:12px;align-items:start}
-img.chart{max-width:100%}
-table{border-collapse:collapse;width:100%;font-size:13px;margin:6px 0 14px}
-th{text-align:left;background:#f0f4f8;padding:6px 8px;font-weight:600}
-td{padding:5px 8px;border-bottom:1px solid #eef1f4} .num{text-align:right}
-ul.highlights li{margin:6px 0}
-.alert{border-left:4px solid #c0392b;background:#fdf6f5;padding:10px 14px;margin:10px 0;border-radius:4px}
-.alert-head{font-size:15px;margin-bottom:4px} .muted{color:#52606d;font-size:13px}
-.quotes q{display:block;font-style:italic;color:#3e4c59;font-size:13px;margin:4px 0 0 10px}
-.empty{color:#7b8794;font-style:italic} dt{font-weight:600;margin-top:8px} dd{margin:2px 0 0 0;color:#3e4c59}
-footer{color:#9aa5b1;font-size:11px;margin-top:30px}
-"""
+def _environment() -> Any:
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    return Environment(loader=FileSystemLoader(TEMPLATES_DIR), autoescape=select_autoescape(["html", "j2"]),
+                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+
+
+def anchor(title: str) -> str:
+    return title.lower().replace(" ", "-")
 
 
 def render_html(data: ReportData, settings: Settings, generated_at: datetime | None = None) -> str:
-    """The whole report as one HTML string."""
+    """The whole report as one HTML string (template ``report.html.j2``)."""
     w = data.win
     last_day = w.as_of - pd.Timedelta(days=1)
-    period = f"{w.recent_start:%d %b %Y} to {last_day:%d %b %Y}"
-    points = highlights(data, settings)
-    stand_out = ("<ul class='highlights'>" + "".join(f"<li>{p}</li>" for p in points) + "</ul>") if points else \
-        _empty("Nothing unusual this period.")
-    nav = "".join(f'<a href="#{t.lower().replace(" ", "-")}">{esc(t)}</a>' for t in SECTIONS)
     days = settings.report.breakdown_days
-    body = [
-        _section(SECTIONS[0], f"The last {settings.report.recent_days} days ({period}) compared with the "
-                              f"{settings.report.recent_days} days before. Green means better, red worse.",
-                 headline_html(data, settings)),
-        _section(SECTIONS[1], "Findings worth a look, with the evidence behind them.", stand_out),
-        _section(SECTIONS[2], f"Week by week over the last {settings.report.trend_weeks} complete weeks.",
-                 trends_html(data)),
-        _section(SECTIONS[3], f"How fast and how well each support team answered tickets opened in the last "
-                              f"{days} days.", service_html(data, settings)),
-        _section(SECTIONS[4], f"What comes back, from where and why (last {days} days).", returns_html(data, settings)),
-        _section(SECTIONS[5], f"Items returned as faulty, and the products that fail more than similar products "
-                              f"(last {days} days).", quality_html(data, settings)),
-        _section(SECTIONS[6], f"What customers write about (last {days} days): negative reviews by category and "
-                              "the reasons behind complaints.", reviews_html(data, settings)),
-        _section(SECTIONS[7], f"Late deliveries by delivery company (last {days} days).",
-                 carriers_html(data, settings)),
-        _section(SECTIONS[8], "Products whose weekly return or negative-review rate jumped, with what customers "
-                              "said and next week's expected share of negative reviews.", alerts_html(data, settings)),
-        _section(SECTIONS[9], "What each figure means.", definitions_html(settings)),
+    recent = settings.report.recent_days
+    sections = [
+        (SECTIONS[0], f"The last {recent} days ({w.recent_start:%d %b %Y} to {last_day:%d %b %Y}) compared with "
+                      f"the {recent} days before. Green means better, red worse.",
+         [{"kind": "cards", "cards": kpi_cards(data, settings)}]),
+        (SECTIONS[1], "Findings worth a look, with the evidence behind them.",
+         [{"kind": "list", "items": highlights(data, settings)}] if highlights(data, settings)
+         else [empty_block("Nothing unusual this period.")]),
+        (SECTIONS[2], f"Week by week over the last {settings.report.trend_weeks} complete weeks.",
+         trends_blocks(data)),
+        (SECTIONS[3], f"How fast and how well each support team answered tickets opened in the last {days} days.",
+         service_blocks(data, settings)),
+        (SECTIONS[4], f"What comes back, from where and why (last {days} days).", returns_blocks(data, settings)),
+        (SECTIONS[5], f"Items returned as faulty, and the products that fail more than similar products "
+                      f"(last {days} days).", quality_blocks(data, settings)),
+        (SECTIONS[6], f"What customers write about (last {days} days): negative reviews by category and the "
+                      "reasons behind complaints.", reviews_blocks(data, settings)),
+        (SECTIONS[7], f"Late deliveries by delivery company (last {days} days).", carriers_blocks(data, settings)),
+        (SECTIONS[8], "Products whose weekly return or negative-review rate jumped, with what customers said and "
+                      "next week's expected share of negative reviews.", alerts_blocks(data, settings)),
+        (SECTIONS[9], "What each figure means.", [{"kind": "definitions", "items": definitions(settings)}]),
     ]
-    stamp = (generated_at or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>After-sales report, {w.as_of:%d %b %Y}</title><style>{CSS}</style></head><body><main>"
-            f"<h1>After-sales report</h1><p class='sub'>Data up to {last_day:%d %B %Y}. "
-            f"Returns, reviews, support and delivery in one place.</p><nav>{nav}</nav>{''.join(body)}"
-            f"<footer>Generated {stamp} by aftersales.</footer></main></body></html>")
+    template = _environment().get_template("report.html.j2")
+    return template.render(
+        title=f"After-sales report, {w.as_of:%d %b %Y}", last_day=f"{last_day:%d %B %Y}",
+        sources=source_lines(data), nav=[(anchor(t), t) for t in SECTIONS],
+        sections=[{"anchor": anchor(t), "title": t, "intro": intro, "blocks": blocks} for t, intro, blocks in sections],
+        stamp=(generated_at or datetime.now(UTC)).strftime("%Y-%m-%d %H:%M UTC"))
+
+
+def source_lines(data: ReportData) -> list[str]:
+    """Where each source ends, in words (the report's first lines and the CLI's)."""
+    return [end.sentence() for end in data.sources.values()]
 
 
 def build_report(wh: Warehouse, settings: Settings, as_of: Any = None, out: Path | None = None) -> tuple[Path, dict]:
@@ -768,9 +837,10 @@ def build_report(wh: Warehouse, settings: Settings, as_of: Any = None, out: Path
     path = Path(out) if out else settings.reports_dir / "kpi" / f"aftersales_report_{data.win.as_of:%Y-%m-%d}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(data, settings), encoding="utf-8")
-    headline = {k.key: data.recent.get(k.key) for k in KPIS}
+    headline = {k.key: (data.recent.get(k.key) if data.has(k.source) else None) for k in KPIS}
     return path, {"as_of": str(data.win.as_of), "headline": headline,
-                  "alerts": 0 if data.alerts is None else len(data.alerts), "highlights": highlights(data, settings)}
+                  "alerts": 0 if data.alerts is None else len(data.alerts), "highlights": highlights(data, settings),
+                  "sources": source_lines(data)}
 
 
 @task(name="build-kpi-report", cache_policy=NO_CACHE)

@@ -1,20 +1,25 @@
 """Review, ticket and return texts: negative sentiment and complaint reasons, in English and Chinese.
 
-Why character n-grams: TF-IDF over character 1-4-grams needs no tokenizer, so one model reads
-Chinese without word segmentation and English with its spelling variants, and it runs offline.
+Features: TF-IDF over word 1-2-grams and character 1-4-grams side by side (``text.analyzer``).
+Words carry English sentiment; character n-grams need no tokenizer, so the same model reads Chinese
+without word segmentation and English with its spelling variants, offline. Every run also logs the
+time-split ROC-AUC of word, char and word+char on the shop's own later reviews.
 
 Why weak labels: nobody labels complaint texts by hand, but the shop's own codes say a lot about
 them. A return's ``reason_code`` and a ticket's ``category`` label their texts; a bad review
-borrows the reason of a return or complaint ticket on the same order; a 4-5 star review is "no
-complaint" (``other``); what is still unlabelled but matched by the keyword lexicon takes the
-lexicon's answer (the only source for ``price_value``). The classifier learns from all of it and
-generalises beyond the keywords; where it is unsure (or the text is too short) the lexicon
-decides. Sentiment is learned from review scores (<= ``labels.negative_review_max_score``
-negative, >= 4 positive) and tested on a later time window.
+borrows the reason of a return or complaint ticket on the same order filed by the review's own
+time (never a later one); what is still unlabelled but matched by the keyword lexicon takes the
+lexicon's answer (the only source for ``price_value`` and ``food_taste``). The classifier learns
+from all of it; where it is unsure (or the text is too short), or where it did not beat the
+lexicon on the hand-checked texts of a language, the lexicon decides. Sentiment is learned from
+review scores (<= ``labels.negative_review_max_score`` negative, >= 4 positive).
 
-Point in time: every text is scored as it was written, and ``text_features`` only counts texts
-created by the cutoff; the models themselves are trained on all texts up to ``text.train_until``
-(default: everything), so set that date for strict backtests of the risk models.
+Point in time (``text.crossfit``, on by default): the prediction stored for a text comes from
+models trained only on texts created before the text's period (expanding-window cross-fitting,
+periods of ``text.crossfit_freq``), so ``text_insights`` never holds an in-sample prediction and a
+text's row does not change when later texts, returns or tickets arrive. Texts of the first periods,
+before enough history exists, keep their review score (known when written) and the lexicon's reason.
+The models logged to MLflow are fitted on all texts up to ``text.train_until`` (default: all).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -39,7 +44,7 @@ from sklearn.compose import ColumnTransformer
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, roc_auc_score
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import FeatureUnion, Pipeline
 from threadpoolctl import threadpool_limits
 
 from schemas.settings import Settings, TextSettings
@@ -57,8 +62,12 @@ from tasks.data.warehouse import Warehouse
 TEXT = "text"  # the one input column of the text pipelines (also their MLflow signature)
 LANGS = ("en", "zh")
 CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# words of two or more letters outside CJK: an unsegmented Chinese clause is not a word (characters
+# n-grams read Chinese); on real JD phone reviews this kept word+char at char's ROC-AUC
+WORD_TOKEN = r"(?u)\b(?:(?![\u3400-\u9fff\uf900-\ufaff])[^\W\d_]){2,}\b"
 POSITIVE_MIN_SCORE = 4  # reviews scoring this or more are positive (and "no complaint")
 MIN_SENTIMENT_TEXTS = 20
+Analyzer = Literal["word", "char", "word+char"]
 US_PER_DAY = 86_400_000_000
 
 
@@ -195,13 +204,28 @@ def load_texts(wh: Warehouse) -> pd.DataFrame:
 
 
 # ---- weak labels -------------------------------------------------------------------------------
+def linked_reasons(texts: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """(return reason, ticket category) of each text's order, only where that return or ticket was
+    filed by the text's own ``created_at``: a label is never borrowed from what came later."""
+    created = texts["created_at"]
+
+    def known(code: str, at: str) -> pd.Series:
+        if code not in texts:
+            return pd.Series(pd.NA, index=texts.index, dtype=object)
+        when = pd.to_datetime(texts[at]) if at in texts else pd.Series(pd.NaT, index=texts.index)
+        return texts[code].where(when.notna() & (when <= created))
+
+    return known("order_return_reason", "order_return_at"), known("order_ticket_category", "order_ticket_at")
+
+
 def weak_labels(texts: pd.DataFrame, lexicon: Lexicon, hits: pd.DataFrame,
                 negative_max_score: int) -> tuple[pd.Series, pd.Series]:
     """(label, where it came from: ``code`` or ``lexicon``); unlabelled texts are missing.
 
     Returns and tickets take their code's category. A bad review takes the reason of a return on
-    the same order, else of a complaint ticket on it (a ticket mapped to ``other`` says nothing
-    about the review), else a lexicon match with a single winner. A good review is ``other``.
+    the same order filed by the review's time, else of a complaint ticket on it (a ticket mapped to
+    ``other`` says nothing about the review), else a lexicon match with a single winner. A good
+    review is ``other`` only through the praise rule at scoring, never as a training label.
     """
     returns_map = lexicon.weak_labels.get("returns", {})
     tickets_map = lexicon.weak_labels.get("tickets", {})
@@ -214,8 +238,9 @@ def weak_labels(texts: pd.DataFrame, lexicon: Lexicon, hits: pd.DataFrame,
     review = source == "review"
     score = texts["score"]
     bad = review & (score <= negative_max_score)
-    from_return = texts["order_return_reason"].map(returns_map)
-    from_ticket = texts["order_ticket_category"].map(tickets_map).where(lambda s: s != "other")
+    return_reason, ticket_category = linked_reasons(texts)
+    from_return = return_reason.map(returns_map)
+    from_ticket = ticket_category.map(tickets_map).where(lambda s: s != "other")
     linked = from_return.where(from_return.notna() & (from_return != "other"), from_ticket)
     label[bad & linked.notna()] = linked[bad & linked.notna()]
     origin[bad & linked.notna()] = "code"
@@ -241,13 +266,29 @@ def sentiment_labels(texts: pd.DataFrame, negative_max_score: int) -> pd.Series:
 
 
 # ---- models ------------------------------------------------------------------------------------
-def text_pipeline(cfg: TextSettings, c: float) -> Pipeline:
-    """Character n-gram TF-IDF + logistic regression over the one column ``text`` (pure sklearn,
-    so the logged MLflow model loads anywhere)."""
-    tfidf = TfidfVectorizer(analyzer="char_wb", ngram_range=(cfg.ngram_min, cfg.ngram_max), min_df=cfg.min_df,
-                            max_features=cfg.max_features, sublinear_tf=True, lowercase=True, dtype=np.float32)
+def _vectorizer(cfg: TextSettings, analyzer: Analyzer) -> Any:
+    """TF-IDF of word 1..``word_ngram_max``-grams, character n-grams, or both side by side.
+
+    Words carry English sentiment ("not worth", "stopped working") that character n-grams only
+    approximate; character n-grams read Chinese without word segmentation and survive misspellings.
+    """
+    word = TfidfVectorizer(analyzer="word", ngram_range=(1, cfg.word_ngram_max), min_df=cfg.min_df,
+                           token_pattern=WORD_TOKEN, max_features=cfg.word_max_features, sublinear_tf=True,
+                           lowercase=True, dtype=np.float32)
+    char = TfidfVectorizer(analyzer="char_wb", ngram_range=(cfg.ngram_min, cfg.ngram_max), min_df=cfg.min_df,
+                           max_features=cfg.max_features, sublinear_tf=True, lowercase=True, dtype=np.float32)
+    if analyzer == "word":
+        return word
+    if analyzer == "char":
+        return char
+    return FeatureUnion([("word", word), ("char", char)])
+
+
+def text_pipeline(cfg: TextSettings, c: float, analyzer: Analyzer | None = None) -> Pipeline:
+    """TF-IDF + logistic regression over the one column ``text`` (pure sklearn, so the logged
+    MLflow model loads anywhere)."""
     return Pipeline([
-        ("features", ColumnTransformer([("tfidf", tfidf, TEXT)])),
+        ("features", ColumnTransformer([("tfidf", _vectorizer(cfg, analyzer or cfg.analyzer), TEXT)])),
         ("model", LogisticRegression(C=c, max_iter=2_000, class_weight="balanced")),
     ])
 
@@ -260,10 +301,11 @@ def _cap(frame: pd.DataFrame, rows: int, seed: int) -> pd.DataFrame:
     return frame if len(frame) <= rows else frame.sample(rows, random_state=seed).sort_index()
 
 
-def fit_pipeline(cfg: TextSettings, c: float, texts: pd.Series, y: pd.Series) -> Pipeline:
+def fit_pipeline(cfg: TextSettings, c: float, texts: pd.Series, y: pd.Series,
+                 analyzer: Analyzer | None = None) -> Pipeline:
     """Fit single-threaded: scipy's L-BFGS with two BLAS threads on two shared cores ran ~10x slower."""
     with threadpool_limits(1):
-        return text_pipeline(cfg, c).fit(as_input(texts), y.to_numpy())
+        return text_pipeline(cfg, c, analyzer).fit(as_input(texts), y.to_numpy())
 
 
 def keyword_documents(lexicon: Lexicon) -> pd.DataFrame:
@@ -276,41 +318,9 @@ def keyword_documents(lexicon: Lexicon) -> pd.DataFrame:
 
 def _macro_f1(y_true: pd.Series, y_pred: pd.Series) -> float:
     labels = sorted(set(y_true))
+    if not labels:
+        return float("nan")
     return float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0))
-
-
-@dataclass
-class SentimentResult:
-    model: Pipeline
-    test_roc_auc: float
-    split_at: pd.Timestamp
-    n_train: int
-    n_test: int
-    test_negative_share: float
-    fit_seconds: float
-
-
-def train_sentiment(texts: pd.DataFrame, cfg: TextSettings, negative_max_score: int) -> SentimentResult:
-    """Fit on reviews before the later window, report ROC-AUC on it, then refit on all reviews
-    (the deployed model also knows the newest vocabulary)."""
-    y = sentiment_labels(texts, negative_max_score)
-    data = texts.loc[y.notna(), [TEXT, "created_at"]].assign(y=y[y.notna()].astype(int))
-    if len(data) < MIN_SENTIMENT_TEXTS or data["y"].nunique() < 2:
-        raise TextModelError(
-            f"sentiment needs at least {MIN_SENTIMENT_TEXTS} reviews with text, both bad (score <= "
-            f"{negative_max_score}) and good (>= {POSITIVE_MIN_SCORE}); found {len(data)}")
-    split_at = data["created_at"].max() - pd.Timedelta(days=cfg.sentiment_test_days)
-    train, test = data[data["created_at"] < split_at], data[data["created_at"] >= split_at]
-    auc = float("nan")
-    if train["y"].nunique() == 2 and test["y"].nunique() == 2:
-        sample = _cap(train, cfg.max_train_texts, cfg.seed)
-        early = fit_pipeline(cfg, cfg.sentiment_c, sample[TEXT], sample["y"])
-        auc = float(roc_auc_score(test["y"], predict_negative(early, test[TEXT])))
-    started = time.perf_counter()
-    sample = _cap(data, cfg.max_train_texts, cfg.seed)
-    model = fit_pipeline(cfg, cfg.sentiment_c, sample[TEXT], sample["y"])
-    return SentimentResult(model, auc, split_at, len(train), len(test), float(test["y"].mean()) if len(test) else 0.0,
-                           time.perf_counter() - started)
 
 
 def predict_negative(model: Pipeline, texts: pd.Series) -> np.ndarray:
@@ -322,19 +332,11 @@ def predict_negative(model: Pipeline, texts: pd.Series) -> np.ndarray:
         return model.predict_proba(as_input(texts))[:, classes.index(1)]
 
 
-@dataclass
-class ComplaintResult:
-    model: Pipeline | None
-    class_counts: dict[str, int]
-    label_origins: dict[str, int]
-    validation: dict[str, float] = field(default_factory=dict)
-    fit_seconds: float = 0.0
-
-
 def predict_complaints(model: Pipeline | None, texts: pd.Series, languages: pd.Series, lexicon: Lexicon,
-                       cfg: TextSettings) -> pd.DataFrame:
-    """Complaint reason per text: the classifier, or the lexicon where the classifier is unsure
-    (or the text is shorter than ``min_chars``) and the lexicon has a keyword for it."""
+                       cfg: TextSettings, model_languages: Sequence[str] | None = None) -> pd.DataFrame:
+    """Complaint reason per text: the classifier (only for ``model_languages``, default all), or
+    the lexicon where the classifier is unsure, the text is shorter than ``min_chars``, or the
+    classifier did not beat the lexicon for the text's language."""
     lex_cat, lex_top, lex_share = lexicon.classify(lexicon.hits(texts, languages))
     out = pd.DataFrame({"complaint": lex_cat, "complaint_confidence": lex_share.astype(float),
                         "method": "lexicon"}, index=texts.index)
@@ -346,44 +348,44 @@ def predict_complaints(model: Pipeline | None, texts: pd.Series, languages: pd.S
     best = proba.argmax(axis=1)
     confidence = proba.max(axis=1)
     short = texts.fillna("").str.strip().str.len().to_numpy() < cfg.min_chars
-    use_lexicon = ((confidence < cfg.min_confidence) | short) & (lex_top.to_numpy() > 0)
+    allowed = np.ones(len(texts), dtype=bool) if model_languages is None else \
+        languages.reindex(texts.index).isin(list(model_languages)).to_numpy()
+    use_lexicon = (((confidence < cfg.min_confidence) | short) & (lex_top.to_numpy() > 0)) | ~allowed
     out["complaint"] = np.where(use_lexicon, out["complaint"].to_numpy(), classes[best])
     out["complaint_confidence"] = np.where(use_lexicon, out["complaint_confidence"].to_numpy(), confidence)
     out["method"] = np.where(use_lexicon, "lexicon", "model")
     return out
 
 
-def train_complaints(texts: pd.DataFrame, lexicon: Lexicon, cfg: TextSettings,
-                     negative_max_score: int) -> ComplaintResult:
-    """Fit on weak labels plus the lexicon's keywords as documents; validate on the latest
-    ``validation_share`` of code-labelled texts (lexicon-labelled ones would only measure agreement
-    with the lexicon); refit on all."""
+def complaint_training_data(texts: pd.DataFrame, lexicon: Lexicon, negative_max_score: int) -> pd.DataFrame:
+    """The weakly labelled texts (text, language, created_at, y, origin), oldest first."""
     hits = lexicon.hits(texts[TEXT], texts["language"])
     label, origin = weak_labels(texts, lexicon, hits, negative_max_score)
-    data = texts.loc[label.notna(), [TEXT, "language", "created_at"]].assign(y=label[label.notna()],
-                                                                             origin=origin[label.notna()])
-    counts = {k: int(v) for k, v in data["y"].value_counts().items()}
-    origins = {k: int(v) for k, v in data["origin"].value_counts().items()}
+    data = texts.loc[label.notna(), [TEXT, "language", "created_at"]].assign(
+        y=label[label.notna()], origin=origin[label.notna()])
+    return data.sort_values("created_at", kind="stable")
+
+
+def fit_complaint_model(data: pd.DataFrame, lexicon: Lexicon, cfg: TextSettings) -> Pipeline | None:
+    """Weak labels plus the lexicon's keywords as documents; None when the data has one class."""
     if data["y"].nunique() < 2:
-        return ComplaintResult(None, counts, origins)
-    data = data.sort_values("created_at", kind="stable")
-    n_valid = int(len(data) * cfg.validation_share)
-    keywords = keyword_documents(lexicon)
-    validation: dict[str, float] = {}
-    if n_valid and data.iloc[:-n_valid]["y"].nunique() >= 2:
-        train, valid = data.iloc[:-n_valid], data.iloc[-n_valid:]
-        valid = valid[valid["origin"] == "code"]
-        sample = pd.concat([_cap(train, cfg.max_train_texts, cfg.seed), keywords], ignore_index=True)
-        early = fit_pipeline(cfg, cfg.complaint_c, sample[TEXT], sample["y"])
-        predicted = predict_complaints(early, valid[TEXT], valid["language"], lexicon, cfg)["complaint"]
-        validation = {"weak_valid_macro_f1": _macro_f1(valid["y"], predicted),
-                      "weak_valid_macro_f1_lexicon": _macro_f1(valid["y"], lexicon.predict(valid[TEXT],
-                                                                                            valid["language"])),
-                      "weak_valid_rows": float(len(valid))}
-    started = time.perf_counter()
-    sample = pd.concat([_cap(data, cfg.max_train_texts, cfg.seed), keywords], ignore_index=True)
-    model = fit_pipeline(cfg, cfg.complaint_c, sample[TEXT], sample["y"])
-    return ComplaintResult(model, counts, origins, validation, time.perf_counter() - started)
+        return None
+    sample = pd.concat([_cap(data, cfg.max_train_texts, cfg.seed), keyword_documents(lexicon)], ignore_index=True)
+    return fit_pipeline(cfg, cfg.complaint_c, sample[TEXT], sample["y"])
+
+
+def model_languages(model: Pipeline | None, lexicon: Lexicon, eval_set: pd.DataFrame | None,
+                    cfg: TextSettings) -> tuple[list[str], dict[str, float]]:
+    """Languages whose classifier (with its lexicon fallback) beats the bare keyword lexicon on the
+    hand-checked set; the others are left to the lexicon. Without a checked set, every language."""
+    if model is None:
+        return [], {}
+    if eval_set is None or eval_set.empty:
+        return list(LANGS), {}
+    metrics, _ = evaluate_complaints(model, lexicon, eval_set, cfg)
+    chosen = [lang for lang in LANGS if f"eval_macro_f1_{lang}" not in metrics
+              or metrics[f"eval_macro_f1_{lang}"] > metrics[f"eval_macro_f1_lexicon_{lang}"]]
+    return chosen, metrics
 
 
 def load_eval_set(path: Path | str) -> pd.DataFrame:
@@ -398,12 +400,12 @@ def load_eval_set(path: Path | str) -> pd.DataFrame:
     return frame
 
 
-def evaluate_complaints(model: Pipeline | None, lexicon: Lexicon, eval_set: pd.DataFrame,
-                        cfg: TextSettings) -> tuple[dict[str, float], pd.DataFrame]:
-    """Macro-F1 per language of the shipped classifier (with its lexicon fallback), of the bare
-    classifier and of the keyword baseline, plus every row's three predictions."""
+def evaluate_complaints(model: Pipeline | None, lexicon: Lexicon, eval_set: pd.DataFrame, cfg: TextSettings,
+                        languages: Sequence[str] | None = None) -> tuple[dict[str, float], pd.DataFrame]:
+    """Macro-F1 per language of the shipped classifier (with its lexicon fallback, and only for
+    ``languages``), of the bare classifier and of the keyword baseline, plus every row's predictions."""
     rows = eval_set.reset_index(drop=True)
-    system = predict_complaints(model, rows[TEXT], rows["language"], lexicon, cfg)
+    system = predict_complaints(model, rows[TEXT], rows["language"], lexicon, cfg, languages)
     rows = rows.assign(classifier=system["complaint"], method=system["method"],
                        lexicon=lexicon.predict(rows[TEXT], rows["language"]))
     if model is not None:
@@ -420,6 +422,185 @@ def evaluate_complaints(model: Pipeline | None, lexicon: Lexicon, eval_set: pd.D
     return metrics, rows
 
 
+# ---- cross-fitting: every stored prediction comes from a model of earlier texts -----------------
+@dataclass
+class Fold:
+    """The models that score texts created in [start, end): trained only on texts (and the weak
+    labels known at their time) created before ``start``."""
+
+    start: pd.Timestamp
+    end: pd.Timestamp | None
+    sentiment: Pipeline | None
+    complaint: Pipeline | None
+    languages: list[str]  # languages whose complaint reasons come from the classifier
+    train_reviews: int = 0
+    train_weak_labels: int = 0
+
+
+def fold_starts(created: pd.Series, cfg: TextSettings, until: pd.Timestamp | None = None) -> list[pd.Timestamp]:
+    """Period starts (``text.crossfit_freq``, anchored at the first text's period) after the first
+    period, up to the last text; none after ``until`` (no training text may be newer)."""
+    if created.empty:
+        return []
+    first, last = pd.Timestamp(created.min()), pd.Timestamp(created.max())
+    anchor = first.to_period(_period_freq(cfg.crossfit_freq)).start_time
+    starts = [s for s in pd.date_range(anchor, last, freq=cfg.crossfit_freq) if s > first]
+    if until is not None:
+        starts = [s for s in starts if s <= until + pd.Timedelta(microseconds=1)]
+    return starts
+
+
+def _period_freq(freq: str) -> str:
+    """The period alias of a date-range start alias (MS -> M, QS -> Q, W-MON -> W-SUN)."""
+    return {"MS": "M", "QS": "Q", "YS": "Y", "W-MON": "W-SUN"}.get(freq, freq)
+
+
+def fit_fold(train: pd.DataFrame, start: pd.Timestamp, end: pd.Timestamp | None, lexicon: Lexicon,
+             eval_set: pd.DataFrame | None, cfg: TextSettings, negative_max_score: int) -> Fold:
+    """Both models from texts created before ``start`` (``train`` holds only those)."""
+    assert train.empty or train["created_at"].max() < start, "a fold may only learn from earlier texts"
+    y = sentiment_labels(train, negative_max_score)
+    reviews = train.loc[y.notna(), [TEXT]].assign(y=y[y.notna()].astype(int))
+    sentiment = None
+    if len(reviews) >= cfg.crossfit_min_reviews and reviews["y"].value_counts().min() >= cfg.crossfit_min_class:
+        sample = _cap(reviews, cfg.max_train_texts, cfg.seed)
+        sentiment = fit_pipeline(cfg, cfg.sentiment_c, sample[TEXT], sample["y"])
+    data = complaint_training_data(train, lexicon, negative_max_score)
+    enough = len(data) >= cfg.crossfit_min_weak_labels and (data["origin"] == "code").any()
+    complaint = fit_complaint_model(data, lexicon, cfg) if enough else None  # as train_complaints decides
+    languages, _ = model_languages(complaint, lexicon, eval_set, cfg)
+    return Fold(start, end, sentiment, complaint, languages, len(reviews), len(data))
+
+
+def crossfit(texts: pd.DataFrame, lexicon: Lexicon, eval_set: pd.DataFrame | None, cfg: TextSettings,
+             negative_max_score: int, until: pd.Timestamp | None = None) -> list[Fold]:
+    """Expanding-window cross-fitting: one fold per period, each trained on all earlier texts."""
+    starts = fold_starts(texts["created_at"], cfg, until)
+    folds = []
+    for i, start in enumerate(starts):
+        end = starts[i + 1] if i + 1 < len(starts) else None
+        train = texts[texts["created_at"] < start]
+        folds.append(fit_fold(train, start, end, lexicon, eval_set, cfg, negative_max_score))
+    return folds
+
+
+def fold_of(created: pd.Series, folds: Sequence[Fold]) -> np.ndarray:
+    """Index of the fold that scores each text (-1: created before the first fold, no model yet)."""
+    starts = np.array([np.datetime64(f.start, "us") for f in folds], dtype="datetime64[us]")
+    values = pd.to_datetime(created).to_numpy(dtype="datetime64[us]")
+    return np.searchsorted(starts, values, side="right") - 1
+
+
+# ---- the reported models: time-split evaluation and the deployed all-data fit --------------------
+@dataclass
+class SentimentResult:
+    model: Pipeline | None
+    test_roc_auc: float
+    split_at: pd.Timestamp | None
+    n_train: int
+    n_test: int
+    test_negative_share: float
+    fit_seconds: float
+    analyzer_roc_auc: dict[str, float] = field(default_factory=dict)
+    analyzer: str = "word+char"
+
+
+def compare_analyzers(data: pd.DataFrame, split_at: pd.Timestamp, cfg: TextSettings) -> dict[str, float]:
+    """Time-split ROC-AUC of each analyzer on the same later window (logged, so the configured
+    ``text.analyzer`` can be checked on the shop's own reviews)."""
+    train, test = data[data["created_at"] < split_at], data[data["created_at"] >= split_at]
+    if train["y"].nunique() < 2 or test["y"].nunique() < 2:
+        return {}
+    sample = _cap(train, cfg.max_train_texts, cfg.seed)
+    out = {}
+    for analyzer in cfg.compare_analyzers:
+        model = fit_pipeline(cfg, cfg.sentiment_c, sample[TEXT], sample["y"], analyzer)
+        out[analyzer] = float(roc_auc_score(test["y"], predict_negative(model, test[TEXT])))
+    return out
+
+
+def later_window_start(data: pd.DataFrame, cfg: TextSettings) -> pd.Timestamp:
+    """Start of the test window: the last ``sentiment_test_days`` days, or, when those hold only
+    good or only bad reviews (a quiet or very happy shop), the latest ``validation_share`` of them."""
+    split_at = data["created_at"].max() - pd.Timedelta(days=cfg.sentiment_test_days)
+    if data.loc[data["created_at"] >= split_at, "y"].nunique() == 2:
+        return split_at
+    ordered = data.sort_values("created_at", kind="stable")
+    n_test = max(int(len(ordered) * cfg.validation_share), 1)
+    while n_test < len(ordered) and ordered["y"].iloc[-n_test:].nunique() < 2:
+        n_test = min(len(ordered), n_test * 2)
+    return ordered["created_at"].iloc[-n_test]
+
+
+def train_sentiment(texts: pd.DataFrame, cfg: TextSettings, negative_max_score: int) -> SentimentResult:
+    """Report ROC-AUC on the later window, then refit on all reviews (the deployed model also knows
+    the newest vocabulary)."""
+    y = sentiment_labels(texts, negative_max_score)
+    data = texts.loc[y.notna(), [TEXT, "created_at"]].assign(y=y[y.notna()].astype(int))
+    if len(data) < MIN_SENTIMENT_TEXTS or data["y"].nunique() < 2:
+        raise TextModelError(
+            f"sentiment needs at least {MIN_SENTIMENT_TEXTS} reviews with text, both bad (score <= "
+            f"{negative_max_score}) and good (>= {POSITIVE_MIN_SCORE}); found {len(data)}")
+    split_at = later_window_start(data, cfg)
+    train, test = data[data["created_at"] < split_at], data[data["created_at"] >= split_at]
+    auc = float("nan")
+    compared = compare_analyzers(data, split_at, cfg)
+    if cfg.analyzer in compared:
+        auc = compared[cfg.analyzer]
+    elif train["y"].nunique() == 2 and test["y"].nunique() == 2:
+        sample = _cap(train, cfg.max_train_texts, cfg.seed)
+        early = fit_pipeline(cfg, cfg.sentiment_c, sample[TEXT], sample["y"])
+        auc = float(roc_auc_score(test["y"], predict_negative(early, test[TEXT])))
+    started = time.perf_counter()
+    sample = _cap(data, cfg.max_train_texts, cfg.seed)
+    model = fit_pipeline(cfg, cfg.sentiment_c, sample[TEXT], sample["y"])
+    return SentimentResult(model, auc, split_at, len(train), len(test), float(test["y"].mean()) if len(test) else 0.0,
+                           time.perf_counter() - started, compared, cfg.analyzer)
+
+
+@dataclass
+class ComplaintResult:
+    model: Pipeline | None
+    class_counts: dict[str, int]
+    label_origins: dict[str, int]
+    validation: dict[str, float] = field(default_factory=dict)
+    fit_seconds: float = 0.0
+    languages: list[str] = field(default_factory=list)  # where the classifier beat the lexicon
+    note: str | None = None  # one line on what the data did not support
+
+
+def train_complaints(texts: pd.DataFrame, lexicon: Lexicon, cfg: TextSettings,
+                     negative_max_score: int) -> ComplaintResult:
+    """Fit on weak labels plus the lexicon's keywords as documents; validate on the latest
+    ``validation_share`` of code-labelled texts (lexicon-labelled ones would only measure agreement
+    with the lexicon) when there are any; refit on all."""
+    data = complaint_training_data(texts, lexicon, negative_max_score)
+    counts = {k: int(v) for k, v in data["y"].value_counts().items()}
+    origins = {k: int(v) for k, v in data["origin"].value_counts().items()}
+    if not (data["origin"] == "code").any():
+        return ComplaintResult(None, counts, origins, note=(
+            "no returns or tickets with reason codes to learn complaint reasons from: they come from the "
+            "keyword lexicon"))
+    if data["y"].nunique() < 2:
+        return ComplaintResult(None, counts, origins, note="the weak labels hold a single complaint reason: "
+                                                           "complaint reasons come from the keyword lexicon")
+    n_valid = int(len(data) * cfg.validation_share)
+    validation: dict[str, float] = {}
+    if n_valid and data.iloc[:-n_valid]["y"].nunique() >= 2:
+        train, valid = data.iloc[:-n_valid], data.iloc[-n_valid:]
+        valid = valid[valid["origin"] == "code"]
+        if len(valid):
+            early = fit_complaint_model(train, lexicon, cfg)
+            predicted = predict_complaints(early, valid[TEXT], valid["language"], lexicon, cfg)["complaint"]
+            validation = {"weak_valid_macro_f1": _macro_f1(valid["y"], predicted),
+                          "weak_valid_macro_f1_lexicon": _macro_f1(valid["y"], lexicon.predict(valid[TEXT],
+                                                                                                valid["language"])),
+                          "weak_valid_rows": float(len(valid))}
+    started = time.perf_counter()
+    model = fit_complaint_model(data, lexicon, cfg)
+    return ComplaintResult(model, counts, origins, validation, time.perf_counter() - started)
+
+
 # ---- training, scoring and storing --------------------------------------------------------------
 @dataclass
 class TextModels:
@@ -430,6 +611,7 @@ class TextModels:
     eval_rows: pd.DataFrame | None
     n_texts: int
     trained_until: pd.Timestamp | None
+    folds: list[Fold] = field(default_factory=list)
     run_id: str | None = None
 
     def metrics(self) -> dict[str, float]:
@@ -439,50 +621,91 @@ class TextModels:
                "sentiment_test_negative_share": self.sentiment.test_negative_share,
                "sentiment_fit_seconds": self.sentiment.fit_seconds,
                "complaint_fit_seconds": self.complaints.fit_seconds,
-               "texts": float(self.n_texts)}
+               "texts": float(self.n_texts), "crossfit_folds": float(len(self.folds))}
+        out |= {f"sentiment_test_roc_auc_{k.replace('+', '_')}": v for k, v in self.sentiment.analyzer_roc_auc.items()}
         out |= {f"complaint_{k}": v for k, v in self.complaints.validation.items()}
         out |= {f"complaint_{k}": v for k, v in self.eval_metrics.items()}
+        out |= {f"complaint_model_used_{lang}": float(lang in self.complaints.languages) for lang in LANGS}
         out |= {f"weak_labels_{k}": float(v) for k, v in self.complaints.class_counts.items()}
         return {k: v for k, v in out.items() if v is not None and np.isfinite(v)}
 
 
 def train_text_models(texts: pd.DataFrame, settings: Settings) -> TextModels:
-    """Both models from the warehouse's texts (up to ``text.train_until``), evaluated."""
+    """The deployed models from the warehouse's texts (up to ``text.train_until``), evaluated, and
+    the cross-fitted folds that score every stored text from earlier texts only."""
     cfg = settings.text
     lexicon = load_lexicon(cfg.lexicon_file)
     until = pd.Timestamp(cfg.train_until) if cfg.train_until else None
     train = texts[texts["created_at"] <= until] if until is not None else texts
-    if until is not None and "order_return_at" in train:  # a review may not borrow a reason filed later
-        train = train.assign(
-            order_return_reason=train["order_return_reason"].where(train["order_return_at"] <= until),
-            order_ticket_category=train["order_ticket_category"].where(train["order_ticket_at"] <= until))
     neg_max = settings.labels.negative_review_max_score
     sentiment = train_sentiment(train, cfg, neg_max)
     complaints = train_complaints(train, lexicon, cfg, neg_max)
+    eval_set = load_eval_set(cfg.eval_file) if cfg.eval_file is not None and Path(cfg.eval_file).exists() else None
     eval_metrics: dict[str, float] = {}
     eval_rows = None
-    if cfg.eval_file is not None and Path(cfg.eval_file).exists():
-        eval_metrics, eval_rows = evaluate_complaints(complaints.model, lexicon, load_eval_set(cfg.eval_file), cfg)
-    return TextModels(sentiment, complaints, lexicon, eval_metrics, eval_rows, len(train), until)
+    complaints.languages, _ = model_languages(complaints.model, lexicon, eval_set, cfg)
+    if eval_set is not None:
+        eval_metrics, eval_rows = evaluate_complaints(complaints.model, lexicon, eval_set, cfg, complaints.languages)
+    if complaints.model is not None and complaints.note is None and set(complaints.languages) != set(LANGS):
+        left = [lang for lang in LANGS if lang not in complaints.languages]
+        complaints.note = (f"the classifier did not beat the keyword lexicon on the checked texts for "
+                           f"{', '.join(left)}: complaint reasons there come from the lexicon")
+    folds = crossfit(texts, lexicon, eval_set, cfg, neg_max, until) if cfg.crossfit else []
+    return TextModels(sentiment, complaints, lexicon, eval_metrics, eval_rows, len(train), until, folds)
+
+
+def _no_model_sentiment(texts: pd.DataFrame, negative_max_score: int) -> np.ndarray:
+    """Before any model could exist: a review's own score (known when it was written: 1 bad, 0 good),
+    else unknown (NaN, so not counted as negative), also for a middling review."""
+    return sentiment_labels(texts, negative_max_score).to_numpy()
 
 
 def score_texts(texts: pd.DataFrame, models: TextModels, settings: Settings) -> pd.DataFrame:
-    """``text_insights`` rows: every text's P(negative) and complaint reason (a 4-5 star review
-    mentions delivery or quality to praise them, so its reason is ``other``, decided by the score)."""
+    """``text_insights`` rows: every text's P(negative) and complaint reason as they could have been
+    known when it was written: from its cross-fitting fold (models of earlier texts only; with
+    ``text.crossfit`` off, the deployed models), a 4-5 star review's reason is ``other`` (it mentions
+    delivery or quality to praise them), and the weak label borrows only what was filed by then."""
     cfg = settings.text
-    p_neg = predict_negative(models.sentiment.model, texts[TEXT])
-    complaints = predict_complaints(models.complaints.model, texts[TEXT], texts["language"], models.lexicon, cfg)
+    neg_max = settings.labels.negative_review_max_score
+    n = len(texts)
+    p_neg = np.full(n, np.nan)
+    complaint = pd.DataFrame({"complaint": "other", "complaint_confidence": 0.0, "method": "lexicon"},
+                             index=texts.index)
+    trained_until = pd.Series(pd.NaT, index=texts.index, dtype="datetime64[us]")
+    if cfg.crossfit:
+        which = fold_of(texts["created_at"], models.folds) if models.folds else np.full(n, -1)
+        plan = [(i, models.folds[i]) for i in range(len(models.folds))] + [(-1, None)]
+    else:
+        which = np.zeros(n, dtype=int)
+        plan = [(0, Fold(pd.Timestamp.min, None, models.sentiment.model, models.complaints.model,
+                         models.complaints.languages))]
+    for i, fold in plan:
+        mask = which == i
+        if not mask.any():
+            continue
+        part = texts[mask]
+        if fold is not None and fold.sentiment is not None:
+            p_neg[mask] = predict_negative(fold.sentiment, part[TEXT])
+        else:
+            p_neg[mask] = _no_model_sentiment(part, neg_max)
+        complaint.loc[part.index] = predict_complaints(
+            fold.complaint if fold is not None else None, part[TEXT], part["language"], models.lexicon, cfg,
+            fold.languages if fold is not None else None).to_numpy()
+        if fold is not None and cfg.crossfit:
+            trained_until[mask] = fold.start
     praise = ((texts["source"] == "review") & (texts["score"] >= POSITIVE_MIN_SCORE)).to_numpy()
-    complaints.loc[praise, ["complaint", "complaint_confidence", "method"]] = ["other", 1.0, "score"]
+    complaint.loc[praise, ["complaint", "complaint_confidence", "method"]] = ["other", 1.0, "score"]
     hits = models.lexicon.hits(texts[TEXT], texts["language"])
-    weak, _ = weak_labels(texts, models.lexicon, hits, settings.labels.negative_review_max_score)
+    weak, _ = weak_labels(texts, models.lexicon, hits, neg_max)
+    p_neg = np.clip(p_neg, 0.0, 1.0)
     frame = pd.DataFrame({
         "source": texts["source"], "source_id": texts["source_id"], "customer_id": texts["customer_id"],
         "order_id": texts["order_id"], "product_id": texts["product_id"], "created_at": texts["created_at"],
-        "language": texts["language"], "negative_probability": np.clip(p_neg, 0.0, 1.0),
-        "negative": p_neg >= cfg.negative_threshold, "complaint": complaints["complaint"],
-        "complaint_confidence": np.clip(complaints["complaint_confidence"].astype(float), 0.0, 1.0),
-        "method": complaints["method"], "weak_label": weak, "model_run_id": models.run_id,
+        "language": texts["language"], "negative_probability": p_neg,
+        "negative": np.nan_to_num(p_neg, nan=0.0) >= cfg.negative_threshold, "complaint": complaint["complaint"],
+        "complaint_confidence": np.clip(complaint["complaint_confidence"].astype(float), 0.0, 1.0),
+        "method": complaint["method"], "weak_label": weak, "trained_until": trained_until,
+        "model_run_id": models.run_id,
     })
     return TextInsights.validate(frame)
 
@@ -512,11 +735,17 @@ def log_text_run(models: TextModels, settings: Settings) -> str:
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=mlflow.active_run() is not None) as run:
         mlflow.set_tags({"aftersales_model": "text", "code_version": code_version()})
         mlflow.log_params({
-            "ngram_range": f"{cfg.ngram_min}-{cfg.ngram_max}", "analyzer": "char_wb", "min_df": cfg.min_df,
-            "max_features": cfg.max_features, "sentiment_c": cfg.sentiment_c, "complaint_c": cfg.complaint_c,
+            "analyzer": cfg.analyzer, "char_ngram_range": f"{cfg.ngram_min}-{cfg.ngram_max}",
+            "word_ngram_range": f"1-{cfg.word_ngram_max}", "min_df": cfg.min_df,
+            "max_features": cfg.max_features, "word_max_features": cfg.word_max_features,
+            "sentiment_c": cfg.sentiment_c, "complaint_c": cfg.complaint_c,
             "sentiment_test_days": cfg.sentiment_test_days, "sentiment_split_at": str(models.sentiment.split_at),
             "min_confidence": cfg.min_confidence, "negative_threshold": cfg.negative_threshold,
             "train_until": str(models.trained_until) if models.trained_until is not None else "all",
+            "crossfit": cfg.crossfit, "crossfit_freq": cfg.crossfit_freq,
+            "complaint_languages_model": ",".join(models.complaints.languages) or "none",
+            "complaint_languages_lexicon": ",".join(lang for lang in LANGS if lang not in models.complaints.languages)
+            or "none",
             "negative_review_max_score": settings.labels.negative_review_max_score,
             "lexicon_file": Path(cfg.lexicon_file).name,
             **{f"weak_label_origin_{k}": v for k, v in models.complaints.label_origins.items()},
@@ -525,6 +754,8 @@ def log_text_run(models: TextModels, settings: Settings) -> str:
         mlflow.log_artifact(str(cfg.lexicon_file), "lexicon")
         if models.eval_rows is not None:
             mlflow.log_text(models.eval_rows.to_csv(index=False), "evaluation/complaint_eval_predictions.csv")
+        if models.folds:
+            mlflow.log_text(folds_table(models.folds).to_csv(index=False), "crossfit/folds.csv")
         # cloudpickle: skops (the default) stores each of the vocabulary's n-grams as its own array,
         # ~10x slower; a signature instead of an input example skips a reload to validate it
         for name, model in (("sentiment", models.sentiment.model), ("complaint", models.complaints.model)):
@@ -536,6 +767,14 @@ def log_text_run(models: TextModels, settings: Settings) -> str:
                 mlflow.sklearn.log_model(model, name=name, signature=signature, pip_requirements=requirements,
                                          serialization_format="cloudpickle")
         return run.info.run_id
+
+
+def folds_table(folds: Sequence[Fold]) -> pd.DataFrame:
+    """What each cross-fitting fold learnt from and which texts it scored (for the MLflow run)."""
+    return pd.DataFrame([{"scores_from": f.start, "scores_until": f.end, "train_reviews": f.train_reviews,
+                          "train_weak_labels": f.train_weak_labels, "sentiment_model": f.sentiment is not None,
+                          "complaint_model": f.complaint is not None,
+                          "complaint_model_languages": ",".join(f.languages)} for f in folds])
 
 
 @contextmanager
@@ -550,14 +789,32 @@ def _quiet_logger(name: str) -> Iterator[None]:
 
 
 def summary(models: TextModels, stored: int) -> dict[str, Any]:
-    """The figures a person wants after ``aftersales text``."""
+    """The figures a person wants after ``aftersales text``, and one line per thing the data did
+    not support."""
     m = models.metrics()
+    notes = [models.complaints.note] if models.complaints.note else []
+    if not np.isfinite(models.sentiment.test_roc_auc):
+        notes.append(f"sentiment has no later window with both good and bad reviews "
+                     f"(last {models.sentiment.n_test} reviews): no test ROC-AUC")
+    best = max(models.sentiment.analyzer_roc_auc.items(), key=lambda kv: kv[1], default=None)
+    configured = models.sentiment.analyzer_roc_auc.get(models.sentiment.analyzer)
+    if best and configured is not None and best[1] > configured + 0.005:
+        notes.append(f"on this shop's later reviews the '{best[0]}' analyzer scored ROC-AUC {best[1]:.3f} against "
+                     f"{configured:.3f} for the configured one (text.analyzer)")
+    warmup = next((f.start for f in models.folds if f.sentiment is not None), None)
+    if models.folds and warmup is None:
+        notes.append("too few reviews for any cross-fitted sentiment model: stored texts use review scores only")
     return {"texts": models.n_texts, "stored": stored, "run_id": models.run_id,
             "sentiment_test_roc_auc": m.get("sentiment_test_roc_auc"),
+            "sentiment_analyzers": models.sentiment.analyzer_roc_auc,
             "complaint_eval": {k.removeprefix("complaint_eval_"): v for k, v in m.items()
                                if k.startswith("complaint_eval_")},
+            "complaint_languages": models.complaints.languages,
+            "complaint_model": models.complaints.model is not None,
             "complaint_weak_validation": models.complaints.validation,
-            "weak_labels": models.complaints.class_counts}
+            "weak_labels": models.complaints.class_counts,
+            "folds": len(models.folds), "first_model_period": str(warmup.date()) if warmup is not None else None,
+            "notes": notes}
 
 
 # ---- features for the risk models ---------------------------------------------------------------
