@@ -11,6 +11,7 @@ from prefect.states import Failed
 
 from flows.ingest import ingest_flow
 from flows.score import score_flow
+from flows.segments import segments_flow
 from flows.train import train_flow
 from schemas.settings import get_settings
 from tasks.data.synthetic import generate_shop
@@ -27,7 +28,7 @@ def generate(customers: int, seed: int) -> str:
 
 @flow(name="main-job")
 def main_flow(customers: int = 5_000, seed: int = 42) -> dict[str, Any] | Failed:
-    """Generate a synthetic shop → ingest → train and register → score → the day's task list."""
+    """Generate a synthetic shop → ingest → train and register → tags and segments → score → the day's task list."""
     settings = get_settings()
     data_dir = generate(customers, seed)
     steps = [("ingestion", lambda: ingest_flow(data_dir, return_state=True)),
@@ -40,8 +41,12 @@ def main_flow(customers: int = 5_000, seed: int = 42) -> dict[str, Any] | Failed
         results[name] = state.result()
     # the synthetic shop's "today" is the day after its last exported day
     today: date = (pd.Timestamp(settings.generator.end_date) + pd.Timedelta(days=1)).date()
+    # tags and segments as of the run date first: the playbook reads them and agents see them on each task
+    tagged = segments_flow(run_date=today, return_state=True)
+    if tagged.is_failed():
+        return Failed(message=f"tags and segments: {tagged.message}")
     scored = score_flow(run_date=today, return_state=True)
     if scored.is_failed():
         return Failed(message=f"scoring: {scored.message}")
     return {"ingest": results["ingestion"], "training": results["training"]["models"],
-            "score": scored.result(), "tracking_uri": settings.tracking_uri}
+            "segments": tagged.result(), "score": scored.result(), "tracking_uri": settings.tracking_uri}

@@ -14,6 +14,7 @@ from prefect.states import Failed, State
 from flows.runtime import run_day
 from schemas.settings import Settings, get_settings
 from schemas.tasks import ScoredRows, TaskList
+from tasks.care.export import record_task_risks_task
 from tasks.care.interventions import build_task_list_task, load_history, task_list_summary, write_task_list_task
 from tasks.data.warehouse import open_warehouse, run_lock
 from tasks.insight.tags import current_tags
@@ -91,6 +92,7 @@ def score_flow(run_date: date | None = None) -> dict[str, Any] | Failed:
             tasks, control = empty_task_lists()
         else:
             tasks, control = build_task_list_task(scored, settings, day, history, held_out)
+        record_task_risks_task(settings, scored, tasks, day)  # reasons as codes: words in each customer's language
         paths = write_task_list_task(settings, tasks, control, day)
     summary = gate.banner() + task_list_summary(tasks, control)
     create_markdown_artifact(summary + "\n\nModels: " + ", ".join(versions.values()),
