@@ -8,8 +8,6 @@ post carries the session's CSRF token and is refused without it, pages may not b
 access log names the route template ("/tasks/{task_id}"), never an id, a query or a note.
 """
 
-from __future__ import annotations
-
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -34,8 +32,10 @@ SECURITY_HEADERS = {
 }
 
 
-def create_app(settings: Settings | None = None, *, run_date: Any = None,
-               now: Callable[[], datetime] | None = None) -> FastAPI:
+# no `from __future__ import annotations` here: FastAPI reads the route annotations (Request, Form)
+# at definition time, and they are imported inside the factory
+def create_app(settings: "Settings | None" = None, *, run_date: Any = None,
+               now: Callable[[], datetime] | None = None) -> "FastAPI":
     """The board's ASGI app over the configured warehouse (``run_date``: pin a day; default the latest list)."""
     import hmac
     import secrets
@@ -150,13 +150,18 @@ def create_app(settings: Settings | None = None, *, run_date: Any = None,
     async def log_and_harden(request: Request, call_next: Any) -> Response:
         """Security headers on every answer; one log line per request without ids or personal data."""
         start = time.perf_counter()
+        route = "-"
         try:
             response = await call_next(request)
         except WarehouseBusy:
             response = page(request, "message.html", 503, message_key="busy")
+        except Exception as exc:  # the type only: a message or traceback could carry a customer's data
+            route = getattr(request.scope.get("route"), "path", "-")
+            LOG.error("%s %s failed: %s", request.method, route, type(exc).__name__)
+            response = HTMLResponse("Internal error", status_code=500)
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
-        route = getattr(request.scope.get("route"), "path", "-")
+        route = getattr(request.scope.get("route"), "path", route)
         LOG.info("%s %s %s %.0f ms", request.method, route, response.status_code, (time.perf_counter() - start) * 1e3)
         return response
 
@@ -352,7 +357,11 @@ def board(
     if not _is_loopback(host):
         typer.echo(f"Listening on {host}, not only this machine: put it behind HTTPS (and set "
                    "board.https_only) before agents use it over a network.", err=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
     app = create_app(settings, run_date=run_date.date() if run_date else None)
     typer.echo(f"care board on http://{host}:{port}/ (Ctrl+C to stop)")
     # uvicorn's own access log prints paths with ids and query strings: off; the app logs route templates

@@ -410,6 +410,11 @@ def uplift(
     console.print(f"report: {result['report']}")
 
 
+from flows.board import board_cli  # noqa: E402  (typer only at import; the web stack loads when serving)
+
+app.add_typer(board_cli, name="board")
+
+
 def main() -> None:
     app()
 

@@ -220,7 +220,8 @@ _HISTORY_SQL = {
         WHERE o.ordered_at <= $day AND o.ordered_at > $start AND coalesce(o.status, '') <> 'cancelled'""",
     "returns": """
         SELECT o.customer_id, r.order_id, r.requested_at AS ts, r.reason_code AS reason,
-               r.refund_amount AS refund, r.status
+               r.refund_amount AS refund,
+               CASE WHEN coalesce(r.updated_at, r.requested_at) <= $day THEN r.status ELSE 'requested' END AS status
         FROM returns r JOIN orders o ON o.order_id = r.order_id
         SEMI JOIN _board_customers c ON o.customer_id = c.customer_id
         WHERE r.requested_at <= $day AND r.requested_at > $start""",
@@ -256,6 +257,7 @@ def customer_history(wh: Warehouse, customer_ids: list[str], day: pd.Timestamp, 
             frame = wh.query(f"SELECT * FROM ({sql}) QUALIFY row_number() OVER "
                              f"(PARTITION BY customer_id ORDER BY ts DESC) <= {int(rows)} "
                              "ORDER BY customer_id, ts DESC", params)
+            frame = frame.astype(object).where(frame.notna(), None)  # NaN/NaT -> empty cells
             for record in frame.to_dict("records"):
                 out[record.pop("customer_id")][kind].append(record)
     finally:
