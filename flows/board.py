@@ -37,6 +37,7 @@ SECURITY_HEADERS = {
 def create_app(settings: "Settings | None" = None, *, run_date: Any = None,
                now: Callable[[], datetime] | None = None) -> "FastAPI":
     """The board's ASGI app over the configured warehouse (``run_date``: pin a day; default the latest list)."""
+    import contextlib
     import hmac
     import secrets
     import time
@@ -71,6 +72,8 @@ def create_app(settings: "Settings | None" = None, *, run_date: Any = None,
     cfg = settings.board
     wording = Wording.from_settings(settings)
     store = BoardStore(settings, wording, run_date=run_date, now=now)
+    with contextlib.suppress(WarehouseBusy):  # another process holds the file: the first page waits for it
+        store.day()  # load the day now, not on the first agent's request
     templates = Jinja2Templates(directory=str(cfg.phrases_dir / "templates"))
     zone = wording.zone
     accounts_cache: dict[str, Any] = {"mtime": object(), "accounts": {}}

@@ -39,7 +39,7 @@ from schemas.board import AUDIT_DDL, AUDIT_TABLE, CLAIMS_DDL, CLAIMS_TABLE, OUTC
 from schemas.settings import BoardAccount, Settings
 from schemas.sources import OUTCOMES
 from schemas.tasks import TASK_TABLE, TaskList
-from tasks.care.export import DriftNotice, Wording, agent_frame, as_json, drift_notice
+from tasks.care.export import DriftNotice, Wording, agent_rows, as_json, drift_notice, records
 from tasks.data.warehouse import Warehouse
 
 # what an agent clicks -> the code stored in ``outcomes`` (schemas.sources.OUTCOMES)
@@ -254,11 +254,10 @@ def customer_history(wh: Warehouse, customer_ids: list[str], day: pd.Timestamp, 
             table = "orders" if kind == "deliveries" else kind
             if not wh.has_table(table):
                 continue
-            frame = wh.query(f"SELECT * FROM ({sql}) QUALIFY row_number() OVER "
-                             f"(PARTITION BY customer_id ORDER BY ts DESC) <= {int(rows)} "
-                             "ORDER BY customer_id, ts DESC", params)
-            frame = frame.astype(object).where(frame.notna(), None)  # NaN/NaT -> empty cells
-            for record in frame.to_dict("records"):
+            found = records(wh, f"SELECT * FROM ({sql}) QUALIFY row_number() OVER "
+                                f"(PARTITION BY customer_id ORDER BY ts DESC) <= {int(rows)} "
+                                "ORDER BY customer_id, ts DESC", params)
+            for record in found:
                 out[record.pop("customer_id")][kind].append(record)
     finally:
         wh.unregister("_board_customers")
@@ -285,8 +284,9 @@ def load_day(wh: Warehouse, run_date: pd.Timestamp | None, wording: Wording, set
     if day is None or not wh.has_table(TASK_TABLE):
         return Day(run_date=day)
     when = [day.to_pydatetime()]
-    tasks = wh.query(f'SELECT * FROM "{TASK_TABLE}" WHERE "{TaskList.run_date}" = ? ORDER BY "{TaskList.rank}"', when)
-    rows = agent_frame(wh, tasks, wording).to_dict("records") if len(tasks) else []
+    tasks = records(wh, f'SELECT * FROM "{TASK_TABLE}" WHERE "{TaskList.run_date}" = ? ORDER BY "{TaskList.rank}"',
+                    when)
+    rows = agent_rows(wh, tasks, wording)
     cfg = settings.board
     out = Day(run_date=day, tasks=rows, by_id={r["task_id"]: r for r in rows},
               history=customer_history(wh, [r["customer_id"] for r in rows], day, cfg.history_days,
@@ -294,14 +294,13 @@ def load_day(wh: Warehouse, run_date: pd.Timestamp | None, wording: Wording, set
               notice=drift_notice(wh, day, wording.catalogue),
               queues=sorted({r["queue"] for r in rows}))
     if wh.has_table(CLAIMS_TABLE):
-        claims = wh.query(f'SELECT task_id, agent, claimed_at FROM "{CLAIMS_TABLE}" WHERE run_date = ?', when)
-        out.claims = {r["task_id"]: {"agent": r["agent"], "claimed_at": r["claimed_at"]}
-                      for r in claims.to_dict("records")}
+        claims = records(wh, f'SELECT task_id, agent, claimed_at FROM "{CLAIMS_TABLE}" WHERE run_date = ?', when)
+        out.claims = {r["task_id"]: {"agent": r["agent"], "claimed_at": r["claimed_at"]} for r in claims}
     if rows and wh.has_table("outcomes"):
-        outcomes = wh.query(f'SELECT x.task_id, x.outcome, x.recorded_at, x.note FROM outcomes x SEMI JOIN '
-                            f'"{TASK_TABLE}" t ON t.task_id = x.task_id AND t."{TaskList.run_date}" = ? '
-                            "ORDER BY x.recorded_at, x.outcome", when)
-        for r in outcomes.to_dict("records"):
+        outcomes = records(wh, f'SELECT x.task_id, x.outcome, x.recorded_at, x.note FROM outcomes x SEMI JOIN '
+                                f'"{TASK_TABLE}" t ON t.task_id = x.task_id AND t."{TaskList.run_date}" = ? '
+                                "ORDER BY x.recorded_at, x.outcome", when)
+        for r in outcomes:
             out.outcomes.setdefault(r.pop("task_id"), []).append(r)
     return out
 
@@ -311,13 +310,13 @@ def is_done(outcomes: list[dict[str, Any]]) -> bool:
     return any(o["outcome"] not in NOT_FINAL for o in outcomes)
 
 
-def status_of(day: Day, task: dict[str, Any], now: pd.Timestamp) -> dict[str, Any]:
+def status_of(day: Day, task: dict[str, Any], now: datetime) -> dict[str, Any]:
     """open / claimed / done, who holds it, and whether it is overdue (not done, past its due time)."""
     outcomes = day.outcomes.get(task["task_id"], [])
     claim = day.claims.get(task["task_id"])
     done = is_done(outcomes)
     return {"status": "done" if done else "claimed" if claim else "open", "holder": claim["agent"] if claim else None,
-            "overdue": (not done) and pd.Timestamp(task["due_utc"]) < now, "outcomes": outcomes}
+            "overdue": (not done) and task["due_utc"] is not None and task["due_utc"] < now, "outcomes": outcomes}
 
 
 def in_scope(account: BoardAccount, task: dict[str, Any]) -> bool:
@@ -352,10 +351,11 @@ class Filters:
 
 
 def worklist(day: Day, account: BoardAccount, user: str, filters: Filters,
-             now: pd.Timestamp) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], dict[str, int]]:
+             now: datetime) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], dict[str, int]]:
     """(task, state) pairs in priority order after the filters, and the counts of the person's scope."""
     counts = {"open": 0, "done": 0, "overdue": 0}
     rows = []
+    now = now.to_pydatetime() if isinstance(now, pd.Timestamp) else now
     for task in day.tasks:
         if not in_scope(account, task):
             continue
@@ -489,7 +489,8 @@ class BoardStore:
         self.wording = wording or Wording.from_settings(settings)
         self.pinned = None if run_date is None else pd.Timestamp(run_date).normalize()
         self.clock = now or (lambda: datetime.now(UTC))
-        self._lock = threading.RLock()
+        self._load_lock = threading.Lock()  # one reload at a time; pages never wait for one
+        self._write_lock = threading.Lock()  # one write at a time (DuckDB has one writer anyway)
         self._day: Day | None = None
         self._signature: tuple[Any, ...] | None = None
 
@@ -498,16 +499,27 @@ class BoardStore:
 
     # reading
     def day(self) -> Day:
-        """The loaded day; reloaded when another process changed the warehouse (never blocks on a lock)."""
-        with self._lock:
-            signature = file_signature(self.settings.warehouse_path)
-            if self._day is None or signature != self._signature:
+        """The loaded day, reloaded when another process changed the warehouse.
+
+        Only the first load waits: while a reload or a write is under way, or another process holds
+        the file, pages are served from the day already in memory.
+        """
+        current = self._day
+        if current is not None and (self._write_lock.locked()
+                                    or file_signature(self.settings.warehouse_path) == self._signature):
+            return current
+        if not self._load_lock.acquire(blocking=current is None):
+            return current  # type: ignore[return-value]
+        try:
+            if self._day is None or file_signature(self.settings.warehouse_path) != self._signature:
                 try:
                     self._reload(wait=self._day is None)
                 except WarehouseBusy:
                     if self._day is None:
                         raise
             return self._day  # type: ignore[return-value]
+        finally:
+            self._load_lock.release()
 
     def _reload(self, wait: bool) -> None:
         if not self.settings.warehouse_path.exists():
@@ -524,9 +536,10 @@ class BoardStore:
 
     # writing
     def _write(self, action: Callable[[Warehouse, pd.Timestamp, pd.Timestamp], Change]) -> Change:
-        with self._lock:
-            day = self.day()
-            if day.run_date is None:
+        self.day()  # loaded (the first time, waiting for the file)
+        with self._write_lock, self._load_lock:
+            day = self._day
+            if day is None or day.run_date is None:
                 raise WarehouseBusy("no task list loaded yet")
             before = file_signature(self.settings.warehouse_path)
             at = self.now()
@@ -534,7 +547,7 @@ class BoardStore:
                 _ensure_board_tables(wh)
                 change = action(wh, day.run_date, at)
                 if change.changed or change.refused == "taken":
-                    self._refresh_state(wh, day)
+                    self._refresh_state(wh, day)  # replaces the dicts whole: readers see before or after
             # our own write: keep serving from memory unless someone else wrote since we loaded
             self._signature = file_signature(self.settings.warehouse_path) if before == self._signature else None
             return change
@@ -542,15 +555,15 @@ class BoardStore:
     def _refresh_state(self, wh: Warehouse, day: Day) -> None:
         """Claims and outcomes of the day again (small), inside the write's connection."""
         when = [day.run_date.to_pydatetime()] if day.run_date is not None else [None]
-        claims = wh.query(f'SELECT task_id, agent, claimed_at FROM "{CLAIMS_TABLE}" WHERE run_date = ?', when)
-        day.claims = {r["task_id"]: {"agent": r["agent"], "claimed_at": r["claimed_at"]}
-                      for r in claims.to_dict("records")}
-        outcomes = wh.query(f'SELECT x.task_id, x.outcome, x.recorded_at, x.note FROM outcomes x SEMI JOIN '
-                            f'"{TASK_TABLE}" t ON t.task_id = x.task_id AND t."{TaskList.run_date}" = ? '
-                            "ORDER BY x.recorded_at, x.outcome", when)
-        day.outcomes = {}
-        for r in outcomes.to_dict("records"):
-            day.outcomes.setdefault(r.pop("task_id"), []).append(r)
+        claims = records(wh, f'SELECT task_id, agent, claimed_at FROM "{CLAIMS_TABLE}" WHERE run_date = ?', when)
+        outcomes = records(wh, f'SELECT x.task_id, x.outcome, x.recorded_at, x.note FROM outcomes x SEMI JOIN '
+                               f'"{TASK_TABLE}" t ON t.task_id = x.task_id AND t."{TaskList.run_date}" = ? '
+                               "ORDER BY x.recorded_at, x.outcome", when)
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for r in outcomes:
+            by_task.setdefault(r.pop("task_id"), []).append(r)
+        day.claims = {r["task_id"]: {"agent": r["agent"], "claimed_at": r["claimed_at"]} for r in claims}
+        day.outcomes = by_task
 
     def claim(self, account: BoardAccount, user: str, task: dict[str, Any]) -> Change:
         return self._write(lambda wh, day, at: claim_in(wh, task, day, user, at))

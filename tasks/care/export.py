@@ -19,10 +19,12 @@ to a separate analysts' file (``tasks_analysts.csv``). A drift-flagged or held d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from schemas.tasks import PHRASE_SEPARATOR, REASON_COLUMNS, REASON_COUNT, TAG_SE
 from tasks.care.playbook import Playbook, load_playbook
 from tasks.data.warehouse import Warehouse, open_warehouse
 from tasks.insight.tags import TagBook, load_tag_book
-from tasks.models.explain import Language, ReasonCatalogue, load_reason_catalogue, reason_phrases
+from tasks.models.explain import Language, ReasonCatalogue, load_reason_catalogue, phrase
 
 LANGUAGES: tuple[Language, ...] = ("en", "zh")
 AGENT_COLUMNS = ["task_id", "run_date", "rank", "queue", "queue_rank", "due_by", "time_zone", "customer_id",
@@ -198,11 +200,19 @@ def record_task_risks_task(settings: Settings, scored: pd.DataFrame, tasks: pd.D
     return len(risks)
 
 
-def load_task_risks(wh: Warehouse, run_date: Any) -> pd.DataFrame:
+def records(wh: Warehouse, sql: str, params: Any = None) -> list[dict[str, Any]]:
+    """Rows as dicts of plain Python values, straight from DuckDB (no DataFrame on the way: the board
+    reads thousands of rows at a time)."""
+    cursor = wh.con.execute(sql, params or [])
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def load_task_risks(wh: Warehouse, run_date: Any) -> list[dict[str, Any]]:
     if not wh.has_table(TASK_RISKS_TABLE):
-        return pd.DataFrame(columns=list(TaskRisks.to_schema().columns))
-    return wh.query(f'SELECT * FROM "{TASK_RISKS_TABLE}" WHERE run_date = ? ORDER BY task_id, lead DESC, '
-                    "probability DESC", [pd.Timestamp(run_date).normalize().to_pydatetime()])
+        return []
+    return records(wh, f'SELECT * FROM "{TASK_RISKS_TABLE}" WHERE run_date = ? ORDER BY task_id, lead DESC, '
+                       "probability DESC", [pd.Timestamp(run_date).normalize().to_pydatetime()])
 
 
 def customer_languages(wh: Warehouse, customer_ids: Iterable[str]) -> dict[str, str | None]:
@@ -212,30 +222,53 @@ def customer_languages(wh: Warehouse, customer_ids: Iterable[str]) -> dict[str, 
         return {}
     wh.register("_wanted_customers", ids)
     try:
-        found = wh.query('SELECT c.customer_id, c.language FROM customers c SEMI JOIN "_wanted_customers" w '
-                         "ON c.customer_id = w.customer_id")
+        found = wh.con.execute('SELECT c.customer_id, c.language FROM customers c SEMI JOIN "_wanted_customers" w '
+                               "ON c.customer_id = w.customer_id").fetchall()
     finally:
         wh.unregister("_wanted_customers")
-    return dict(zip(found["customer_id"], found["language"], strict=True))
+    return dict(found)
 
 
 # ---- one task in its customer's language -----------------------------------------------------
+def as_datetime(value: Any) -> datetime | None:
+    """A naive UTC datetime (what the warehouse stores) from a Timestamp, datetime or None."""
+    if value is None or value is pd.NaT or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime()
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
 def due_text(due_by: Any, zone: ZoneInfo) -> str:
     """``2026-11-03T08:00+08:00``: the stored (naive UTC) due time in the shop's time zone."""
-    if due_by is None or pd.isna(due_by):
-        return ""
-    stamp = pd.Timestamp(due_by)
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return stamp.tz_convert(zone).isoformat(timespec="minutes")
+    due = as_datetime(due_by)
+    return "" if due is None else due.replace(tzinfo=UTC).astimezone(zone).isoformat(timespec="minutes")
 
 
-def why_words(lead: Mapping[str, Any] | None, wording: Wording, language: Language, fallback: str) -> list[str]:
+def row_reasons(row: Mapping[str, Any], catalogue: ReasonCatalogue, language: Language,
+                memo: dict[tuple[Any, ...], str | None] | None = None) -> list[str]:
+    """A row's reasons in words, rank order, without repeats or reasons that do not read as a risk."""
+    memo = {} if memo is None else memo
+    texts: list[str] = []
+    for name, value in REASON_COLUMNS:
+        key = (row.get(name), row.get(value), language)
+        try:
+            text = memo[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable value, phrased each time
+            text = phrase(key[0], key[1], language, catalogue)
+            with contextlib.suppress(TypeError):
+                memo[key] = text
+        if text and text not in texts:
+            texts.append(text)
+    return texts[:REASON_COUNT]
+
+
+def why_words(lead: Mapping[str, Any] | None, wording: Wording, language: Language, fallback: str,
+              memo: dict[tuple[Any, ...], str | None] | None = None) -> list[str]:
     """The top three reasons of the lead risk, in words that read as a risk (at most three)."""
     if lead is None:
         return [fallback] if fallback else []
-    frame = pd.DataFrame([{c: lead.get(c) for pair in REASON_COLUMNS for c in pair}])
-    phrases = reason_phrases(frame, wording.catalogue, language)[0][:REASON_COUNT]
-    return phrases or [wording.catalogue.no_reason.text(language)]
+    return row_reasons(lead, wording.catalogue, language, memo) or [wording.catalogue.no_reason.text(language)]
 
 
 def other_risk_words(others: list[Mapping[str, Any]], wording: Wording, language: Language) -> str:
@@ -245,28 +278,29 @@ def other_risk_words(others: list[Mapping[str, Any]], wording: Wording, language
     return PHRASE_SEPARATOR.join(seen)
 
 
-def localise(tasks: pd.DataFrame, risks: pd.DataFrame, languages: Mapping[str, Any],
-             wording: Wording) -> pd.DataFrame:
+def localise(tasks: pd.DataFrame | list[dict[str, Any]], risks: list[dict[str, Any]], languages: Mapping[str, Any],
+             wording: Wording) -> list[dict[str, Any]]:
     """One row per task with every agent column, its words in the customer's language.
 
     Besides ``AGENT_COLUMNS``: ``language_code`` (en/zh as used), ``risk_code``, ``action_id``,
     ``due_utc`` (naive UTC) and ``why_list`` (the reasons as a list) for the board.
     """
     by_task: dict[str, list[dict[str, Any]]] = {}
-    for row in risks.to_dict("records"):
+    for row in risks:
         by_task.setdefault(row["task_id"], []).append(row)
     out: list[dict[str, Any]] = []
+    memo: dict[tuple[Any, ...], str | None] = {}  # the same reason and value recur across thousands of tasks
     zone_name = str(wording.zone.key)
-    for t in tasks.to_dict("records"):
+    for t in tasks.to_dict("records") if isinstance(tasks, pd.DataFrame) else tasks:
         code = languages.get(t[TaskList.customer_id])
         lang = wording.language_of(code)
         rows = by_task.get(t[TaskList.task_id], [])
         lead = next((r for r in rows if r["lead"]), None)
         others = [r for r in rows if not r["lead"]]
-        why = why_words(lead, wording, lang, "" if lead else str(t.get(TaskList.why) or ""))
+        why = why_words(lead, wording, lang, "" if lead else str(t.get(TaskList.why) or ""), memo)
         phrases = wording.phrases.get(lang, wording.phrases["en"])
         out.append({
-            "task_id": t[TaskList.task_id], "run_date": pd.Timestamp(t[TaskList.run_date]).strftime("%Y-%m-%d"),
+            "task_id": t[TaskList.task_id], "run_date": f"{as_datetime(t[TaskList.run_date]):%Y-%m-%d}",
             "rank": int(t[TaskList.rank]), "queue": t[TaskList.queue], "queue_rank": int(t[TaskList.queue_rank]),
             "due_by": due_text(t[TaskList.due_by], wording.zone), "time_zone": zone_name,
             "customer_id": t[TaskList.customer_id], "language": code if isinstance(code, str) else "",
@@ -284,13 +318,11 @@ def localise(tasks: pd.DataFrame, risks: pd.DataFrame, languages: Mapping[str, A
             # for the board
             "language_code": lang, "risk_code": t[TaskList.risk_code], "action_id": t[TaskList.action_id],
             "channel_code": t[TaskList.channel], "tag_codes": t[TaskList.tags] if isinstance(t[TaskList.tags], str)
-            else "", "due_utc": pd.Timestamp(t[TaskList.due_by]), "why_list": why,
+            else "", "due_utc": as_datetime(t[TaskList.due_by]), "why_list": why,
             "others": [{"risk": r["risk"], "probability": float(r["probability"]), "order_id": r["order_id"],
-                        "reasons": reason_phrases(pd.DataFrame([{c: r.get(c) for p in REASON_COLUMNS for c in p}]),
-                                                  wording.catalogue, lang)[0]} for r in others],
+                        "reasons": row_reasons(r, wording.catalogue, lang, memo)} for r in others],
         })
-    frame = pd.DataFrame(out)
-    return frame if len(frame) else pd.DataFrame(columns=AGENT_COLUMNS)
+    return out
 
 
 # ---- the drift notice for agents -------------------------------------------------------------
@@ -335,12 +367,14 @@ def _write_atomically(path: Path, write: Any) -> None:
     os.replace(tmp, path)
 
 
-def agent_frame(wh: Warehouse, tasks: pd.DataFrame, wording: Wording) -> pd.DataFrame:
+def agent_rows(wh: Warehouse, tasks: pd.DataFrame | list[dict[str, Any]], wording: Wording) -> list[dict[str, Any]]:
     """The day's tasks in each customer's language (agent columns plus the board's extras)."""
-    if tasks.empty:
-        return pd.DataFrame(columns=AGENT_COLUMNS)
-    day = pd.Timestamp(tasks[TaskList.run_date].iloc[0]).normalize()
-    return localise(tasks, load_task_risks(wh, day), customer_languages(wh, tasks[TaskList.customer_id]), wording)
+    rows = tasks.to_dict("records") if isinstance(tasks, pd.DataFrame) else tasks
+    if not rows:
+        return []
+    day = as_datetime(rows[0][TaskList.run_date])
+    languages = customer_languages(wh, [r[TaskList.customer_id] for r in rows])
+    return localise(rows, load_task_risks(wh, day), languages, wording)
 
 
 def write_handout(wh: Warehouse, tasks: pd.DataFrame, folder: Path,
@@ -353,7 +387,7 @@ def write_handout(wh: Warehouse, tasks: pd.DataFrame, folder: Path,
     settings = settings or get_settings()
     wording = Wording.from_settings(settings)
     folder.mkdir(parents=True, exist_ok=True)
-    agent = agent_frame(wh, tasks, wording)[AGENT_COLUMNS]
+    agent = pd.DataFrame(agent_rows(wh, tasks, wording), columns=AGENT_COLUMNS)
     paths = {"csv": folder / AGENT_FILE, "analysts_csv": folder / ANALYSTS_FILE}
     _write_atomically(paths["csv"], lambda p: agent.to_csv(p, index=False, encoding="utf-8-sig"))
     _write_atomically(paths["analysts_csv"], lambda p: tasks.to_csv(p, index=False, encoding="utf-8-sig"))
