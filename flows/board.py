@@ -220,11 +220,12 @@ def create_app(settings: "Settings | None" = None, *, run_date: Any = None,
         filters = Filters(queue=queue, risk=risk, language=language if language in LANGUAGES else "",
                           status=status if status in STATUSES else "")
         day = store.day()
-        rows, counts = worklist(day, account, user, filters, store.now())
+        now = store.now()
+        rows, counts = worklist(day, account, user, filters, now)
         size = max(cfg.page_size, 1)
         pages = max(1, -(-len(rows) // size))
         current = min(max(page_no, 1), pages)
-        shown = rows[(current - 1) * size: current * size]
+        shown = [(task, status_of(day, task, now)) for task in rows[(current - 1) * size: current * size]]
         queues = [q for q in day.queues if account.role == "lead" or q in account.queues]
         query = {k: v for k, v in {"queue": filters.queue, "risk": filters.risk, "language": filters.language,
                                    "status": filters.status}.items() if v}

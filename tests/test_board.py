@@ -25,6 +25,7 @@ from tasks.care.board import (
     WarehouseBusy,
     add_account,
     load_accounts,
+    status_of,
     verify_password,
     worklist,
 )
@@ -170,7 +171,7 @@ def test_an_outcome_lands_at_once_audited_and_idempotent(day):
     assert json.loads(audit["after"].iloc[2]) == {"note": "exchange sent", "outcome": "reached"}
     assert json.loads(audit["before"].iloc[2])["note"] == "offered an exchange"
     rows, counts = worklist(store.day(), AGENT, "ann", Filters(status="done"), store.now())
-    assert [t["task_id"] for t, _ in rows] == [task["task_id"]] and counts["done"] == 1
+    assert [t["task_id"] for t in rows] == [task["task_id"]] and counts["done"] == 1
 
 
 def test_not_reached_keeps_the_task_open(day):
@@ -179,7 +180,10 @@ def test_not_reached_keeps_the_task_open(day):
     task = next(t for t in store.day().tasks if t["queue"] == "returns")
     store.record(AGENT, "ann", task, "not_reached", "voicemail")
     rows, _ = worklist(store.day(), AGENT, "ann", Filters(status="mine"), store.now())
-    assert [s["status"] for t, s in rows if t["task_id"] == task["task_id"]] == ["claimed"]
+    assert [status_of(store.day(), t, store.now())["status"] for t in rows if t["task_id"] == task["task_id"]] == [
+        "claimed"]
+    assert [t["task_id"] for t in worklist(store.day(), AGENT, "ann", Filters(status="claimed"), store.now())[0]] == [
+        task["task_id"]]
 
 
 def test_control_customers_never_appear_and_agents_see_their_queues(day):
@@ -194,8 +198,8 @@ def test_control_customers_never_appear_and_agents_see_their_queues(day):
     assert other_queue, "the day has tasks outside the agent's queue"
     assert store.task(AGENT, other_queue[0]["task_id"]) is None and store.task(LEAD, other_queue[0]["task_id"])
     rows, _ = worklist(store.day(), AGENT, "ann", Filters(), store.now())
-    assert rows and {t["queue"] for t, _ in rows} == {"returns"}
-    assert [t["rank"] for t, _ in rows] == sorted(t["rank"] for t, _ in rows), "priority order"
+    assert rows and {t["queue"] for t in rows} == {"returns"}
+    assert [t["rank"] for t in rows] == sorted(t["rank"] for t in rows), "priority order"
 
 
 def test_overdue_counts_follow_the_clock(day):
