@@ -687,6 +687,9 @@ def outcomes_import(
     result = _finish(outcomes_import_flow(path, mapping, return_state=True), "outcomes import")
     console.print(result["markdown"])
     console.print(f"report: {result['report']}")
+from flows.board import board_cli  # noqa: E402  (typer only at import; the web stack loads when serving)
+
+app.add_typer(board_cli, name="board")
 
 
 def main() -> None:

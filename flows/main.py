@@ -11,6 +11,7 @@ from prefect.states import Failed
 
 from flows.ingest import ingest_flow
 from flows.score import score_flow
+from flows.segments import segments_flow
 from flows.train import train_flow
 from schemas.settings import get_settings
 from tasks.data.synthetic import generate_shop
@@ -28,30 +29,35 @@ def generate(customers: int, seed: int) -> str:
 
 @flow(name="main-job", flow_run_name="main-job-{customers}-customers")
 def main_flow(customers: int = 5_000, seed: int = 42) -> dict[str, Any] | Failed:
-    """Generate a synthetic shop → ingest → train and register → score → the day's task list.
+    """Generate a synthetic shop → ingest → train and register → tags and segments → score → the day's task list.
 
     Args:
         customers: size of the synthetic shop.
         seed: same seed, same shop.
     """
     settings = get_settings()
-    step(1, 4, f"generating a synthetic shop of {customers:,} customers")
+    step(1, 5, f"generating a synthetic shop of {customers:,} customers")
     data_dir = generate(customers, seed)
     steps = [("ingestion", "ingesting and validating it", lambda: ingest_flow(data_dir, return_state=True)),
              ("training", f"training {len(settings.training.models)} models (the longest step)",
               lambda: train_flow(return_state=True))]
     results: dict[str, Any] = {}
     for number, (name, what, run) in enumerate(steps, start=2):
-        step(number, 4, what)
+        step(number, 5, what)
         state = run()
         if state.is_failed():
             return Failed(message=f"{name}: {state.message}")
         results[name] = state.result()
     # the synthetic shop's "today" is the day after its last exported day
     today: date = (pd.Timestamp(settings.generator.end_date) + pd.Timedelta(days=1)).date()
-    step(4, 4, f"scoring {today} and writing the task list")
+    # tags and segments as of the run date first: the playbook reads them and agents see them on each task
+    step(4, 5, f"tags and segments as of {today}")
+    tagged = segments_flow(run_date=today, return_state=True)
+    if tagged.is_failed():
+        return Failed(message=f"tags and segments: {tagged.message}")
+    step(5, 5, f"scoring {today} and writing the task list")
     scored = score_flow(run_date=today, return_state=True)
     if scored.is_failed():
         return Failed(message=f"scoring: {scored.message}")
     return {"ingest": results["ingestion"], "training": results["training"]["models"],
-            "score": scored.result(), "tracking_uri": settings.tracking_uri}
+            "segments": tagged.result(), "score": scored.result(), "tracking_uri": settings.tracking_uri}

@@ -15,6 +15,7 @@ from prefect.states import Completed, Failed, State
 from flows.runtime import failure_reason, run_day, run_name, with_retries
 from schemas.settings import Settings, get_settings
 from schemas.tasks import ScoredRows, TaskList
+from tasks.care.export import record_task_risks_task
 from tasks.care.interventions import build_task_list_task, load_history, task_list_summary, write_task_list_task
 from tasks.data.warehouse import open_warehouse, run_lock
 from tasks.insight.tags import current_tags
@@ -130,6 +131,7 @@ def score_flow(run_date: date | None = None, models: list[str] | None = None) ->
             tasks, control = empty_task_lists()
         else:
             tasks, control = build_task_list_task(candidates, settings, day, history, held_out)
+        record_task_risks_task(settings, candidates, tasks, day)  # reasons as codes: words in each customer's language
         paths = write_task_list_task(settings, tasks, control, day)
     summary = gate.banner() + task_list_summary(tasks, control)
     if skipped:

@@ -397,6 +397,36 @@ class CareSettings(BaseModel):
         "row at most this many days before it")
     effects_table: str = Field("uplift_effects", description="warehouse table of the measured effects per risk "
                                "and action that the scoring run shrinks the playbook's priors towards")
+class BoardAccount(BaseModel):
+    """One person who signs in to the care board (passwords only ever stored hashed, argon2)."""
+
+    name: str = Field("", description="shown on the board; default: the user name")
+    role: Literal["agent", "lead"] = Field("agent", description="a lead sees every queue and reassigns")
+    queues: list[str] = Field([], description="queues an agent works (a lead sees all)")
+    language: Literal["en", "zh"] = Field("en", description="interface language until the person picks another")
+    password_hash: str = Field(description="argon2 hash: `aftersales board add-account` writes it")
+
+
+class BoardSettings(BaseModel):
+    """The care team's board (``aftersales board``): where it listens, who signs in, how it shows time."""
+
+    host: str = Field("127.0.0.1", description="interface to bind; anything but loopback is a deliberate choice")
+    port: int = 8765
+    timezone: str = Field("UTC", description="the shop's time zone (IANA name): due times are shown in it")
+    accounts_file: Path | None = Field(None, description="accounts (YAML); default <home>/board/accounts.yaml")
+    accounts: dict[str, BoardAccount] = Field({}, description="accounts given in settings, besides the file")
+    secret_key_file: Path | None = Field(
+        None, description="key that signs session cookies; default <home>/board/secret.key, created on first use")
+    session_hours: float = Field(12.0, description="a sign-in lasts this long")
+    https_only: bool = Field(False, description="send the session cookie over HTTPS only (set behind TLS)")
+    page_size: int = Field(50, description="tasks per page of the list")
+    history_days: int = Field(365, description="a task shows the customer's orders, tickets, ... of this many days")
+    history_rows: int = Field(10, description="rows shown per kind of history (latest first)")
+    default_language: Literal["en", "zh"] = Field(
+        "en", description="customers whose language is missing or neither en nor zh are addressed in this one")
+    phrases_dir: Path = Field(DEFAULTS_DIR / "board", description="templates, static files, phrases.<lang>.yaml")
+    lock_retries: int = Field(40, description="tries to get the warehouse while another process writes to it")
+    lock_wait_seconds: float = Field(0.25, description="first wait between those tries (doubles, capped at 2 s)")
 
 
 class Settings(BaseSettings):
@@ -424,6 +454,7 @@ class Settings(BaseSettings):
     report: ReportSettings = ReportSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     care: CareSettings = CareSettings()
+    board: BoardSettings = BoardSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -449,6 +480,11 @@ class Settings(BaseSettings):
     @property
     def data_dir(self) -> Path:
         return self.paths.resolved_data()
+
+    @property
+    def board_dir(self) -> Path:
+        """The board's own files: accounts and the session key."""
+        return self.paths.home / "board"
 
     @property
     def tracking_uri(self) -> str:

@@ -52,7 +52,7 @@ TICKET_CATEGORIES = [
     "other",
 ]
 RETURN_STATUSES = ["requested", "approved", "rejected", "refunded"]
-OUTCOMES = ["contacted", "resolved", "returned_anyway", "no_answer", "declined"]
+OUTCOMES = ["contacted", "resolved", "returned_anyway", "no_answer", "declined", "escalated"]
 LANGUAGES = ["en", "zh", "other"]
 
 

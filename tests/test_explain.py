@@ -84,9 +84,15 @@ def test_every_registry_feature_has_phrases_in_both_languages():
 @pytest.mark.parametrize("language", ["en", "zh"])
 def test_no_phrase_shows_a_raw_feature_name(language):
     kinds = {f.name: f.kind for f in REGISTRY}
+    shown = 0
     for name in FEATURE_NAMES:
         for value in [*SAMPLE_VALUES[kinds[name]], *MISSING_VALUES]:
-            assert_agent_safe(phrase(name, value, language))
+            text = phrase(name, value, language)
+            if text is not None:  # left out: a value that would not read as a risk
+                assert_agent_safe(text)
+                shown += 1
+        assert phrase(name, None, language) is None, "a missing value is no reason"
+    assert shown > len(FEATURE_NAMES)
     for unknown in ["brand_new_size_feature", "zz_mystery_signal"]:  # added after the catalogue was written
         assert_agent_safe(phrase(unknown, 1.0, language))
 
@@ -99,11 +105,36 @@ def test_phrases_format_values_in_english_and_chinese():
     assert phrase("payment_type", "bank_transfer", "zh") == "支付方式：银行转账"
     assert phrase("main_category", "home_garden", "en") == "mostly home garden products"
     assert phrase("size_chart_views_before", 0.0, "en") == "bought without checking the size chart"
-    # early parcel, missing value: the group phrase, never a wrong number
-    assert phrase("days_late", -2.0, "en") == "delivery problems"
-    assert phrase("mean_satisfaction", math.nan, "zh") == "客服沟通不顺或问题未解决"
+    assert phrase("is_delivered", 1.0, "en") == "parcel already delivered"
+    assert phrase("is_delivered", 0.0, "zh") == "包裹尚未送达"
+    # a feature added after the catalogue was written: its group's words
     assert phrase("brand_new_size_feature", 2.0, "en") == "signs the size may not fit"
     assert phrase(None, 1.0) is None
+
+
+@pytest.mark.parametrize(("feature", "value"), [
+    ("days_since_delivery", 0.0), ("days_since_order", 0.4), ("order_trend_90d", 0.0), ("orders_30d", 0.0),
+])
+def test_a_value_that_reads_as_zero_has_its_own_words_or_none(feature, value):
+    for language in ("en", "zh"):
+        text = phrase(feature, value, language)
+        assert text is None or not re.search(r"(?<![\d.])[+-]?0(?![\d.])", text), text
+    assert phrase("days_since_delivery", 0.0, "en") == "delivered today"
+    assert phrase("orders_30d", 0.0, "zh") == "近30天没有下单"
+    assert phrase("order_trend_90d", 0.2, "en") is None  # "+0 orders vs the 90 days before"
+
+
+def test_a_value_that_lowers_risk_in_words_is_no_reason():
+    # "waits 0 hours on average for a first reply", an early parcel, a good rating, a missing value:
+    # none of them reads as a risk, so none is given as one
+    assert phrase("mean_first_response_hours", 0.0, "en") is None
+    assert phrase("mean_first_response_hours", 2.0, "en") is None
+    assert phrase("mean_first_response_hours", 30.0, "en") == "waits 30 hours on average for a first reply"
+    assert phrase("days_late", -2.0, "en") is None
+    assert phrase("mean_satisfaction", 4.8, "en") is None
+    assert phrase("mean_satisfaction", math.nan, "zh") is None
+    assert phrase("order_trend_90d", 3.0, "en") is None
+    assert phrase("order_trend_90d", -3.0, "en") == "-3 orders vs the 90 days before"
 
 
 def test_phrase_reasons_joins_rank_order_and_has_a_generic_phrase():

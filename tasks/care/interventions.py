@@ -54,6 +54,7 @@ from schemas.tasks import (
     ScoredRows,
     TaskList,
 )
+from tasks.care.export import write_handout
 from tasks.care.playbook import (
     ACTION_COST,
     ACTION_ID,
@@ -585,8 +586,7 @@ def write_task_list(wh: Warehouse, tasks: pd.DataFrame, control: pd.DataFrame, r
     wh.replace_partition(ASSIGNMENT_TABLE, assignments, where={"assigned_on": day.to_pydatetime()})
     folder = Path(out_dir) / f"{day:%Y-%m-%d}"
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {"csv": folder / "tasks.csv", "parquet": folder / "tasks.parquet"}
-    _write_atomically(paths["csv"], lambda p: tasks.to_csv(p, index=False, encoding="utf-8-sig"))
+    paths = {"parquet": folder / "tasks.parquet", **write_handout(wh, tasks, folder)}  # agent + analysts' CSV
     _write_atomically(paths["parquet"], lambda p: tasks.to_parquet(p, index=False))
     return paths
 

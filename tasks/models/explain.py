@@ -4,10 +4,14 @@ Two steps. ``top_reasons`` turns a model's per-feature contributions (XGBoost ``
 log-odds) into the names and values of the k features that pushed the risk UP most; features that
 pushed it down are no reason to call anybody, so rows with fewer positive drivers get nulls.
 ``phrase`` / ``phrase_reasons`` turn those names and values into short phrases through the
-editable catalogue ``schemas/defaults/reasons.yaml`` (English and Chinese). Whatever the value
-(missing, an unseen category, outside the sensible range) or the feature (one added after the
-catalogue was written), the phrase falls back to the feature's *group*, so a raw feature name
-never reaches an agent.
+editable catalogue ``schemas/defaults/reasons.yaml`` (English and Chinese).
+
+A phrase must read as a risk to the person who reads it, so a reason is left out (``None``) when
+its words would not: the value is missing, it reads as zero ("delivered 0 days ago", "waits 0
+hours") and the catalogue has no ``zero`` words for it, or it lies outside the range in which the
+feature is a risk (``min``/``max``: "waits 1 hour for a first reply" reassures, it does not warn).
+A feature the catalogue does not know (added after it was written), or a value that cannot be put
+in words, is told by the feature's *group*, so a raw feature name never reaches an agent.
 """
 
 from __future__ import annotations
@@ -52,7 +56,9 @@ class Phrase(BaseModel):
 
 
 class FeaturePhrase(BaseModel):
-    """A feature's templates; missing templates or values outside [min, max] use the group phrase."""
+    """A feature's templates. ``min``/``max``: the values that read as a risk (others are no reason to
+    call); ``zero``: the words for a value that reads as zero (without them such a value is no reason);
+    a missing template or a value that does not format uses the group phrase."""
 
     model_config = ConfigDict(extra="forbid")
     group: str
@@ -222,23 +228,40 @@ def _display_value(catalogue: ReasonCatalogue, reason: str, value: Any, language
     return named.text(language) if named else re.sub(r"_+", " ", text)
 
 
+def _reads_as_zero(template: str, shown: float) -> bool:
+    """The value would be written as zero ("0 days", "0%", "+0 orders") by this template."""
+    if "{value" not in template:  # words without the number ("parcel already delivered")
+        return shown == 0
+    try:
+        text = template.format(value=shown)
+        return text in (template.format(value=0.0), template.format(value=-0.0))
+    except (ValueError, TypeError, KeyError, IndexError):
+        return shown == 0
+
+
 def phrase(reason: str | None, value: Any, language: Language = "en",
            catalogue: ReasonCatalogue | None = None) -> str | None:
-    """One reason in words, e.g. ``days_late, 3.0 -> "parcel 3 days late"``; None without a reason."""
+    """One reason in words, e.g. ``days_late, 3.0 -> "parcel 3 days late"``.
+
+    None when there is no reason or its words would not read as a risk (see the module docstring).
+    """
     if reason is None or _is_missing(reason):
         return None
     catalogue = catalogue or default_catalogue()
     group_phrase = catalogue.groups[catalogue.group_of(reason)].text(language)
     spec = catalogue.features.get(reason)
-    if spec is None or _is_missing(value):
+    if spec is None:
         return group_phrase
+    if _is_missing(value):
+        return None
     shown = _display_value(catalogue, reason, value, language)
-    if isinstance(shown, float):
-        if spec.zero is not None and shown == 0:
-            return spec.zero.text(language)
-        if (spec.min is not None and shown < spec.min) or (spec.max is not None and shown > spec.max):
-            return group_phrase
     template = spec.template(language)
+    if isinstance(shown, float):
+        zero = shown == 0 or (template is not None and _reads_as_zero(template, shown))
+        if zero and spec.zero is not None:
+            return spec.zero.text(language)
+        if zero or (spec.min is not None and shown < spec.min) or (spec.max is not None and shown > spec.max):
+            return None
     if template is None:
         return group_phrase
     try:
