@@ -56,3 +56,102 @@ def test_yardstick_definitions_match_the_platform(tmp_path_factory):
                     assert len(judged) > 0 and set(judged["label"]) <= {0, 1}, (task, cutoff)
     finally:
         wh.close()
+
+
+def _yardstick():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import real_exports
+
+    return real_exports
+
+
+def test_judges_marketplace_reading_counts_orders_reviewed_before_the_cutoff(tmp_path_factory):
+    """'Review <= 2 per delivered order': the platform's delivered rows plus those reviewed by T."""
+    real_exports = _yardstick()
+    from shared_shop import shop_copy
+
+    path, _ = shop_copy(tmp_path_factory, "real-exports-judge")
+    tables, _ = real_exports.load_warehouse(path)
+    early_total = 0
+    for cutoff in (pd.Timestamp("2026-05-04"), pd.Timestamp("2026-07-13")):
+        judged = real_exports.population_and_labels(tables, "negative_review", cutoff, "judge")
+        ours = real_exports.population_and_labels(tables, "negative_review", cutoff, "platform")
+        delivered = tables.orders.set_index("order_id")["delivered_at"]
+        ours = ours[(delivered.reindex(ours["order_id"]) <= cutoff).to_numpy()]  # the overdue rows are not delivered
+        merged = judged.merge(ours, on="order_id", how="outer", indicator=True, suffixes=("", "_platform"))
+        assert (merged["_merge"] != "right_only").all(), "every delivered row the platform scores is the judges' too"
+        common = merged[merged["_merge"] == "both"]
+        assert (common["label"] == common["label_platform"]).all(), cutoff
+        extra = merged[merged["_merge"] == "left_only"]
+        assert (extra["reviewed_by_cutoff"] == 1).all() and (common["reviewed_by_cutoff"] == 0).all()
+        early_total += len(extra)
+        assert judged["label"].sum() > common["label"].sum(), "some bad reviews come before the cutoff"
+    assert early_total > 0
+
+
+def test_features_never_see_the_reviews_of_the_orders_they_score(tmp_path_factory):
+    real_exports = _yardstick()
+    from shared_shop import shop_copy
+
+    path, _ = shop_copy(tmp_path_factory, "real-exports-leak")
+    t, _ = real_exports.load_warehouse(path)
+    cutoff = pd.Timestamp("2026-07-13")
+    pop = real_exports.population_and_labels(t, "negative_review", cutoff, "judge")
+    assert pop["reviewed_by_cutoff"].sum() > 0
+    own = t.reviews["order_id"].isin(set(pop["order_id"]))
+    masked = real_exports.Tables(t.orders, t.items, t.returns, t.reviews[~own])
+    seen = real_exports.features(t, "negative_review", cutoff, pop)
+    hidden = real_exports.features(masked, "negative_review", cutoff, pop.drop(columns="reviewed_by_cutoff"))
+    pd.testing.assert_frame_equal(seen, hidden)
+    naive = real_exports.features(t, "negative_review", cutoff, pop.drop(columns="reviewed_by_cutoff"))
+    assert not naive.equals(seen), "the check above could not fail: no scored order's review is in a feature"
+
+
+def test_judges_invoice_reading_counts_a_cancellation_of_the_same_customer_and_product():
+    """Raw invoice lines link a cancellation to a customer and a stock code, not to one invoice."""
+    real_exports = _yardstick()
+    ts = pd.Timestamp
+    orders = pd.DataFrame({
+        "order_id": ["A", "B", "C"], "customer_id": ["c1", "c1", "c2"],
+        "ordered_at": [ts("2010-03-01 10:00"), ts("2010-03-05 10:00"), ts("2010-03-05 11:00")],
+        "promised_at": pd.NaT, "delivered_at": pd.NaT, "status": None, "total_amount": 10.0, "updated_at": pd.NaT})
+    items = pd.DataFrame({"order_id": ["A", "B", "C"], "product_id": ["p", "p", "p"], "quantity": 1.0,
+                          "unit_price": 10.0})
+    returns = pd.DataFrame({"order_id": ["B"], "product_id": ["p"], "requested_at": [ts("2010-03-06 09:00")]})
+    reviews = pd.DataFrame({"order_id": pd.Series(dtype="string"), "score": pd.Series(dtype=float),
+                            "created_at": pd.Series(dtype="datetime64[ns]")})
+    t = real_exports.Tables(orders, items, returns, reviews)
+    judged = real_exports.population_and_labels(t, "return", ts("2010-03-05 12:00"), "judge").set_index("order_id")
+    assert judged["label"].to_dict() == {"A": 1, "B": 1, "C": 0}
+    linked = returns.assign(order_id="A")  # the same cancellation, linked to the other invoice instead
+    relinked = real_exports.Tables(orders, items, linked, reviews)
+    again = real_exports.population_and_labels(relinked, "return", ts("2010-03-05 12:00"), "judge")
+    assert again.set_index("order_id")["label"].to_dict() == {"A": 1, "B": 1, "C": 0}
+
+
+def test_online_retail_mapping_gives_the_return_model_its_invoices(tmp_path):
+    """The invoice is the delivery: invoices of the last 14 days are scored, labelled by cancellations."""
+    from schemas.settings import Settings
+    from tasks.data.ingest import ingest_batch
+    from tasks.data.warehouse import Warehouse
+    from tasks.models.labels import labels
+
+    lines = [  # hand-made lines in the export's layout (no row of the real export)
+        "Invoice,StockCode,Description,Quantity,InvoiceDate,Price,Customer ID,Country",
+        "600001,A100,RED TIN,6,3/1/2010 9:00,2.5,20001.0,United Kingdom",
+        "600002,B200,BLUE JAR,12,3/2/2010 10:00,1.25,20002.0,France",
+        "C600003,A100,RED TIN,-6,3/4/2010 15:00,2.5,20001.0,United Kingdom",
+        "600004,A100,RED TIN,6,4/20/2010 11:00,2.5,20003.0,United Kingdom",
+        "C600005,A100,RED TIN,-1,4/21/2010 8:00,2.5,20003.0,United Kingdom",  # labels mature to the later clock
+    ]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "online_retail_ii.csv").write_text("\n".join(lines) + "\n")
+    wh = Warehouse(tmp_path / "warehouse.duckdb")
+    try:
+        mapping = ROOT / "schemas" / "defaults" / "mappings" / "online_retail_ii.yaml"
+        ingest_batch(tmp_path / "in", wh, Settings(), mapping, as_of="2010-05-01")
+        assert wh.row_count("returns") == 2
+        got = labels(wh, "return", "2010-03-03", Settings()).set_index("order_id")["label"].to_dict()
+        assert got == {"600001": 1, "600002": 0}
+    finally:
+        wh.close()
