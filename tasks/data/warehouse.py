@@ -20,7 +20,9 @@ import pandas as pd
 from schemas.settings import Settings, get_settings
 from schemas.sources import TABLES, TableSpec
 
-LINEAGE_COLUMNS = {"_batch_id": "VARCHAR", "_loaded_at": "TIMESTAMP"}
+LINEAGE_COLUMNS = {"_batch_id": "VARCHAR", "_loaded_at": "TIMESTAMP", "_valid_from": "TIMESTAMP"}
+STAGE_PREFIX = "_stage_"
+VERSIONS_SUFFIX = "_versions"
 
 
 def duckdb_type(dtype: Any) -> str:
@@ -41,6 +43,66 @@ def source_table_ddl(spec: TableSpec) -> str:
     columns = [f'"{name}" {duckdb_type(col.dtype)}' for name, col in spec.model.to_schema().columns.items()]
     columns += [f"{name} {kind}" for name, kind in LINEAGE_COLUMNS.items()]
     return f'CREATE TABLE IF NOT EXISTS "{spec.name}" ({", ".join(columns)})'
+
+
+def versions_table(table: str) -> str:
+    return f"{table}{VERSIONS_SUFFIX}"
+
+
+def versions_ddl(spec: TableSpec) -> str:
+    """Every version of every row: its values and the moment it became true (``valid_from``)."""
+    columns = [f'"{name}" {duckdb_type(col.dtype)}' for name, col in spec.model.to_schema().columns.items()]
+    columns += ["valid_from TIMESTAMP", "_batch_id VARCHAR", "_loaded_at TIMESTAMP"]
+    return f'CREATE TABLE IF NOT EXISTS "{versions_table(spec.name)}" ({", ".join(columns)})'
+
+
+def _keys(spec: TableSpec, alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f'{prefix}"{k}"' for k in spec.key)
+
+
+def _key_match(spec: TableSpec, left: str, right: str) -> str:
+    return " AND ".join(f'{left}."{k}" = {right}."{k}"' for k in spec.key)
+
+
+def _differs(spec: TableSpec, left: str, right: str) -> str:
+    return " OR ".join(f'{left}."{c}" IS DISTINCT FROM {right}."{c}"' for c in spec.columns if c not in spec.key) \
+        or "FALSE"
+
+
+def version_intervals_sql(table: str) -> str:
+    """Each version of ``table``'s rows with the interval it describes: ``[valid_from, valid_to)``.
+
+    A key's first version reaches back to ``-infinity``: the row existed since its own event time
+    (features mask facts after the cutoff by their own timestamps), only later changes are
+    versions. Rows written into the table without ingestion (no versions) count as one version.
+    Join on ``v.valid_from <= c.cutoff AND c.cutoff < v.valid_to`` to read many cutoffs at once.
+    """
+    spec = TABLES[table]
+    cols = ", ".join(f'"{c}"' for c in spec.columns)
+    keys = _keys(spec)
+    history = versions_table(table)
+    return f"""SELECT {cols},
+            CASE WHEN row_number() OVER w = 1 THEN '-infinity'::TIMESTAMP ELSE _from END AS valid_from,
+            coalesce(lead(_from) OVER w, 'infinity'::TIMESTAMP) AS valid_to
+        FROM (SELECT {cols}, valid_from AS _from FROM "{history}"
+              UNION ALL
+              SELECT {cols}, coalesce(_valid_from, '-infinity'::TIMESTAMP) FROM "{table}" t
+              WHERE NOT EXISTS (SELECT 1 FROM "{history}" h WHERE {_key_match(spec, 'h', 't')}))
+        WINDOW w AS (PARTITION BY {keys} ORDER BY _from)"""
+
+
+def as_of_sql(table: str, cutoff: str = "$cutoff") -> str:
+    """SQL of ``table`` as it was known at ``cutoff`` (an SQL expression, by default ``$cutoff``).
+
+    Per key: the latest version with ``valid_from <= cutoff``; a key whose first version came
+    later than the cutoff shows that first version. An order edited after the cutoff (carrier,
+    amount, cancelled) reads as it was; ``SELECT * FROM ({as_of_sql('orders')})`` with
+    ``{"cutoff": ts}`` replaces ``SELECT * FROM orders`` in point-in-time feature SQL.
+    """
+    cols = ", ".join(f'"{c}"' for c in TABLES[table].columns)
+    return (f"SELECT {cols} FROM ({version_intervals_sql(table)}) "
+            f"WHERE valid_from <= {cutoff} AND {cutoff} < valid_to")
 
 
 @dataclass
@@ -99,8 +161,35 @@ class Warehouse:
 
     # ---- writing -------------------------------------------------------------------------
     def ensure_source_tables(self) -> None:
+        """Create the source tables and their version tables; bring older warehouses up to date."""
+        existing = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         for spec in TABLES.values():
             self.con.execute(source_table_ddl(spec))
+            if spec.name in existing and "_valid_from" not in self.columns(spec.name):
+                self._add_valid_from(spec)
+            if versions_table(spec.name) not in existing:
+                self.con.execute(versions_ddl(spec))
+                if spec.name in existing:  # seed the history of a warehouse made before versions were kept
+                    cols = ", ".join(f'"{c}"' for c in spec.columns)
+                    self.con.execute(f'INSERT INTO "{versions_table(spec.name)}" SELECT {cols}, _valid_from, '
+                                     f'_batch_id, _loaded_at FROM "{spec.name}"')
+
+    def _add_valid_from(self, spec: TableSpec) -> None:
+        """``_valid_from`` of rows loaded before it existed: their ``updated_at``, else their batch's clock."""
+        self.con.execute(f'ALTER TABLE "{spec.name}" ADD COLUMN _valid_from TIMESTAMP')
+        batch_clock = ("(SELECT max(l.as_of) FROM ingest_ledger l WHERE l.batch_id = t._batch_id)"
+                       if self.has_table("ingest_ledger") else "NULL")
+        version = f't."{spec.version_column}", ' if spec.version_column else ""
+        self.con.execute(f'UPDATE "{spec.name}" t SET _valid_from = coalesce({version}{batch_clock}, t._loaded_at)')
+
+    def drop_stale_stages(self) -> list[str]:
+        """Staging tables a killed ingestion left behind (they hold no data anyone reads)."""
+        names = [r[0] for r in self.con.execute(
+            "SELECT table_name FROM information_schema.tables WHERE starts_with(table_name, ?)",
+            [STAGE_PREFIX]).fetchall()]
+        for name in names:
+            self.con.execute(f'DROP TABLE IF EXISTS "{name}"')
+        return names
 
     @contextmanager
     def transaction(self) -> Iterator[Warehouse]:
@@ -149,52 +238,69 @@ class Warehouse:
         finally:
             self.con.unregister(view)
 
-    def merge_by_key(self, spec: TableSpec, staged: str, batch_id: str) -> MergeCounts:
-        """Upsert a staged relation (one row per key) into a source table.
+    def merge_by_key(self, spec: TableSpec, staged: str, batch_id: str) -> dict[str, MergeCounts]:
+        """Upsert a staged table (one row per key, with ``_valid_from`` and ``_source_file``).
 
         A staged row replaces the stored one only when its content differs and its version
-        column (if any) is not older, so re-running a batch changes nothing. New keys are
-        appended with an anti-join, so no copy of the staged rows is materialised.
+        (``_valid_from``: ``updated_at``, else the batch clock) is not older, so re-running a
+        batch changes nothing and re-sending an older export never reverts newer rows. Only the
+        row ids and their fate are materialised, not a copy of the rows. Counts per source file.
         """
-        data_cols = spec.columns
-        cols = ", ".join(f'"{c}"' for c in data_cols)
-        keys = ", ".join(f'"{k}"' for k in spec.key)
-        key_match = " AND ".join(f's."{k}" = t."{k}"' for k in spec.key)
-        differs = " OR ".join(f's."{c}" IS DISTINCT FROM t."{c}"' for c in data_cols if c not in spec.key)
-        version = spec.version_column
-        not_older = (
-            f'(s."{version}" IS NULL OR t."{version}" IS NULL OR s."{version}" >= t."{version}")'
-            if version
-            else "TRUE"
-        )
+        names = [*spec.columns, "_valid_from"]
+        cols = ", ".join(f'"{c}"' for c in names)
+        key_match = _key_match(spec, "s", "t")
+        first_key = f't."{spec.key[0]}"'
         con = self.con
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _merge_changed AS
-            SELECT s.*, {not_older} AS _newer
-            FROM "{staged}" s JOIN "{spec.name}" t ON {key_match}
-            WHERE {differs or 'FALSE'}"""
-        )
-        matched = int(self.scalar(f'SELECT count(*) FROM "{staged}" s SEMI JOIN "{spec.name}" t ON {key_match}'))
-        updated = int(self.scalar("SELECT count(*) FROM _merge_changed WHERE _newer"))
-        stale = int(self.scalar("SELECT count(*) FROM _merge_changed WHERE NOT _newer"))
-        if updated:
-            con.execute(
-                f'DELETE FROM "{spec.name}" WHERE ({keys}) IN (SELECT ({keys}) FROM _merge_changed WHERE _newer)'
-            )
-            con.execute(
-                f'INSERT INTO "{spec.name}" ({cols}, _batch_id, _loaded_at) '
-                f"SELECT {cols}, ?, now()::TIMESTAMP FROM _merge_changed WHERE _newer",
-                [batch_id],
-            )
-        before = self.row_count(spec.name)
-        con.execute(
-            f'INSERT INTO "{spec.name}" ({cols}, _batch_id, _loaded_at) '
-            f'SELECT {cols}, ?, now()::TIMESTAMP FROM "{staged}" s ANTI JOIN "{spec.name}" t ON {key_match}',
-            [batch_id],
-        )
-        inserted = self.row_count(spec.name) - before
-        con.execute("DROP TABLE _merge_changed")
-        return MergeCounts(inserted=inserted, updated=updated, unchanged=matched - updated - stale, stale=stale)
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _merge_plan AS
+            SELECT s.rowid AS _rid, s._source_file,
+                   CASE WHEN {first_key} IS NULL THEN 'inserted'
+                        WHEN NOT ({_differs(spec, 's', 't')}) THEN 'unchanged'
+                        WHEN s._valid_from IS NULL OR t._valid_from IS NULL OR s._valid_from >= t._valid_from
+                             THEN 'updated'
+                        ELSE 'stale' END AS _fate
+            FROM "{staged}" s LEFT JOIN "{spec.name}" t ON {key_match}""")
+        con.execute(f"""DELETE FROM "{spec.name}" t USING "{staged}" s, _merge_plan p
+            WHERE p._rid = s.rowid AND p._fate = 'updated' AND {key_match}""")
+        con.execute(f"""INSERT INTO "{spec.name}" ({cols}, _batch_id, _loaded_at)
+            SELECT {', '.join(f's."{c}"' for c in names)}, ?, now()::TIMESTAMP
+            FROM "{staged}" s JOIN _merge_plan p ON p._rid = s.rowid
+            WHERE p._fate IN ('inserted', 'updated')""", [batch_id])
+        counts: dict[str, MergeCounts] = {}
+        for file, fate, n in con.execute(
+                "SELECT _source_file, _fate, count(*) FROM _merge_plan GROUP BY ALL").fetchall():
+            setattr(counts.setdefault(file, MergeCounts()), fate, int(n))
+        con.execute("DROP TABLE _merge_plan")
+        return counts
+
+    def record_versions(self, spec: TableSpec, staged: str, batch_id: str) -> int:
+        """Keep each staged row as a version of its key, unless the history already says so.
+
+        A row is a new version when no version of its key starts at the same moment with the
+        same values and the version before it differs; a version at the same moment with other
+        values is replaced (the later load wins, as in the table). Older versions that arrive
+        late are history too. Returns versions written.
+        """
+        history = versions_table(spec.name)
+        cols = ", ".join(f'"{c}"' for c in spec.columns)
+        key_match_same = _key_match(spec, "s", "same")
+        key_match_prev = _key_match(spec, "s", "prev")
+        con = self.con
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _version_plan AS
+            SELECT s.rowid AS _rid, same."{spec.key[0]}" IS NOT NULL AS _same_moment,
+                   CASE WHEN same."{spec.key[0]}" IS NOT NULL THEN ({_differs(spec, 's', 'same')})
+                        ELSE prev."{spec.key[0]}" IS NULL OR ({_differs(spec, 's', 'prev')}) END AS _write
+            FROM "{staged}" s
+            LEFT JOIN "{history}" same ON {key_match_same} AND same.valid_from = s._valid_from
+            ASOF LEFT JOIN "{history}" prev ON {key_match_prev} AND s._valid_from > prev.valid_from""")
+        con.execute(f"""DELETE FROM "{history}" same USING "{staged}" s, _version_plan p
+            WHERE p._rid = s.rowid AND p._same_moment AND p._write AND {key_match_same}
+              AND same.valid_from = s._valid_from""")
+        written = int(self.scalar("SELECT count(*) FROM _version_plan WHERE _write"))
+        con.execute(f"""INSERT INTO "{history}" ({cols}, valid_from, _batch_id, _loaded_at)
+            SELECT {', '.join(f's."{c}"' for c in spec.columns)}, s._valid_from, ?, now()::TIMESTAMP
+            FROM "{staged}" s JOIN _version_plan p ON p._rid = s.rowid WHERE p._write""", [batch_id])
+        con.execute("DROP TABLE _version_plan")
+        return written
 
     def close(self) -> None:
         self.con.close()
