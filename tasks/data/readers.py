@@ -23,6 +23,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
@@ -125,6 +126,8 @@ def iter_csv(path: Path, columns: list[str], delimiter: str, encoding: str | Non
                     next_record += count
                     if filled < part.num_rows:
                         next_record = bad_ahead.popleft() + 1
+                if _has_line_breaks(part):
+                    raise RetryRead(replace(plan, line_by_line=True), "values span several lines")
                 yield _numbered(part, rows - 1)
     except pa.ArrowInvalid as exc:
         text = str(exc)
@@ -140,20 +143,32 @@ def iter_csv(path: Path, columns: list[str], delimiter: str, encoding: str | Non
                                    "(a truncated or broken line)") for n, text, expected, actual in invalid)
 
 
-def _parse_record(text: str, delimiter: str) -> list[str] | None:
-    """The fields of one record, or None while a quoted field is still open."""
+def _has_line_breaks(batch: pa.RecordBatch) -> bool:
+    """Quoted values with line breaks: only the careful reader tells them from an unclosed quote."""
+    return any(pc.any(pc.match_substring(column, mark)).as_py() for column in batch.columns for mark in "\n\r")
+
+
+def _parse_record(text: str, delimiter: str) -> tuple[str, list[str] | None]:
+    """("ok", fields), ("open", None) while a quoted field is still open, or ("broken", None).
+
+    Strict: a quote inside a quoted value must be doubled, so a quote left open by a broken line
+    is not silently closed by the next stray quote, merging two records into one.
+    """
     try:
         rows = list(csv.reader(io.StringIO(text), delimiter=delimiter, strict=True))
     except csv.Error as exc:
-        if "unexpected end of data" in str(exc):
-            return None
-        rows = list(csv.reader(io.StringIO(text), delimiter=delimiter))
-    return rows[0] if len(rows) == 1 else [text]
+        return ("open", None) if "unexpected end of data" in str(exc) else ("broken", None)
+    return ("ok", rows[0]) if len(rows) == 1 else ("broken", None)
 
 
 def _iter_csv_lines(path: Path, columns: list[str], delimiter: str, encoding: str | None, chunk_rows: int,
                     malformed: list[MalformedLine]) -> Iterator[pa.RecordBatch]:
-    """The slow, forgiving reader: one physical line at a time, so one broken line costs one line."""
+    """The slow, careful reader: one physical line at a time, so one broken line costs one line.
+
+    A record that spans lines but is broken (a quote never closed, or closed by a stray quote,
+    or the wrong number of fields) costs its first line only: that line is set aside and the
+    lines after it are read again as records of their own.
+    """
     codec = _python_encoding(encoding)
     if codecs.lookup(codec).name.startswith(("utf-16", "utf-32")):
         raise ReadError(f"{path}: malformed CSV in {codec}; re-export it as UTF-8 to have bad lines set aside")
@@ -189,23 +204,26 @@ def _iter_csv_lines(path: Path, columns: list[str], delimiter: str, encoding: st
         record += 1
         malformed.append(MalformedLine(record, line[0], line[1].rstrip("\r\n"), f"line {line[0]}: {reason}"))
 
+    def give_up_first(reason: str, then: list | None = None) -> None:
+        """Set the pending record's first line aside and read its other lines again."""
+        nonlocal pending
+        first, *rest = pending
+        pending = []
+        set_aside(first, reason)
+        queue.extendleft(reversed([(n, t, t.encode()) for n, t in rest] + (then or [])))
+
+    unclosed = "a quote is opened but never properly closed (this line is set aside, the next ones are read)"
     while True:
         item = queue.popleft() if queue else next(source, None)
         if item is None:
             if not pending:
                 break
-            first, *rest = pending
-            pending = []
-            set_aside(first, "a quote is never closed (the line is set aside, the next lines are read)")
-            queue.extendleft(reversed([(n, t, t.encode()) for n, t in rest]))
+            give_up_first(unclosed)
             continue
         number, text, raw = item
         if text is None:
             if pending:
-                first, *rest = pending
-                pending = []
-                set_aside(first, "a quote is never closed (the line is set aside, the next lines are read)")
-                queue.extendleft(reversed([(n, t, t.encode()) for n, t in rest] + [item]))
+                give_up_first(unclosed, [item])
                 continue
             set_aside((number, raw.decode(codec, errors="replace")), f"not valid {encoding or 'utf8'} text")
             continue
@@ -213,19 +231,21 @@ def _iter_csv_lines(path: Path, columns: list[str], delimiter: str, encoding: st
             continue  # blank lines are not records (as for the fast reader)
         pending.append((number, text))
         joined = "".join(t for _, t in pending)
-        fields = _parse_record(joined, delimiter)
-        if fields is None:
+        status, fields = _parse_record(joined, delimiter)
+        if status == "open":
             if len(pending) > MAX_RECORD_LINES or len(joined) > MAX_RECORD_CHARS:
-                first, *rest = pending
-                pending = []
-                set_aside(first, "a quote is never closed (the line is set aside, the next lines are read)")
-                queue.extendleft(reversed([(n, t, t.encode()) for n, t in rest]))
+                give_up_first(unclosed)
             continue
-        start = pending[0]
+        if status == "broken" or len(fields) != width:
+            if len(pending) > 1:
+                give_up_first(unclosed)
+                continue
+            reason = ("a quote inside a quoted value is not doubled" if status == "broken"
+                      else f"expected {width} fields, found {len(fields)}")
+            pending = []
+            set_aside((number, text), reason)
+            continue
         pending = []
-        if len(fields) != width:
-            set_aside((start[0], joined.rstrip("\r\n")), f"expected {width} fields, found {len(fields)}")
-            continue
         record += 1
         buffer.append(fields)
         numbers.append(record)
