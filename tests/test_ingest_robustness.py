@@ -334,3 +334,29 @@ def test_stale_staging_tables_are_dropped_at_the_next_start(tmp_path: Path, wh: 
     assert not wh.has_table("_stage_orders") and not wh.has_table("_stage_quarantine")
     assert "left over" not in set(wh.table("orders")["order_id"])
     assert any("interrupted" in note for note in result.notes)
+
+
+def test_the_ingest_flow_logs_and_reports_no_personal_values(tmp_path: Path, settings, prefect_api,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """The Prefect run: warnings logged one per line, the report file clean, the rows in quarantine."""
+    import logging
+
+    from flows.ingest import ingest_flow
+
+    folder = write_tables(tmp_path / "export", {"orders": [GOOD["orders"]]})
+    (folder / "customers.csv").write_text(
+        "customer_id,signup_at,region,email,phone\n"
+        "c1,2025-01-01,north,ok@example.com,+49 30 1234567\n"
+        '"c2,2025-01-02,south,jane.doe@example.com,+49 170 7654321\n', encoding="utf-8")  # unclosed quote
+    logging.getLogger("prefect").addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="prefect"):
+            summary = ingest_flow(folder, as_of=AS_OF)
+    finally:
+        logging.getLogger("prefect").removeHandler(caplog.handler)
+    report = Path(summary["report"]).read_text(encoding="utf-8")
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "1 quarantined" in logged, "the run's own log lines were captured"
+    for secret in ("jane.doe", "7654321"):
+        assert secret not in logged and secret not in report and secret not in str(summary)
+    assert summary["rows_quarantined"] == 1 and "customers.csv:2" in report

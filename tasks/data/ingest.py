@@ -623,7 +623,8 @@ def date_only_notes(results: list[FileResult], mapping: Mapping) -> list[str]:
         declared = set(mapping.for_table(result.table).date_only)
         for column, (at_midnight, values) in result.midnight.items():
             if values and at_midnight == values and column not in declared:
-                notes.append(f"{Path(result.source).name}: every {column} ({values:,} values) is at local midnight: "
+                count = f"{values:,} value{'s' if values != 1 else ''}"
+                notes.append(f"{Path(result.source).name}: every {column} ({count}) is at local midnight: "
                              f"a date-only column? Declare `date_only: [{column}]` in the mapping so that a day's "
                              "rows count from the end of that day (no look-ahead at a midnight cutoff)")
     return notes
