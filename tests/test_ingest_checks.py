@@ -83,11 +83,15 @@ def sql_failures(table: str, frame: pd.DataFrame) -> set[tuple[int, str, str]]:
     con.register(CHUNK, chunk)
     raw_types = {r[0]: r[1] for r in con.execute(f"DESCRIBE {CHUNK}").fetchall() if r[0] != "_source_row"}
     compiled = compile_table(TABLES[table], TableMapping(), raw_types, NEVER)
-    con.execute(compiled.checked_sql)
-    found = set()
-    for rule in compiled.rules:
-        rows = con.execute(f"SELECT _source_row FROM {CHECKED} WHERE _f{rule.id}").fetchall()
-        found |= {(int(r[0]), rule.column, rule.check) for r in rows}
+    con.execute("CREATE TABLE _stage_quarantine (batch_id VARCHAR, table_name VARCHAR, source_file VARCHAR, "
+                "file_hash VARCHAR, source_row BIGINT, column_name VARCHAR, check_name VARCHAR, failure_value VARCHAR, "
+                "reason VARCHAR, row_json VARCHAR, quarantined_at TIMESTAMP, action VARCHAR)")
+    con.execute(compiled.checked_sql)  # the production statements, as ingestion runs them
+    con.execute(compiled.quarantine_sql, {"batch": "b", "table": table, "file": "f", "hash": "h"})
+    found = {(int(r), c, k) for r, c, k in con.execute(
+        "SELECT source_row, column_name, check_name FROM _stage_quarantine").fetchall()}
+    flagged = con.execute(f"SELECT count(*) FROM {CHECKED} WHERE _any").fetchall()[0][0]
+    assert flagged == len({r for r, _, _ in found}), "every flagged row is in quarantine with its checks"
     con.close()
     return found
 

@@ -94,8 +94,8 @@ def test_many_cutoffs_at_once_through_the_intervals(history: Warehouse) -> None:
 
 
 def test_rerunning_and_resending_an_older_export_change_nothing(tmp_path: Path, history: Warehouse) -> None:
-    versions = {t: history.row_count(f"{t}_versions") for t in ("orders", "order_items", "customers", "tickets")}
-    assert versions["orders"] == 3 and versions["order_items"] == 2
+    versions = {t: history.row_count(f"{t}_history") for t in ("orders", "order_items", "customers", "tickets")}
+    assert versions == {"orders": 1, "order_items": 1, "customers": 1, "tickets": 1}, "one earlier version each"
     current = {t: history.query(f'SELECT * EXCLUDE (_loaded_at, _batch_id) FROM "{t}" ORDER BY ALL')
                for t in versions}
 
@@ -109,7 +109,7 @@ def test_rerunning_and_resending_an_older_export_change_nothing(tmp_path: Path, 
     for table, before in current.items():
         after = history.query(f'SELECT * EXCLUDE (_loaded_at, _batch_id) FROM "{table}" ORDER BY ALL')
         pd.testing.assert_frame_equal(before, after, obj=table)
-        assert history.row_count(f"{table}_versions") == versions[table], f"{table}: no duplicate versions"
+        assert history.row_count(f"{table}_history") == versions[table], f"{table}: no duplicate versions"
     assert history.scalar("SELECT quantity FROM order_items") == 2
 
 
@@ -129,15 +129,17 @@ def test_rows_written_without_ingestion_are_their_own_only_version(tmp_path: Pat
     wh.close()
 
 
-def test_an_older_warehouse_gets_valid_from_and_a_seeded_history(tmp_path: Path) -> None:
+def test_an_older_warehouse_gets_valid_from_and_a_history(tmp_path: Path) -> None:
     wh = Warehouse(tmp_path / "old.duckdb")
     ingest_batch(write_tables(tmp_path / "b1", first_export()), wh, Settings(), as_of=FIRST)
-    wh.con.execute("DROP TABLE orders_versions")
+    wh.con.execute("DROP TABLE orders_history")
     wh.con.execute("ALTER TABLE orders DROP COLUMN _valid_from")
+    wh.con.execute("ALTER TABLE order_items DROP COLUMN _valid_from")
     wh.close()
     wh = Warehouse(tmp_path / "old.duckdb")  # opening migrates
-    assert wh.scalar("SELECT _valid_from FROM orders") == pd.Timestamp("2026-02-01")
-    assert wh.row_count("orders_versions") == 1
+    assert wh.scalar("SELECT _valid_from FROM orders") == pd.Timestamp("2026-02-01"), "its updated_at"
+    assert wh.scalar("SELECT _valid_from FROM order_items") == pd.Timestamp(FIRST), "its batch's clock"
+    assert wh.has_table("orders_history")
     ingest_batch(write_tables(tmp_path / "b2", second_export()), wh, Settings(), as_of=SECOND)
     assert as_of(wh, "orders", "2026-03-01").loc["o1", "carrier"] == "dhl"
     wh.close()

@@ -39,7 +39,7 @@ PLAIN_NUMBER = r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
 GROUPED_NUMBER = r"[+-]?\d{1,3}(,\d{3})+(\.\d+)?"
 COMMA_NUMBER = r"[+-]?(\d{1,3}(\.\d{3})+|\d+)(,\d+)?([eE][+-]?\d+)?"
 NOT_FINITE = r"[+-]?(inf|infinity|nan)"
-TIME_WITH_OFFSET = r".*\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|z|[+-]\d\d(:?\d\d)?|UTC|GMT)"
+TIME_OFFSET = r"\d:\d\d(:\d\d(\.\d+)?)?\s*(Z|z|[+-]\d\d(:?\d\d)?|UTC|GMT)$"
 NUMERIC_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
                  "UBIGINT", "UHUGEINT", "FLOAT", "DOUBLE", "DECIMAL", "REAL")
 AMBIGUOUS = {"earliest": "earliest", "latest": "latest"}
@@ -262,22 +262,30 @@ def _mapped_columns(spec: TableSpec, tm: TableMapping, raw_types: dict[str, str]
 
 
 def _number(col: _Column, decimal_comma: bool) -> tuple[str, str]:
-    """(SQL of the number, possibly inf/nan; NULL where it does not parse) and the format's words."""
-    m = f"m__{col.name}"
+    """(SQL of the number, possibly inf/nan; NULL where it does not parse) and the format's words.
+
+    Values that already look like a number take one regex and one cast; only the others are
+    cleaned of currency signs and spaces and tried again, or recognised as inf/nan.
+    """
+    m = ident(f"m__{col.name}")
     if col.family in ("number", "bool"):
-        return f"TRY_CAST({ident(m)} AS DOUBLE)", ""
-    text = f"regexp_replace(CAST({ident(m)} AS VARCHAR), {literal(CURRENCY_NOISE)}, '', 'g')"
-    nonfinite = f"regexp_full_match(lower({text}), {literal(NOT_FINITE)})"
+        return f"TRY_CAST({m} AS DOUBLE)", ""
     if decimal_comma:
-        number = (f"CASE WHEN regexp_full_match({text}, {literal(COMMA_NUMBER)}) "
-                  f"THEN TRY_CAST(replace(replace({text}, '.', ''), ',', '.') AS DOUBLE) END")
-        words = "decimal comma, e.g. 1.234,50 (a dot must be followed by three digits)"
+        pattern, words = COMMA_NUMBER, "decimal comma, e.g. 1.234,50 (a dot must be followed by three digits)"
+
+        def cast(text: str) -> str:
+            return f"TRY_CAST(replace(replace({text}, '.', ''), ',', '.') AS DOUBLE)"
     else:
-        number = (f"CASE WHEN regexp_full_match({text}, {literal(PLAIN_NUMBER)}) THEN TRY_CAST({text} AS DOUBLE) "
-                  f"WHEN regexp_full_match({text}, {literal(GROUPED_NUMBER)}) "
-                  f"THEN TRY_CAST(replace({text}, ',', '') AS DOUBLE) END")
-        words = "decimal point, e.g. 1,234.50"
-    return f"CASE WHEN {nonfinite} THEN 'nan'::DOUBLE ELSE {number} END", words
+        pattern, words = f"{PLAIN_NUMBER}|{GROUPED_NUMBER}", "decimal point, e.g. 1,234.50"
+
+        def cast(text: str) -> str:
+            return f"TRY_CAST(replace({text}, ',', '') AS DOUBLE)"
+    text = f"CAST({m} AS VARCHAR)"
+    clean = f"regexp_replace({text}, {literal(CURRENCY_NOISE)}, '', 'g')"
+    number = (f"CASE WHEN regexp_full_match({text}, {literal(pattern)}) THEN {cast(text)} "
+              f"WHEN regexp_full_match({clean}, {literal(pattern)}) THEN {cast(clean)} "
+              f"WHEN regexp_full_match(lower({clean}), {literal(NOT_FINITE)}) THEN 'nan'::DOUBLE END")
+    return number, words
 
 
 def _timestamp(col: _Column, tm: TableMapping, rules: BatchRules) -> tuple[str, str, str]:
@@ -295,10 +303,13 @@ def _timestamp(col: _Column, tm: TableMapping, rules: BatchRules) -> tuple[str, 
             else:
                 local = f"CAST({parsed} AS TIMESTAMP)"
             words = f"the format {fmt}"
-        else:
-            with_offset = f"regexp_full_match({m}, {literal(TIME_WITH_OFFSET)})"
+        elif zone or date_only:  # naive values are local time: tell them from values with an offset
+            with_offset = f"regexp_matches({m}, {literal(TIME_OFFSET)})"
             aware = f"CASE WHEN {with_offset} THEN timezone('UTC', TRY_CAST({m} AS TIMESTAMPTZ)) END"
             local = f"CASE WHEN NOT {with_offset} THEN TRY_CAST({m} AS TIMESTAMP) END"
+            words = "ISO 8601 such as 2026-01-31 14:05, or a timestamp_formats entry"
+        else:  # naive values are UTC, as the session: one cast reads both kinds
+            local = f"timezone('UTC', TRY_CAST({m} AS TIMESTAMPTZ))"
             words = "ISO 8601 such as 2026-01-31 14:05, or a timestamp_formats entry"
     elif col.family == "tstz":
         aware, words = f"timezone('UTC', {m})", "a timestamp"
@@ -338,7 +349,7 @@ def compile_table(spec: TableSpec, tm: TableMapping, raw_types: dict[str, str], 
                             if c.name != key)
         level1_key = (f"coalesce({ident('m__' + key)}, 'h' || left(md5(concat_ws(chr(31), {content})), 16)) "
                       f"AS {ident('k__' + key)}")
-    level2, out_rules, stats = [], [], []
+    level2, level3, out_rules = [], [], []  # parsed values; values derived from them; the rules
     value_of: dict[str, str] = {}
     midnight: list[str] = []
 
@@ -371,10 +382,10 @@ def compile_table(spec: TableSpec, tm: TableMapping, raw_types: dict[str, str], 
             number, words = _number(col, tm.decimal_comma)
             level2.append(f"{number} AS {x}")
             if col.kind == "int":
-                level2.append(f"CASE WHEN isfinite({x}) AND {x} = round({x}) AND abs({x}) < 9e18 "
+                level3.append(f"CASE WHEN isfinite({x}) AND {x} = round({x}) AND abs({x}) < 9e18 "
                               f"THEN CAST({x} AS BIGINT) END AS {v}")
             else:
-                level2.append(f"CASE WHEN isfinite({x}) THEN {x} END AS {v}")
+                level3.append(f"CASE WHEN isfinite({x}) THEN {x} END AS {v}")
             shown = f" ({words})" if words else ""
             add(col.name, label, f"{col.name}: not a number in the declared format{shown}",
                 f"{m} IS NOT NULL AND {x} IS NULL")
@@ -421,26 +432,33 @@ def compile_table(spec: TableSpec, tm: TableMapping, raw_types: dict[str, str], 
         later, earlier = order["later"], order["earlier"]
         add(later, check.error, check.error, f"{value_of[later]} < {value_of[earlier]}")
 
-    flags = [f"coalesce({r.condition}, FALSE) AS _f{r.id}" for r in out_rules]
-    reject = " OR ".join(f"_f{r.id}" for r in out_rules if r.rejects_row) or "FALSE"
-    any_fail = " OR ".join(f"_f{r.id}" for r in out_rules) or "FALSE"
+    checked = [c for c in columns if any(r.column == c.name for r in out_rules)]
+    bad = {c.name: ident("_bad__" + c.name) for c in checked}
     select1 = ", ".join(level1) + (f", {level1_key}" if spec.derived_key else "")
-    checked_sql = f"""CREATE OR REPLACE TEMP TABLE {CHECKED} AS
-        WITH l1 AS (SELECT {select1} FROM {CHUNK}),
+
+    def checked_query(where: str = "", flags: bool = False) -> str:
+        """The chunk mapped, parsed and checked; with ``flags`` every rule's own column too."""
+        per_column = [f"coalesce({' OR '.join(f'({r.condition})' for r in out_rules if r.column == c.name)}, "
+                      f"FALSE) AS {bad[c.name]}" for c in checked]
+        per_rule = [f"coalesce({r.condition}, FALSE) AS _f{r.id}" for r in out_rules] if flags else []
+        reject = " OR ".join(bad[c.name] for c in checked if not c.nullable) or "FALSE"
+        any_fail = " OR ".join(bad.values()) or "FALSE"
+        return f"""WITH l1 AS (SELECT {select1} FROM {CHUNK}{where}),
              l2 AS (SELECT *, {', '.join(level2)} FROM l1),
-             l3 AS (SELECT *, {', '.join(flags) or 'FALSE AS _f_none'} FROM l2)
-        SELECT *, ({reject}) AS _reject, ({any_fail}) AS _any FROM l3"""
-    final = {}
-    for col in columns:
-        clears = [f"_f{r.id}" for r in out_rules if r.column == col.name]
-        final[col.name] = (f"CASE WHEN {' OR '.join(clears)} THEN NULL ELSE {value_of[col.name]} END"
-                           if clears and col.nullable else value_of[col.name])
+             l3 AS (SELECT *{''.join(', ' + e for e in level3)} FROM l2),
+             l4 AS (SELECT *, {', '.join([*per_column, *per_rule]) or 'FALSE AS _nothing'} FROM l3)
+        SELECT *, ({reject}) AS _reject, ({any_fail}) AS _any FROM l4"""
+
+    keep = ["_source_row", *value_of.values(), *bad.values(), *(ident("mid__" + n) for n in midnight),
+            "_reject", "_any"]
+    checked_sql = f"CREATE OR REPLACE TEMP TABLE {CHECKED} AS SELECT {', '.join(keep)} FROM ({checked_query()})"
+    final = {c.name: (f"CASE WHEN {bad[c.name]} THEN NULL ELSE {value_of[c.name]} END"
+                      if c.name in bad and c.nullable else value_of[c.name]) for c in columns}
     valid_from = (f"coalesce({final[spec.version_column]}, {literal(rules.batch_time)})"
                   if spec.version_column else literal(rules.batch_time))
     names = ", ".join(ident(c.name) for c in columns)
-    stage_sql = f"""INSERT INTO {ident('_stage_' + spec.name)}
-        ({names}, _valid_from, _source_file, _file_hash, _source_row, _file_order)
-        SELECT {', '.join(final[c.name] for c in columns)}, {valid_from}, $file, $hash, _source_row, $order
+    stage_sql = f"""INSERT INTO {ident('_stage_' + spec.name)} ({names}, _valid_from, _source_row, _file_order)
+        SELECT {', '.join(final[c.name] for c in columns)}, {valid_from}, _source_row, $order
         FROM {CHECKED} WHERE NOT _reject"""
     raw_columns = list(raw_types)
     row_json = "to_json(struct_pack(" + ", ".join(f"{ident(c)} := {ident(c)}" for c in raw_columns) + "))"
@@ -450,6 +468,7 @@ def compile_table(spec: TableSpec, tm: TableMapping, raw_types: dict[str, str], 
         f"({r.id}, {literal(r.column)}, {literal(r.check)}, {literal(r.reason)}, {position[r.column]})"
         for r in out_rules) or "(-1, '', '', '', 1)"
     failing = ", ".join(f"CASE WHEN _f{r.id} THEN {r.id} END" for r in out_rules) or "NULL"
+    failing_rows = f" WHERE _source_row IN (SELECT _source_row FROM {CHECKED} WHERE _any)"
     quarantine_sql = f"""INSERT INTO _stage_quarantine BY NAME
         SELECT $batch AS batch_id, $table AS table_name, $file AS source_file, $hash AS file_hash,
                q._source_row AS source_row, r.column_name, r.check_name, q._shown[r.position] AS failure_value,
@@ -457,19 +476,17 @@ def compile_table(spec: TableSpec, tm: TableMapping, raw_types: dict[str, str], 
                CASE WHEN q._reject THEN 'row quarantined' ELSE 'value cleared' END AS action
         FROM (SELECT _source_row, _reject, {shown} AS _shown,
                      unnest(list_filter([{failing}], lambda x: x IS NOT NULL)) AS rule
-              FROM {CHECKED} WHERE _any) q
+              FROM ({checked_query(failing_rows, flags=True)}) WHERE _any) q
         JOIN (VALUES {rules_values}) r(rule, column_name, check_name, reason, position) USING (rule)
-        JOIN (SELECT _source_row, {row_json} AS row_json FROM {CHUNK}
-              WHERE _source_row IN (SELECT _source_row FROM {CHECKED} WHERE _any)) raw USING (_source_row)"""
-    kept = "NOT _reject"
+        JOIN (SELECT _source_row, {row_json} AS row_json FROM {CHUNK}{failing_rows}) raw USING (_source_row)"""
+    stats = ["count(*) AS rows", "count_if(_reject) AS rejected", "count_if(_any) AS failing"]
     for col in columns:
-        clears = [f"_f{r.id}" for r in out_rules if r.column == col.name]
-        if col.nullable and clears:
-            stats.append(f"count_if({kept} AND ({' OR '.join(clears)})) AS {ident('cleared__' + col.name)}")
-        stats.append(f"count_if({kept} AND ({final[col.name]}) IS NOT NULL) AS {ident('filled__' + col.name)}")
+        if col.nullable and col.name in bad:
+            stats.append(f"count_if(NOT _reject AND {bad[col.name]}) AS {ident('cleared__' + col.name)}")
+        stats.append(f"count_if(NOT _reject AND ({final[col.name]}) IS NOT NULL) AS {ident('filled__' + col.name)}")
     for name in midnight:
         stats.append(f"count_if({ident('mid__' + name)}) AS {ident('midnight__' + name)}")
         stats.append(f"count_if({ident('mid__' + name)} IS NOT NULL) AS {ident('local__' + name)}")
-    stats_sql = (f"SELECT count(*) AS rows, count_if(_reject) AS rejected, {', '.join(stats)} FROM {CHECKED}")
+    stats_sql = f"SELECT {', '.join(stats)} FROM {CHECKED}"
     return CompiledTable(spec, out_rules, checked_sql, stage_sql, quarantine_sql, stats_sql, raw_columns,
                          [c.name for c in columns if c.kind == "datetime"])

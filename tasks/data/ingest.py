@@ -61,6 +61,7 @@ DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
 BATCH_MANIFEST = "_batch.json"
 QUARANTINE_TABLE = "quarantine"
 QUARANTINE_STAGE = "_stage_quarantine"  # this batch's rejects until the final transaction
+STAGE_FILES = "_stage_files"  # this batch's files by number
 LEDGER_TABLE = "ingest_ledger"
 ROW_QUARANTINED, VALUE_CLEARED = "row quarantined", "value cleared"
 MALFORMED = "malformed_line"
@@ -307,8 +308,8 @@ def _raw_types(wh: Warehouse) -> dict[str, str]:
     return {row[0]: row[1] for row in wh.con.execute(f"DESCRIBE {CHUNK}").fetchall() if row[0] != "_source_row"}
 
 
-def _purge_file(wh: Warehouse, source: SourceFile) -> None:
-    wh.con.execute(f'DELETE FROM "{_stage_name(source.table)}" WHERE _source_file = ?', [source.label])
+def _purge_file(wh: Warehouse, source: SourceFile, file_order: int) -> None:
+    wh.con.execute(f'DELETE FROM "{_stage_name(source.table)}" WHERE _file_order = ?', [file_order])
     wh.con.execute(f"DELETE FROM {QUARANTINE_STAGE} WHERE source_file = ?", [source.label])
 
 
@@ -319,11 +320,12 @@ def _check_chunk(wh: Warehouse, compiled: CompiledTable, batch: pyarrow_lib.Reco
     con.register(CHUNK, pyarrow_lib.Table.from_batches([batch]))
     try:
         con.execute(compiled.checked_sql)
-        con.execute(compiled.stage_sql, {"file": source.label, "hash": source.file_hash, "order": file_order})
-        con.execute(compiled.quarantine_sql, {"batch": batch_id, "table": source.table, "file": source.label,
-                                              "hash": source.file_hash})
         cursor = con.execute(compiled.stats_sql)
         stats = {d[0]: int(v or 0) for d, v in zip(cursor.description, cursor.fetchall()[0], strict=True)}
+        con.execute(compiled.stage_sql, {"order": file_order})
+        if stats["failing"]:
+            con.execute(compiled.quarantine_sql, {"batch": batch_id, "table": source.table, "file": source.label,
+                                                  "hash": source.file_hash})
     except duckdb.Error as exc:
         raise IngestError(f"{source.label}: cannot be checked: {redact(str(exc))}") from None
     finally:
@@ -391,7 +393,7 @@ def stage_file(wh: Warehouse, source: SourceFile, tm: TableMapping, settings: Se
                     progress(batch.num_rows)
             break
         except RetryRead as retry:
-            _purge_file(wh, source)
+            _purge_file(wh, source, file_order)
             plan = retry.plan
             if notes is not None and retry.plan.line_by_line:
                 notes.append(f"{source.label}: read line by line because {retry.why}; bad lines are set aside")
@@ -441,10 +443,11 @@ def move_to_quarantine(wh: Warehouse, spec: TableSpec, rejected: str, batch_id: 
     row_json = f"to_json(struct_pack({', '.join(f'{_ident(c)} := {_ident(c)}' for c in spec.columns)}))"
     wh.con.execute(f"""INSERT INTO {QUARANTINE_STAGE} (batch_id, table_name, source_file, file_hash, source_row,
             column_name, check_name, failure_value, reason, row_json, quarantined_at, action)
-        SELECT ?, ?, _source_file, _file_hash, _source_row, ?, {check_sql}, {value_sql}, {reason_sql},
+        SELECT ?, ?, f.source_file, f.file_hash, _source_row, ?, {check_sql}, {value_sql}, {reason_sql},
                {row_json}::VARCHAR, now()::TIMESTAMP, '{ROW_QUARANTINED}'
-        FROM {rejected}""", [batch_id, spec.name, column, *(params or [])])
-    counts = dict(wh.con.execute(f"SELECT _source_file, count(*) FROM {rejected} GROUP BY 1").fetchall())
+        FROM {rejected} JOIN {STAGE_FILES} f USING (_file_order)""", [batch_id, spec.name, column, *(params or [])])
+    counts = dict(wh.con.execute(f"SELECT f.source_file, count(*) FROM {rejected} JOIN {STAGE_FILES} f "
+                                 "USING (_file_order) GROUP BY 1").fetchall())
     wh.con.execute(f"DELETE FROM {_stage_name(spec.name)} WHERE rowid IN (SELECT _rid FROM {rejected})")
     return counts
 
@@ -458,12 +461,13 @@ def quarantine_duplicate_keys(wh: Warehouse, spec: TableSpec, batch_id: str) -> 
     same_content = " AND ".join(f'"{c}" IS NOT DISTINCT FROM first_value("{c}") OVER w' for c in data_cols)
     wh.con.execute(f"""CREATE OR REPLACE TEMP TABLE _dups AS
         WITH dup_keys AS (SELECT {keys} FROM {stage} GROUP BY {keys} HAVING count(*) > 1)
-        SELECT * FROM (
+        SELECT d.*, k.source_file AS _kept_file FROM (
             SELECT s.rowid AS _rid, s.*, row_number() OVER w AS _rank,
-                   first_value(_source_row) OVER w AS _kept_row, first_value(_source_file) OVER w AS _kept_file,
+                   first_value(_source_row) OVER w AS _kept_row, first_value(_file_order) OVER w AS _kept_order,
                    ({same_content or 'TRUE'}) AS _identical
             FROM {stage} s SEMI JOIN dup_keys USING ({keys})
-            WINDOW w AS (PARTITION BY {keys} ORDER BY {version}_file_order DESC, _source_row DESC))
+            WINDOW w AS (PARTITION BY {keys} ORDER BY {version}_file_order DESC, _source_row DESC)) d
+        JOIN {STAGE_FILES} k ON k._file_order = d._kept_order
         WHERE _rank > 1""")
     counts = move_to_quarantine(
         wh, spec, "_dups", batch_id, "+".join(spec.key),
@@ -524,24 +528,28 @@ def read_batch_time(data_dir: Path, as_of: datetime | str | None) -> pd.Timestam
 TABLE_ORDER = list(TABLES)  # parents before children
 
 
-def create_staging(wh: Warehouse, tables: set[str]) -> None:
-    """Staging tables shaped like the targets, plus where each row came from.
+def create_staging(wh: Warehouse, tables: set[str], sources: list[SourceFile]) -> None:
+    """Staging tables shaped like the targets, plus where each row came from (file and row).
 
-    Ordinary tables, not TEMP ones, and outside the final transaction: DuckDB then writes large
-    staged batches to disk instead of holding them in memory until commit.
+    TEMP tables outside the final transaction: never written to the warehouse file, and
+    DuckDB offloads them to its spill folder when a batch outgrows the memory limit. A file is
+    a small number here (``_file_order``); ``_stage_files`` names it.
     """
     drop_staging(wh, tables)
-    wh.con.execute(f"CREATE TABLE {QUARANTINE_STAGE} AS SELECT * FROM {QUARANTINE_TABLE} LIMIT 0")
+    wh.con.execute(f"CREATE TEMP TABLE {QUARANTINE_STAGE} AS SELECT * FROM {QUARANTINE_TABLE} LIMIT 0")
+    wh.con.execute(f"CREATE TEMP TABLE {STAGE_FILES} (_file_order INTEGER, source_file VARCHAR, file_hash VARCHAR)")
+    for order, source in enumerate(sources):
+        wh.con.execute(f"INSERT INTO {STAGE_FILES} VALUES (?, ?, ?)", [order, source.label, source.file_hash])
     for table in tables:
         stage = _stage_name(table)
-        wh.con.execute(f'CREATE TABLE {stage} AS SELECT * EXCLUDE (_batch_id, _loaded_at) FROM "{table}" LIMIT 0')
-        for col, kind in [("_source_file", "VARCHAR"), ("_file_hash", "VARCHAR"),
-                          ("_source_row", "BIGINT"), ("_file_order", "BIGINT")]:
+        wh.con.execute(f'CREATE TEMP TABLE {stage} AS SELECT * EXCLUDE (_batch_id, _loaded_at) FROM "{table}" '
+                       "LIMIT 0")
+        for col, kind in [("_source_row", "BIGINT"), ("_file_order", "INTEGER")]:
             wh.con.execute(f"ALTER TABLE {stage} ADD COLUMN {col} {kind}")
 
 
 def drop_staging(wh: Warehouse, tables: set[str]) -> None:
-    for name in [QUARANTINE_STAGE, *(_stage_name(t) for t in tables)]:
+    for name in [QUARANTINE_STAGE, STAGE_FILES, *(_stage_name(t) for t in tables)]:
         wh.con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
@@ -675,7 +683,7 @@ def _ingest_sources(data_dir: Path, wh: Warehouse, settings: Settings, mapping: 
         warnings.append(f"{s.label}: already loaded with the same content and mapping; not read again")
     staged_tables = {s.table for s in sources}
     try:  # staging and whole-batch checks touch only staging tables ...
-        create_staging(wh, staged_tables)
+        create_staging(wh, staged_tables, sources)
         fresh = []
         for order, source in enumerate(sources):
             fresh.append(stage_file(wh, source, mapping.for_table(source.table), settings, batch_id, batch_time,
@@ -694,11 +702,10 @@ def _ingest_sources(data_dir: Path, wh: Warehouse, settings: Settings, mapping: 
         with wh.transaction():  # ... and the real tables change in one transaction at the end
             publish_quarantine(wh, sources)
             for table in (t for t in TABLE_ORDER if t in staged_tables):
-                counts = wh.merge_by_key(TABLES[table], _stage_name(table), batch_id)
-                wh.record_versions(TABLES[table], _stage_name(table), batch_id)
-                for label, merged in counts.items():
-                    by_label[label].inserted, by_label[label].updated = merged.inserted, merged.updated
-                    by_label[label].unchanged, by_label[label].stale = merged.unchanged, merged.stale
+                for order, merged in wh.merge_by_key(TABLES[table], _stage_name(table), batch_id).items():
+                    result = by_label[sources[order].label]
+                    result.inserted, result.updated = merged.inserted, merged.updated
+                    result.unchanged, result.stale = merged.unchanged, merged.stale
             wh.append(LEDGER_TABLE, ledger_rows(results, run_id, batch_id, batch_time, fingerprints,
                                                 {s.label for s in skipped}))
     finally:

@@ -22,7 +22,7 @@ from schemas.sources import TABLES, TableSpec
 
 LINEAGE_COLUMNS = {"_batch_id": "VARCHAR", "_loaded_at": "TIMESTAMP", "_valid_from": "TIMESTAMP"}
 STAGE_PREFIX = "_stage_"
-VERSIONS_SUFFIX = "_versions"
+HISTORY_SUFFIX = "_history"
 
 
 def duckdb_type(dtype: Any) -> str:
@@ -45,15 +45,19 @@ def source_table_ddl(spec: TableSpec) -> str:
     return f'CREATE TABLE IF NOT EXISTS "{spec.name}" ({", ".join(columns)})'
 
 
-def versions_table(table: str) -> str:
-    return f"{table}{VERSIONS_SUFFIX}"
+def history_table(table: str) -> str:
+    return f"{table}{HISTORY_SUFFIX}"
 
 
-def versions_ddl(spec: TableSpec) -> str:
-    """Every version of every row: its values and the moment it became true (``valid_from``)."""
+def history_ddl(spec: TableSpec) -> str:
+    """Earlier versions of rows: their values and the moment each became true (``valid_from``).
+
+    The current version of a row is the row in the table itself (``_valid_from``); together they
+    are every version ingestion has seen. A first load writes no history at all.
+    """
     columns = [f'"{name}" {duckdb_type(col.dtype)}' for name, col in spec.model.to_schema().columns.items()]
     columns += ["valid_from TIMESTAMP", "_batch_id VARCHAR", "_loaded_at TIMESTAMP"]
-    return f'CREATE TABLE IF NOT EXISTS "{versions_table(spec.name)}" ({", ".join(columns)})'
+    return f'CREATE TABLE IF NOT EXISTS "{history_table(spec.name)}" ({", ".join(columns)})'
 
 
 def _keys(spec: TableSpec, alias: str = "") -> str:
@@ -71,25 +75,22 @@ def _differs(spec: TableSpec, left: str, right: str) -> str:
 
 
 def version_intervals_sql(table: str) -> str:
-    """Each version of ``table``'s rows with the interval it describes: ``[valid_from, valid_to)``.
+    """Every version of ``table``'s rows with the interval it describes: ``[valid_from, valid_to)``.
 
     A key's first version reaches back to ``-infinity``: the row existed since its own event time
     (features mask facts after the cutoff by their own timestamps), only later changes are
-    versions. Rows written into the table without ingestion (no versions) count as one version.
-    Join on ``v.valid_from <= c.cutoff AND c.cutoff < v.valid_to`` to read many cutoffs at once.
+    versions. Join on ``v.valid_from <= c.cutoff AND c.cutoff < v.valid_to`` to read many cutoffs
+    at once.
     """
     spec = TABLES[table]
     cols = ", ".join(f'"{c}"' for c in spec.columns)
-    keys = _keys(spec)
-    history = versions_table(table)
     return f"""SELECT {cols},
             CASE WHEN row_number() OVER w = 1 THEN '-infinity'::TIMESTAMP ELSE _from END AS valid_from,
             coalesce(lead(_from) OVER w, 'infinity'::TIMESTAMP) AS valid_to
-        FROM (SELECT {cols}, valid_from AS _from FROM "{history}"
+        FROM (SELECT {cols}, valid_from AS _from FROM "{history_table(table)}"
               UNION ALL
-              SELECT {cols}, coalesce(_valid_from, '-infinity'::TIMESTAMP) FROM "{table}" t
-              WHERE NOT EXISTS (SELECT 1 FROM "{history}" h WHERE {_key_match(spec, 'h', 't')}))
-        WINDOW w AS (PARTITION BY {keys} ORDER BY _from)"""
+              SELECT {cols}, coalesce(_valid_from, '-infinity'::TIMESTAMP) FROM "{table}")
+        WINDOW w AS (PARTITION BY {_keys(spec)} ORDER BY _from)"""
 
 
 def as_of_sql(table: str, cutoff: str = "$cutoff") -> str:
@@ -167,12 +168,7 @@ class Warehouse:
             self.con.execute(source_table_ddl(spec))
             if spec.name in existing and "_valid_from" not in self.columns(spec.name):
                 self._add_valid_from(spec)
-            if versions_table(spec.name) not in existing:
-                self.con.execute(versions_ddl(spec))
-                if spec.name in existing:  # seed the history of a warehouse made before versions were kept
-                    cols = ", ".join(f'"{c}"' for c in spec.columns)
-                    self.con.execute(f'INSERT INTO "{versions_table(spec.name)}" SELECT {cols}, _valid_from, '
-                                     f'_batch_id, _loaded_at FROM "{spec.name}"')
+            self.con.execute(history_ddl(spec))
 
     def _add_valid_from(self, spec: TableSpec) -> None:
         """``_valid_from`` of rows loaded before it existed: their ``updated_at``, else their batch's clock."""
@@ -184,12 +180,12 @@ class Warehouse:
 
     def drop_stale_stages(self) -> list[str]:
         """Staging tables a killed ingestion left behind (they hold no data anyone reads)."""
-        names = [r[0] for r in self.con.execute(
-            "SELECT table_name FROM information_schema.tables WHERE starts_with(table_name, ?)",
-            [STAGE_PREFIX]).fetchall()]
-        for name in names:
-            self.con.execute(f'DROP TABLE IF EXISTS "{name}"')
-        return names
+        found = self.con.execute(
+            "SELECT table_catalog, table_name FROM information_schema.tables WHERE starts_with(table_name, ?) "
+            "AND table_schema = 'main' AND table_catalog = current_database()", [STAGE_PREFIX]).fetchall()
+        for catalog, name in found:
+            self.con.execute(f'DROP TABLE IF EXISTS "{catalog}".main."{name}"')
+        return [name for _, name in found]
 
     @contextmanager
     def transaction(self) -> Iterator[Warehouse]:
@@ -238,69 +234,58 @@ class Warehouse:
         finally:
             self.con.unregister(view)
 
-    def merge_by_key(self, spec: TableSpec, staged: str, batch_id: str) -> dict[str, MergeCounts]:
-        """Upsert a staged table (one row per key, with ``_valid_from`` and ``_source_file``).
+    def merge_by_key(self, spec: TableSpec, staged: str, batch_id: str) -> dict[int, MergeCounts]:
+        """Upsert a staged table (one row per key, with ``_valid_from`` and ``_file_order``).
 
         A staged row replaces the stored one only when its content differs and its version
         (``_valid_from``: ``updated_at``, else the batch clock) is not older, so re-running a
-        batch changes nothing and re-sending an older export never reverts newer rows. Only the
-        row ids and their fate are materialised, not a copy of the rows. Counts per source file.
+        batch changes nothing and re-sending an older export never reverts newer rows. Every
+        version is kept: a replaced row moves to ``<table>_history``, and so does a staged row
+        older than the stored one (history that arrives late). Counts per ``_file_order``.
         """
         names = [*spec.columns, "_valid_from"]
         cols = ", ".join(f'"{c}"' for c in names)
         key_match = _key_match(spec, "s", "t")
-        first_key = f't."{spec.key[0]}"'
+        history = history_table(spec.name)
+
+        def data(alias: str) -> str:
+            return ", ".join(f'{alias}."{c}"' for c in spec.columns)
+
         con = self.con
         con.execute(f"""CREATE OR REPLACE TEMP TABLE _merge_plan AS
-            SELECT s.rowid AS _rid, s._source_file,
-                   CASE WHEN {first_key} IS NULL THEN 'inserted'
-                        WHEN NOT ({_differs(spec, 's', 't')}) THEN 'unchanged'
-                        WHEN s._valid_from IS NULL OR t._valid_from IS NULL OR s._valid_from >= t._valid_from
-                             THEN 'updated'
-                        ELSE 'stale' END AS _fate
-            FROM "{staged}" s LEFT JOIN "{spec.name}" t ON {key_match}""")
+            SELECT s.rowid AS _rid, s._file_order, ({_differs(spec, 's', 't')}) AS _differs,
+                   (s._valid_from IS NULL OR t._valid_from IS NULL OR s._valid_from >= t._valid_from) AS _newer,
+                   coalesce(s._valid_from < t._valid_from, FALSE) AS _older,
+                   coalesce(t._valid_from < s._valid_from, FALSE) AS _supersedes
+            FROM "{staged}" s JOIN "{spec.name}" t ON {key_match}""")
+        # history that arrives late: staged versions older than the stored one, once each
+        con.execute(f"""DELETE FROM "{history}" h USING "{staged}" s, _merge_plan p
+            WHERE p._rid = s.rowid AND p._older AND {_key_match(spec, 's', 'h')} AND h.valid_from = s._valid_from
+              AND ({_differs(spec, 's', 'h')})""")
+        con.execute(f"""INSERT INTO "{history}" SELECT {data('s')}, s._valid_from, ?, now()::TIMESTAMP
+            FROM "{staged}" s JOIN _merge_plan p ON p._rid = s.rowid WHERE p._older
+              AND NOT EXISTS (SELECT 1 FROM "{history}" h WHERE {_key_match(spec, 's', 'h')}
+                              AND h.valid_from = s._valid_from)""", [batch_id])
+        # the stored version a newer one replaces becomes history
+        con.execute(f"""INSERT INTO "{history}" SELECT {data('t')}, t._valid_from, t._batch_id, now()::TIMESTAMP
+            FROM "{spec.name}" t JOIN "{staged}" s ON {key_match} JOIN _merge_plan p ON p._rid = s.rowid
+            WHERE p._differs AND p._newer AND p._supersedes""")
         con.execute(f"""DELETE FROM "{spec.name}" t USING "{staged}" s, _merge_plan p
-            WHERE p._rid = s.rowid AND p._fate = 'updated' AND {key_match}""")
+            WHERE p._rid = s.rowid AND p._differs AND p._newer AND {key_match}""")
         con.execute(f"""INSERT INTO "{spec.name}" ({cols}, _batch_id, _loaded_at)
             SELECT {', '.join(f's."{c}"' for c in names)}, ?, now()::TIMESTAMP
-            FROM "{staged}" s JOIN _merge_plan p ON p._rid = s.rowid
-            WHERE p._fate IN ('inserted', 'updated')""", [batch_id])
-        counts: dict[str, MergeCounts] = {}
-        for file, fate, n in con.execute(
-                "SELECT _source_file, _fate, count(*) FROM _merge_plan GROUP BY ALL").fetchall():
-            setattr(counts.setdefault(file, MergeCounts()), fate, int(n))
+            FROM "{staged}" s ANTI JOIN "{spec.name}" t ON {key_match}""", [batch_id])
+        counts: dict[int, MergeCounts] = {}
+        for order, staged_rows in con.execute(f'SELECT _file_order, count(*) FROM "{staged}" GROUP BY 1').fetchall():
+            counts[int(order)] = MergeCounts(inserted=int(staged_rows))
+        for order, updated, stale, unchanged in con.execute(
+                "SELECT _file_order, count_if(_differs AND _newer), count_if(_differs AND NOT _newer), "
+                "count_if(NOT _differs) FROM _merge_plan GROUP BY 1").fetchall():
+            merged = counts[int(order)]
+            merged.updated, merged.stale, merged.unchanged = int(updated), int(stale), int(unchanged)
+            merged.inserted -= merged.updated + merged.stale + merged.unchanged
         con.execute("DROP TABLE _merge_plan")
         return counts
-
-    def record_versions(self, spec: TableSpec, staged: str, batch_id: str) -> int:
-        """Keep each staged row as a version of its key, unless the history already says so.
-
-        A row is a new version when no version of its key starts at the same moment with the
-        same values and the version before it differs; a version at the same moment with other
-        values is replaced (the later load wins, as in the table). Older versions that arrive
-        late are history too. Returns versions written.
-        """
-        history = versions_table(spec.name)
-        cols = ", ".join(f'"{c}"' for c in spec.columns)
-        key_match_same = _key_match(spec, "s", "same")
-        key_match_prev = _key_match(spec, "s", "prev")
-        con = self.con
-        con.execute(f"""CREATE OR REPLACE TEMP TABLE _version_plan AS
-            SELECT s.rowid AS _rid, same."{spec.key[0]}" IS NOT NULL AS _same_moment,
-                   CASE WHEN same."{spec.key[0]}" IS NOT NULL THEN ({_differs(spec, 's', 'same')})
-                        ELSE prev."{spec.key[0]}" IS NULL OR ({_differs(spec, 's', 'prev')}) END AS _write
-            FROM "{staged}" s
-            LEFT JOIN "{history}" same ON {key_match_same} AND same.valid_from = s._valid_from
-            ASOF LEFT JOIN "{history}" prev ON {key_match_prev} AND s._valid_from > prev.valid_from""")
-        con.execute(f"""DELETE FROM "{history}" same USING "{staged}" s, _version_plan p
-            WHERE p._rid = s.rowid AND p._same_moment AND p._write AND {key_match_same}
-              AND same.valid_from = s._valid_from""")
-        written = int(self.scalar("SELECT count(*) FROM _version_plan WHERE _write"))
-        con.execute(f"""INSERT INTO "{history}" ({cols}, valid_from, _batch_id, _loaded_at)
-            SELECT {', '.join(f's."{c}"' for c in spec.columns)}, s._valid_from, ?, now()::TIMESTAMP
-            FROM "{staged}" s JOIN _version_plan p ON p._rid = s.rowid WHERE p._write""", [batch_id])
-        con.execute("DROP TABLE _version_plan")
-        return written
 
     def close(self) -> None:
         self.con.close()
