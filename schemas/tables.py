@@ -15,7 +15,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.typing.pandas import Series
 
-from schemas import analytics, monitoring, tasks, text
+from schemas import analytics, board, monitoring, tasks, text
 
 SCORES_TABLE = "scores"
 
@@ -41,10 +41,13 @@ DERIVED_TABLES: dict[str, type[pa.DataFrameModel]] = {
     SCORES_TABLE: Scores,
     tasks.TASK_TABLE: tasks.TaskList,
     tasks.CONTROL_TABLE: tasks.ControlGroup,
+    tasks.ASSIGNMENT_TABLE: tasks.ControlAssignments,
+    board.TASK_RISKS_TABLE: board.TaskRisks,
     monitoring.DRIFT_TABLE: monitoring.DriftChecks,
     monitoring.DRIFT_RUNS_TABLE: monitoring.DriftRuns,
     monitoring.GATE_TABLE: monitoring.DriftGate,
     monitoring.PERFORMANCE_TABLE: monitoring.RealisedPerformance,
+    monitoring.LABELLED_TABLE: monitoring.LabelledRows,
     monitoring.DECISIONS_TABLE: monitoring.RetrainDecisions,
     analytics.CUSTOMER_TAGS_TABLE: analytics.CustomerTags,
     analytics.TAG_HISTORY_TABLE: analytics.TagHistory,

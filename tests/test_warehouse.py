@@ -68,7 +68,7 @@ def test_replace_table_inside_a_transaction_rolls_back_with_it(wh: Warehouse) ->
 
 def test_every_derived_table_of_the_schemas_has_a_declared_contract() -> None:
     """A flow adding a ``*_TABLE`` to schemas/ must declare its types in schemas/tables.py."""
-    own_ddl = set()  # tables created with their own DDL would be listed here
+    own_ddl = {"board_claims", "board_audit"}  # created with their own DDL (schemas/board.py: a primary key)
     names = set()
     for info in pkgutil.iter_modules(schemas.__path__):
         module = importlib.import_module(f"schemas.{info.name}")
