@@ -69,12 +69,19 @@ class LabelSettings(BaseModel):
     negative_review_max_score: int = 2
     churn_activity_days: int = 180
     churn_horizon_days: int = 90
-    return_population_days: int = Field(
-        14, description="return model scores orders delivered this recently (must be < return window)"
-    )
-    review_population_days: int = Field(
-        14, description="negative-review model scores orders delivered this recently, not yet reviewed"
-    )
+    moment_window_days: float = Field(
+        1.0, description="an order is at a moment (shipped, delivered, overdue, ordered) when that happened this "
+        "many days before the cutoff: the time between two scoring runs, so each order is scored once per moment")
+    overdue_repeat_days: int = Field(
+        7, description="an order still overdue is scored again every this many days, while it is overdue by at "
+        "most review_window_days (0: only when it becomes overdue)")
+    return_moments: list[Literal["shipped", "delivered", "overdue", "ordered"]] = Field(
+        ["delivered", "ordered"], description="moments the return model scores an order at; 'ordered' only occurs "
+        "in a shop without shipment or delivery dates (invoice lines), where the label is a return or cancellation "
+        "within return_window_days of the order")
+    review_moments: list[Literal["shipped", "delivered", "overdue", "ordered"]] = Field(
+        ["shipped", "delivered", "overdue", "ordered"],
+        description="moments the negative-review model scores an order at (overdue rows are the late-delivery watch)")
 
 
 class SplitSettings(BaseModel):
