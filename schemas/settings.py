@@ -148,7 +148,9 @@ class ScoringSettings(BaseModel):
         "default": 40,
     }
     margin_rate: float = Field(0.35, description="gross margin used for value at stake")
-    customer_value_months: int = Field(12, description="horizon of a customer's expected value")
+    value_cap_quantile: float = Field(
+        0.95, description="value at stake is capped at this quantile of the shop's values (per risk: the last "
+        "year's orders, the day's churn population), so a wholesale outlier cannot outrank likely losses")
     cooldown_days: int = 14
     cooldown_override_increase: float = Field(
         0.25, description="absolute rise in risk that lifts a cool-down"
@@ -307,6 +309,9 @@ class MonitoringSettings(BaseModel):
                                 "counts as drift")
     score_psi_drift: float = Field(0.25, description="PSI of the probabilities vs the reference's that counts as drift")
     min_rows: int = Field(50, description="fewer scored rows: drift is not judged")
+    drift_pool_days: int = Field(
+        14, description="an order model's drift is judged on the populations of this many run dates up to the "
+        "day (each order is scored once per moment, so one day is small and its mix follows the weekday)")
     severe_features: int = Field(3, description="this many drifted features, or drifted scores, make drift severe")
     gate: Literal["flag", "hold", "off"] = Field(
         "flag", description="severe drift at scoring: ship the list flagged, hold it (empty, with the reason), or off")
