@@ -52,6 +52,24 @@ class IngestSettings(BaseModel):
         24.0, description="timestamps later than batch time + this are rejected as future"
     )
     report_examples: int = Field(20, description="failure examples shown per check in the report")
+    max_line_quantity: int = Field(
+        1_000_000, description="order lines with more units are quarantined (a wholesale line has thousands)")
+    earliest_timestamp: str = Field(
+        "1990-01-01", description="earlier timestamps are placeholders (0001-01-01, 1970-01-01), not facts")
+    max_promise_days: int = Field(
+        730, description="a timestamp allowed in the future (a delivery promise) may lie at most this many days "
+                         "after the batch; later ones are placeholders (9999-12-31)")
+    ambiguous_time: Literal["earliest", "latest"] = Field(
+        "earliest", description="a local time that occurs twice when DST ends: its earlier or later instant "
+                                "(a mapping's ambiguous_time overrides)")
+    nonexistent_time: Literal["shift_forward", "shift_backward"] = Field(
+        "shift_forward", description="a local time skipped when DST starts: the first instant after the gap or "
+                                     "the last before it (a mapping's nonexistent_time overrides)")
+    csv_block_bytes: int = Field(64 << 20, description="CSV read block; grown (x4 per retry) for larger fields")
+    max_csv_block_bytes: int = Field(1 << 30, description="largest read block before the line-by-line reader")
+    empty_column_min_expected: float = Field(
+        5.0, description="warn when an optional column is absent or empty in a file although the stored table "
+                         "would lead one to expect at least this many values in it")
 
 
 class GeneratorSettings(BaseModel):
