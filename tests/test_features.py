@@ -15,8 +15,9 @@ import pytest
 
 from schemas.derived import TEXT_COMPLAINTS, UNKNOWN, CustomerFeatures, OrderFeatures
 from schemas.settings import Settings
+from schemas.sources import TABLES
 from schemas.text import TEXT_INSIGHTS_TABLE, TextInsights, complaint_column
-from tasks.data.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse, history_table
 from tasks.models.features import (
     CATALOGUE_PATH,
     WINDOWS,
@@ -577,17 +578,17 @@ VERSIONED = ("orders", "tickets", "customers", "products")
 
 
 def keep_versions(wh: Warehouse, since: pd.Timestamp) -> None:
-    """What ingestion keeps: every table's rows as their first version."""
+    """What ingestion keeps: each stored row is the current version, dated by ``_valid_from``."""
     for table in VERSIONED:
-        wh.con.execute(f'CREATE TABLE "{table}_versions" AS SELECT *, ?::TIMESTAMP AS valid_from FROM "{table}"',
-                       [since.to_pydatetime()])
+        wh.con.execute(f'UPDATE "{table}" SET _valid_from = ?', [since.to_pydatetime()])
 
 
 def edit(wh: Warehouse, table: str, where: str, change: str, when: pd.Timestamp) -> None:
-    """Edit stored rows (no updated_at: the export does not say when) and record the new version."""
-    wh.con.execute(f'UPDATE "{table}" SET {change} WHERE {where}')
-    wh.con.execute(f'INSERT INTO "{table}_versions" SELECT *, ?::TIMESTAMP FROM "{table}" WHERE {where}',
-                   [when.to_pydatetime()])
+    """Edit stored rows the way ingestion does: the old version moves to history, the row changes."""
+    cols = ", ".join(f'"{c}"' for c in TABLES[table].columns)
+    wh.con.execute(f'INSERT INTO "{history_table(table)}" ({cols}, valid_from) '
+                   f'SELECT {cols}, _valid_from FROM "{table}" WHERE {where}')
+    wh.con.execute(f'UPDATE "{table}" SET {change}, _valid_from = ? WHERE {where}', [when.to_pydatetime()])
 
 
 def edit_after_cutoff(wh: Warehouse) -> None:
@@ -617,7 +618,7 @@ def test_without_row_versions_the_edits_would_leak(wh: Warehouse) -> None:
     before = by(order_features(wh, CUT), "order_id")
     edit_after_cutoff(wh)
     for table in VERSIONED:
-        wh.con.execute(f'DROP TABLE "{table}_versions"')
+        wh.con.execute(f'DELETE FROM "{history_table(table)}"')
     after = by(order_features(wh, CUT), "order_id")
     assert after.loc["o3", "carrier"] == "fedex" and before.loc["o3", "carrier"] == "ups"
     assert (before.loc["o4", "region"], after.loc["o4", "region"]) == ("south", "east")  # the customer moved
@@ -662,3 +663,52 @@ def test_an_unseen_level_scores_like_the_trained_unknown_level() -> None:
     raw, mapped = score(new), score(map_unseen_levels(new, {"carrier": levels}))
     assert mapped[0] == mapped[1] < 0.1, "the unseen carrier scores exactly as 'unknown'"
     assert raw[0] != raw[1], "without the mapping the unseen level takes another path"
+
+
+def test_edits_ingested_after_the_cutoff_leave_every_feature_unchanged(tmp_path: Path) -> None:
+    """The real ingest keeps the superseded versions: a later export that edits orders (carrier,
+    amount, cancellation), tickets (category) and customers (region) changes no feature at an
+    earlier cutoff, and shows at a cutoff after the edits."""
+    from tasks.data.ingest import ingest_batch
+    from tasks.data.synthetic import generate_shop
+
+    shop, edits = tmp_path / "shop", tmp_path / "edits"
+    generate_shop(shop, customers=60, seed=3, months=6, end_date="2026-03-01", dirty_share=0.0, file_format="csv")
+    wh = Warehouse(tmp_path / "w.duckdb")
+    try:
+        ingest_batch(shop, wh, Settings(), as_of="2026-03-01")
+        cutoff, later, edited_at = pd.Timestamp("2026-02-15"), pd.Timestamp("2026-03-03"), "2026-03-02 10:00:00"
+        before_o, before_c = order_features(wh, cutoff), customer_features(wh, cutoff)
+        orders = pd.read_csv(shop / "orders.csv", dtype=str)
+        changed = orders[pd.to_datetime(orders["ordered_at"]) < cutoff - pd.Timedelta(days=20)].head(6).copy()
+        changed["carrier"], changed["status"], changed["updated_at"] = "JetLate", "cancelled", edited_at
+        changed["total_amount"] = (changed["total_amount"].astype(float) * 3).round(2).astype(str)
+        tickets = pd.read_csv(shop / "tickets.csv", dtype=str, keep_default_na=False)
+        tickets = tickets[pd.to_datetime(tickets["opened_at"]) < cutoff].assign(updated_at=edited_at)
+        tickets["category"] = np.where(tickets["category"] == "delivery", "payment", "delivery")
+        customers = pd.read_csv(shop / "customers.csv", dtype=str, keep_default_na=False)
+        customers = customers.assign(region="Atlantis", updated_at=edited_at)
+        edits.mkdir()
+        for name, frame in (("orders", changed), ("tickets", tickets), ("customers", customers)):
+            frame.to_csv(edits / f"{name}.csv", index=False)
+        ingest_batch(edits, wh, Settings(), as_of="2026-03-03")
+        assert all(wh.has_rows(history_table(t)) for t in ("orders", "tickets", "customers"))
+        pd.testing.assert_frame_equal(before_o, order_features(wh, cutoff), check_exact=True)
+        pd.testing.assert_frame_equal(before_c, customer_features(wh, cutoff), check_exact=True)
+        now = by(order_features(wh, later), "order_id")
+        ids = list(changed["order_id"].str.strip('"'))
+        assert now.index.isin(ids).any() and set(now.loc[now.index.isin(ids), "carrier"].astype(str)) == {"JetLate"}
+    finally:
+        wh.close()
+
+
+def test_the_booster_sees_an_unseen_level_as_unknown_not_missing() -> None:
+    """prepare_features (training and scoring) maps a new carrier to the trained ``unknown`` level."""
+    from tasks.models.training import prepare_features
+
+    trained = {"carrier": ["dhl", UNKNOWN, "ups"]}
+    new = pd.DataFrame({"carrier": ["JetLate", "dhl"], "x": [1.0, 2.0]})
+    known = pd.DataFrame({"carrier": [UNKNOWN, "dhl"], "x": [1.0, 2.0]})
+    seen = prepare_features(new, ["carrier", "x"], trained)
+    pd.testing.assert_frame_equal(seen, prepare_features(known, ["carrier", "x"], trained))
+    assert seen["carrier"].cat.codes.tolist() == [1, 0] and seen["carrier"].notna().all()

@@ -50,7 +50,7 @@ from schemas.derived import (
 from schemas.settings import DEFAULTS_DIR, LabelSettings, Settings, get_settings
 from schemas.sources import PAYMENT_TYPES, TABLES, Events, Returns, Reviews, Tickets
 from schemas.text import TEXT_INSIGHTS_TABLE, TextInsights, complaint_column
-from tasks.data.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse, as_of_sql, history_table
 
 CATALOGUE_PATH = DEFAULTS_DIR / "feature_catalogue.csv"
 CATALOGUE_COLUMNS = ["name", "entity", "kind", "description", "sources", "null_without"]
@@ -71,9 +71,6 @@ DERIVED_SOURCE_TIME = {TEXT_INSIGHTS_TABLE: TextInsights.created_at}
 TEXT_INSIGHT_COLUMNS = ("customer_id", "order_id", "created_at", "negative", "complaint")
 # categorical features with a closed vocabulary keep every level even when unseen
 FIXED_LEVELS = {"payment_type": PAYMENT_TYPES, "moment": (*MOMENTS, NO_MOMENT)}
-# the warehouse table that keeps every version of a source table's rows (``valid_from`` dates each)
-VERSIONS_SUFFIX = "_versions"
-VALID_FROM = "valid_from"
 
 
 # ---- registry and catalogue ------------------------------------------------------------------
@@ -177,34 +174,20 @@ def run_sql(wh: Warehouse, sql: str, params: dict[str, Any]) -> pd.DataFrame:
 
 
 def table_as_of_sql(wh: Warehouse, table: str) -> str | None:
-    """SQL of ``table`` as it was known at ``$cutoff``, or None when only one version of each row is kept.
+    """SQL of ``table`` as it was known at ``$cutoff``, or None when no row of it was ever edited.
 
-    Per key: the latest version with ``valid_from <= $cutoff``; a key whose first version is later
-    than the cutoff keeps its FIRST version (the row existed since its own event time; the feature
-    code masks the facts that arrive later, such as a delivery). An edit made after the cutoff (a
-    carrier, an amount, a cancellation, a ticket's category, a customer's region) is thus invisible
-    at that cutoff. Reads ``<table>_versions`` (the table's columns plus ``valid_from``); a stored
-    row without any recorded version is read as stored.
-
-    Until ingestion provides this relation (``tasks/data/warehouse.py``), this is the one place to
-    switch: every feature and population query gets its sources from ``as_of_sources``.
+    Ingestion keeps superseded versions in ``<table>_history`` (the current one is the row itself,
+    dated by ``_valid_from``); ``as_of_sql`` (tasks/data/warehouse.py) reads per key the latest
+    version with ``valid_from <= $cutoff``, and a key whose first version is later than the cutoff
+    its FIRST version (the row existed since its own event time; the feature code masks the facts
+    that arrive later, such as a delivery). An edit made after the cutoff (a carrier, an amount, a
+    cancellation, a ticket's category, a customer's region) is thus invisible at that cutoff.
+    Without history rows (a warehouse loaded once, or built before versions were kept) the stored
+    row is the only version, and the table is read as stored, at no cost.
     """
-    versions = f"{table}{VERSIONS_SUFFIX}"
-    if table not in TABLES or not wh.has_table(versions):
+    if table not in TABLES or not wh.has_rows(history_table(table)):
         return None
-    spec = TABLES[table]
-    present = set(wh.columns(versions))
-    columns = ", ".join(f'"{c}"' if c in present else f'NULL AS "{c}"' for c in spec.columns)
-    keys = ", ".join(f'"{k}"' for k in spec.key)
-    same_key = " AND ".join(f'v."{k}" = t."{k}"' for k in spec.key)
-    known = f'"{VALID_FROM}" <= $cutoff'
-    return f"""SELECT {columns} FROM "{versions}"
-        QUALIFY row_number() OVER (
-            PARTITION BY {keys}
-            ORDER BY {known} DESC, CASE WHEN {known} THEN "{VALID_FROM}" END DESC, "{VALID_FROM}") = 1
-        UNION ALL BY NAME
-        SELECT {", ".join(f't."{c}"' for c in spec.columns)} FROM "{table}" t
-        WHERE NOT EXISTS (SELECT 1 FROM "{versions}" v WHERE {same_key})"""
+    return as_of_sql(table)
 
 
 def as_of_sources(wh: Warehouse) -> str:
