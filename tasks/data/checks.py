@@ -76,8 +76,9 @@ class CompiledTable:
     spec: TableSpec
     rules: list[Rule]
     checked_sql: str  # CREATE TEMP TABLE _checked from _chunk
-    stage_sql: str  # INSERT the kept rows; parameters: file label, hash, order
-    quarantine_sql: str  # INSERT the failures; parameters: batch id, table, file label, hash
+    stage_sql: str  # INSERT the kept rows; parameter: the file's order
+    quarantine_sql: str  # INSERT every failure of _chunk; run on the failing rows only; parameters: batch,
+    # table, file label, hash
     stats_sql: str
     raw_columns: list[str]
     timestamp_columns: list[str]
@@ -249,8 +250,9 @@ def _mapped_columns(spec: TableSpec, tm: TableMapping, raw_types: dict[str, str]
         else:
             family = _family(raw_types[source])
             expr = ident(source)
-            if family == "text":
-                expr = f"nullif(trim({expr}), '')"
+            if family == "text":  # spaces around a value are dropped; trim only where there are any
+                expr = (f"CASE WHEN starts_with({expr}, ' ') OR ends_with({expr}, ' ') THEN nullif(trim({expr}), '') "
+                        f"ELSE nullif({expr}, '') END")
                 if markers:
                     expr = f"CASE WHEN {expr} IN ({', '.join(literal(m) for m in markers)}) THEN NULL ELSE {expr} END"
         if name in tm.values:
@@ -468,7 +470,6 @@ def compile_table(spec: TableSpec, tm: TableMapping, raw_types: dict[str, str], 
         f"({r.id}, {literal(r.column)}, {literal(r.check)}, {literal(r.reason)}, {position[r.column]})"
         for r in out_rules) or "(-1, '', '', '', 1)"
     failing = ", ".join(f"CASE WHEN _f{r.id} THEN {r.id} END" for r in out_rules) or "NULL"
-    failing_rows = f" WHERE _source_row IN (SELECT _source_row FROM {CHECKED} WHERE _any)"
     quarantine_sql = f"""INSERT INTO _stage_quarantine BY NAME
         SELECT $batch AS batch_id, $table AS table_name, $file AS source_file, $hash AS file_hash,
                q._source_row AS source_row, r.column_name, r.check_name, q._shown[r.position] AS failure_value,
@@ -476,9 +477,9 @@ def compile_table(spec: TableSpec, tm: TableMapping, raw_types: dict[str, str], 
                CASE WHEN q._reject THEN 'row quarantined' ELSE 'value cleared' END AS action
         FROM (SELECT _source_row, _reject, {shown} AS _shown,
                      unnest(list_filter([{failing}], lambda x: x IS NOT NULL)) AS rule
-              FROM ({checked_query(failing_rows, flags=True)}) WHERE _any) q
+              FROM ({checked_query(flags=True)}) WHERE _any) q
         JOIN (VALUES {rules_values}) r(rule, column_name, check_name, reason, position) USING (rule)
-        JOIN (SELECT _source_row, {row_json} AS row_json FROM {CHUNK}{failing_rows}) raw USING (_source_row)"""
+        JOIN (SELECT _source_row, {row_json} AS row_json FROM {CHUNK}) raw USING (_source_row)"""
     stats = ["count(*) AS rows", "count_if(_reject) AS rejected", "count_if(_any) AS failing"]
     for col in columns:
         if col.nullable and col.name in bad:

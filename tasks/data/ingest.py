@@ -27,6 +27,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pyarrow as pyarrow_lib
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from schemas.settings import Settings
@@ -45,6 +46,7 @@ from tasks.data.mapping import (
     table_query,
 )
 from tasks.data.readers import (
+    ROW,
     MalformedLine,
     ReadError,
     ReadPlan,
@@ -323,7 +325,10 @@ def _check_chunk(wh: Warehouse, compiled: CompiledTable, batch: pyarrow_lib.Reco
         cursor = con.execute(compiled.stats_sql)
         stats = {d[0]: int(v or 0) for d, v in zip(cursor.description, cursor.fetchall()[0], strict=True)}
         con.execute(compiled.stage_sql, {"order": file_order})
-        if stats["failing"]:
+        if stats["failing"]:  # the failing rows alone are checked again, rule by rule, for the quarantine
+            failing = con.sql(f"SELECT _source_row FROM {CHECKED} WHERE _any").to_arrow_table().column(0)
+            con.unregister(CHUNK)
+            con.register(CHUNK, pyarrow_lib.Table.from_batches([batch.filter(pc.is_in(batch[ROW], failing))]))
             con.execute(compiled.quarantine_sql, {"batch": batch_id, "table": source.table, "file": source.label,
                                                   "hash": source.file_hash})
     except duckdb.Error as exc:
