@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a tiny generated shop and a short window")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.customers, args.days, args.test_days = 300, 60, 20
+        args.customers, args.days, args.test_days = 300, 40, 15
     settings = Settings()
     with tempfile.TemporaryDirectory() as folder:
         if args.warehouse:
