@@ -306,11 +306,13 @@ def _fresh_settings() -> Iterator[None]:
 
 def score_day(settings: Settings, day: str) -> None:
     """The scoring run's own scoring step: every population scored and written to ``scores``."""
-    from flows.score import score_populations
+    from flows.score import score_one, score_populations
     from tasks.models.scoring import load_champions
 
     champions = load_champions(settings, list(settings.training.models))
-    score_populations.fn(champions, pd.Timestamp(day), settings)
+    when = pd.Timestamp(day)
+    scored = {model: score_one.fn(model, champion, when, settings) for model, champion in champions.items()}
+    score_populations.fn(champions, scored, when, settings)
 
 
 def drift_of(shop: Shop, warehouse: Path, day: str = RUN_DATE) -> dict[str, ModelDrift]:
