@@ -53,8 +53,10 @@ def ingest_flow(data_dir: Path, mapping_file: Path | None = None, as_of: datetim
         return Failed(message=state.message)
     result = state.result()
     report_path = publish_report(result)
-    logger.info("batch %s: %s rows in, %s valid, %s quarantined; report %s", result.batch_id,
-                result.rows_in, result.rows_valid, result.rows_quarantined, report_path)
+    for warning in result.warnings:  # file, row and column named; never a value (personal data stays out)
+        logger.warning("%s", warning)
+    logger.info("batch %s: %s rows in, %s valid, %s quarantined, %s values cleared; report %s", result.batch_id,
+                result.rows_in, result.rows_valid, result.rows_quarantined, result.values_cleared, report_path)
     return {"batch_id": result.batch_id, "rows_in": result.rows_in, "rows_valid": result.rows_valid,
-            "rows_quarantined": result.rows_quarantined, "report": str(report_path),
-            "warnings": result.warnings}
+            "rows_quarantined": result.rows_quarantined, "values_cleared": result.values_cleared,
+            "report": str(report_path), "warnings": result.warnings, "notes": result.notes}

@@ -36,6 +36,9 @@ FeatureKind = Literal["count", "rate", "flag", "days", "numeric", "money", "cate
 MODEL_ENTITY: dict[str, Entity] = {"return": "order", "negative_review": "order", "churn": "customer"}
 ENTITY_KEY: dict[Entity, str] = {"order": "order_id", "customer": "customer_id"}
 UNKNOWN = "unknown"  # the category level of a missing or unseen value
+# when the shop can act on an order (``tasks.models.features.orders_as_of_sql`` says which applies)
+MOMENTS: tuple[str, ...] = ("shipped", "delivered", "overdue", "ordered")
+NO_MOMENT = "none"
 CUTOFF = "cutoff"
 LABEL = "label"
 
@@ -55,6 +58,9 @@ class FeatureWindows:
     frequency_days: tuple[int, ...] = (30, 90, 180, 365)  # orders_<n>d
     monetary_days: tuple[int, ...] = (90, 365)  # value_<n>d
     smoothing_strength: float = 20.0  # pseudo-observations pulling a small product towards its category
+    customer_smoothing_strength: float = 5.0  # pseudo-orders pulling a customer's return rate to the shop's
+    bulk_quantile: float = 0.99  # a line above this quantile of the shop's line quantities is wholesale-scale
+    tenure_censor_days: int = 90  # a customer first seen this soon after the data begins may be older
 
 
 WINDOWS = FeatureWindows()
@@ -151,14 +157,26 @@ class OrderFeatures(_Derived):
     n_lines: Series[float] = count("order lines", "order_items")
     mean_unit_price: Series[float] = money("unit price averaged over units", "order_items")
     max_unit_price: Series[float] = money("highest unit price in the order", "order_items")
+    max_line_quantity: Series[float] = count("largest quantity on one line of the order", "order_items")
+    units_per_line: Series[float] = numeric("units per order line", "order_items", ge=0)
+    bulk_line_share: Series[float] = rate(
+        f"share of the order's lines whose quantity is above the {WINDOWS.bulk_quantile:.0%} quantile of the "
+        "shop's line quantities as of the cutoff (wholesale-scale lines)", "orders", "order_items")
+    value_vs_customer_median: Series[float] = numeric(
+        "order value over the median value of the customer's other orders placed by the cutoff; empty "
+        "without another order", "orders", ge=0)
+    items_vs_customer_median: Series[float] = numeric(
+        "units in the order over the median units of the customer's other orders placed by the cutoff; "
+        "empty without another order", "orders", "order_items", ge=0)
     size_bracketing: Series[float] = count(
         "products bought in more than one size in the same order (buy several, keep one)", "order_items")
     size_sensitive_share: Series[float] = rate(
         "share of units whose product is size-sensitive", "order_items", "products")
     max_product_return_rate: Series[float] = rate(
-        "highest historical return rate among the order's products: returned lines over lines of orders "
-        f"delivered by the cutoff, returns requested by the cutoff, smoothed towards the category rate "
-        f"with {WINDOWS.smoothing_strength:g} pseudo-lines",
+        "highest historical return rate among the order's products: returned lines over lines of settled "
+        "orders (delivered by the cutoff; placed, in a shop without delivery dates), a line counting as "
+        "returned with a return requested, or its order cancelled, by the cutoff; smoothed towards the "
+        f"category rate with {WINDOWS.smoothing_strength:g} pseudo-lines",
         "orders", "order_items", "products", "returns")
     mean_product_return_rate: Series[float] = rate(
         "mean of the smoothed product return rates over the order's lines",
@@ -169,6 +187,12 @@ class OrderFeatures(_Derived):
     mean_category_return_rate: Series[float] = rate(
         "mean of the smoothed category return rates over the order's lines",
         "orders", "order_items", "products", "returns")
+    product_past_returns: Series[float] = count(
+        "returned or cancelled lines of the order's products (each product once) among settled orders, as "
+        "known at the cutoff", "orders", "order_items", "returns")
+    product_past_sales: Series[float] = count(
+        "lines of the order's products (each product once) in settled orders by the cutoff: how much "
+        "history the product return rates stand on", "orders", "order_items")
     main_category: Series[pd.CategoricalDtype] = categorical(
         "category holding most of the order's value", "order_items", "products")
     payment_type: Series[pd.CategoricalDtype] = categorical("how the order was paid", "orders")
@@ -176,8 +200,15 @@ class OrderFeatures(_Derived):
         "delivery region (the customer's region when the order has none)", "orders", "customers")
     carrier: Series[pd.CategoricalDtype] = categorical("carrier delivering the order", "orders")
     # delivery as known at the cutoff
+    moment: Series[pd.CategoricalDtype] = categorical(
+        "when the shop can act on the order at this cutoff: shipped, delivered or overdue within the last "
+        "moment window (labels.moment_window_days; overdue again every labels.overdue_repeat_days), ordered "
+        "(a shop without shipment or delivery dates), else none", "orders")
     days_since_order: Series[float] = days("days from placing the order to the cutoff", "orders")
     promised_days: Series[float] = days("delivery time promised at purchase, in days", "orders")
+    handling_days: Series[float] = days(
+        "days from placing the order to its shipment; empty when not shipped by the cutoff or without "
+        "shipment dates", "orders")
     is_delivered: Series[float] = flag("delivered by the cutoff", "orders")
     days_since_delivery: Series[float] = days(
         "days from delivery to the cutoff; empty when not delivered by then", "orders")
@@ -220,10 +251,14 @@ class OrderFeatures(_Derived):
     customer_prior_orders: Series[float] = count(
         "orders the customer placed before this one", "orders")
     customer_past_returns: Series[float] = count(
-        "the customer's other orders delivered by the cutoff with a return requested by the cutoff",
-        "orders", "returns")
+        "the customer's other settled orders (delivered by the cutoff; placed, in a shop without delivery "
+        "dates) with a return requested, or cancelled, by the cutoff", "orders", "returns")
     customer_return_rate: Series[float] = rate(
-        "share of the customer's other delivered orders with a return; empty without such orders",
+        "share of the customer's other settled orders returned or cancelled; empty without such orders",
+        "orders", "returns")
+    customer_return_rate_smoothed: Series[float] = rate(
+        "the same share smoothed towards the shop's order return rate with "
+        f"{WINDOWS.customer_smoothing_strength:g} pseudo-orders (a first order gets the shop rate)",
         "orders", "returns")
     customer_tickets: Series[float] = count("tickets the customer opened by the cutoff", "tickets")
     customer_complaints: Series[float] = count(
@@ -256,7 +291,12 @@ class OrderFeatures(_Derived):
     customer_complaint_service_attitude_count: Series[float] = count(
         "the customer's texts whose complaint reason is the service staff's attitude" + TEXT_NOTE, TI)
     customer_tenure_days: Series[float] = days(
-        "days from sign-up (or first order) to the cutoff", "customers", "orders")
+        "days from sign-up (or first order) to the cutoff; empty when that start lies in the first "
+        f"{WINDOWS.tenure_censor_days} days of the shop's data (the customer may be older than the data)",
+        "customers", "orders")
+    customer_tenure_censored: Series[float] = flag(
+        f"the customer was first seen in the first {WINDOWS.tenure_censor_days} days of the shop's data, "
+        "so their tenure is unknown (not 'new')", "customers", "orders")
 
 
 class CustomerFeatures(_Derived):
@@ -273,18 +313,33 @@ class CustomerFeatures(_Derived):
         "orders in the last 90 days minus orders in the 90 days before those", "orders")
     value_90d: Series[float] = money("amount spent in the 90 days before the cutoff", "orders")
     value_365d: Series[float] = money("amount spent in the 365 days before the cutoff", "orders")
+    value_trend_90d: Series[float] = numeric(
+        "amount spent in the last 90 days minus the amount in the 90 days before those", "orders")
     avg_order_value: Series[float] = money("mean order amount", "orders")
+    order_value_cv: Series[float] = numeric(
+        "variability of order amounts (standard deviation over mean); empty for a one-time buyer", "orders", ge=0)
+    value_per_active_month: Series[float] = money(
+        "amount spent by the cutoff per month since the first order (at least one month)", "orders")
+    distinct_products: Series[float] = count("different products bought by the cutoff", "orders", "order_items")
     mean_days_between_orders: Series[float] = days(
         "mean gap between consecutive orders; empty for a one-time buyer", "orders")
+    median_days_between_orders: Series[float] = days(
+        "median gap between consecutive orders; empty for a one-time buyer", "orders")
+    gap_ratio: Series[float] = numeric(
+        "days since the last order over the customer's own mean gap between orders (above 1: later than "
+        "usual); empty for a one-time buyer", "orders", ge=0)
+    median_gap_ratio: Series[float] = numeric(
+        "days since the last order over the customer's own median gap; empty for a one-time buyer", "orders", ge=0)
     avg_discount_share: Series[float] = rate("mean discount share of the customer's orders", "orders")
     late_deliveries: Series[float] = count(
         "orders delivered late, or overdue at the cutoff", "orders")
     late_delivery_rate: Series[float] = rate(
         "late deliveries over orders delivered or overdue at the cutoff", "orders")
     returns_total: Series[float] = count(
-        "delivered orders with a return requested by the cutoff", "orders", "returns")
+        "settled orders (delivered by the cutoff; placed, in a shop without delivery dates) with a return "
+        "requested, or cancelled, by the cutoff", "orders", "returns")
     return_rate: Series[float] = rate(
-        "share of orders delivered by the cutoff with a return; empty without a delivered order",
+        "share of settled orders returned or cancelled by the cutoff; empty without a settled order",
         "orders", "returns")
     tickets_total: Series[float] = count("tickets opened by the cutoff", "tickets")
     tickets_90d: Series[float] = count("tickets opened in the 90 days before the cutoff", "tickets")
@@ -323,7 +378,13 @@ class CustomerFeatures(_Derived):
     cart_adds_30d: Series[float] = count("add-to-cart events in the 30 days before the cutoff", "events")
     abandoned_carts_30d: Series[float] = count(
         "sessions in the last 30 days with an add-to-cart but no checkout", "events")
-    tenure_days: Series[float] = days("days from sign-up (or first order) to the cutoff", "customers", "orders")
+    tenure_days: Series[float] = days(
+        "days from sign-up (or first order) to the cutoff; empty when that start lies in the first "
+        f"{WINDOWS.tenure_censor_days} days of the shop's data (the customer may be older than the data)",
+        "customers", "orders")
+    tenure_censored: Series[float] = flag(
+        f"the customer was first seen in the first {WINDOWS.tenure_censor_days} days of the shop's data, "
+        "so their tenure is unknown (not 'new')", "customers", "orders")
     is_one_time_buyer: Series[float] = flag("exactly one order placed by the cutoff", "orders")
     region: Series[pd.CategoricalDtype] = categorical(
         "region of the latest order (else the customer's region)", "orders", "customers")
@@ -337,11 +398,12 @@ def _check_window_names(w: FeatureWindows) -> None:
     """Feature names that spell a window (``orders_90d``) must agree with ``WINDOWS``."""
     names = set(CustomerFeatures.to_schema().columns)
     expected = {f"orders_{d}d" for d in w.frequency_days} | {f"value_{d}d" for d in w.monetary_days}
-    expected |= {f"tickets_{w.recent_days}d", f"order_trend_{w.recent_days}d", f"sessions_{w.activity_days}d",
+    expected |= {f"tickets_{w.recent_days}d", f"order_trend_{w.recent_days}d", f"value_trend_{w.recent_days}d",
+                 f"sessions_{w.activity_days}d",
                  f"events_{w.activity_days}d", f"cart_adds_{w.activity_days}d",
                  f"abandoned_carts_{w.activity_days}d"}
     missing = expected - names
-    if missing or w.recent_days not in w.frequency_days:
+    if missing or w.recent_days not in w.frequency_days or w.recent_days not in w.monetary_days:
         raise ValueError(f"feature windows and names disagree: {sorted(missing)}")
 
 

@@ -52,6 +52,24 @@ class IngestSettings(BaseModel):
         24.0, description="timestamps later than batch time + this are rejected as future"
     )
     report_examples: int = Field(20, description="failure examples shown per check in the report")
+    max_line_quantity: int = Field(
+        1_000_000, description="order lines with more units are quarantined (a wholesale line has thousands)")
+    earliest_timestamp: str = Field(
+        "1990-01-01", description="earlier timestamps are placeholders (0001-01-01, 1970-01-01), not facts")
+    max_promise_days: int = Field(
+        730, description="a timestamp allowed in the future (a delivery promise) may lie at most this many days "
+                         "after the batch; later ones are placeholders (9999-12-31)")
+    ambiguous_time: Literal["earliest", "latest"] = Field(
+        "earliest", description="a local time that occurs twice when DST ends: its earlier or later instant "
+                                "(a mapping's ambiguous_time overrides)")
+    nonexistent_time: Literal["shift_forward", "shift_backward"] = Field(
+        "shift_forward", description="a local time skipped when DST starts: the first instant after the gap or "
+                                     "the last before it (a mapping's nonexistent_time overrides)")
+    csv_block_bytes: int = Field(64 << 20, description="CSV read block; grown (x4 per retry) for larger fields")
+    max_csv_block_bytes: int = Field(1 << 30, description="largest read block before the line-by-line reader")
+    empty_column_min_expected: float = Field(
+        5.0, description="warn when an optional column is absent or empty in a file although the stored table "
+                         "would lead one to expect at least this many values in it")
 
 
 class GeneratorSettings(BaseModel):
@@ -69,12 +87,19 @@ class LabelSettings(BaseModel):
     negative_review_max_score: int = 2
     churn_activity_days: int = 180
     churn_horizon_days: int = 90
-    return_population_days: int = Field(
-        14, description="return model scores orders delivered this recently (must be < return window)"
-    )
-    review_population_days: int = Field(
-        14, description="negative-review model scores orders delivered this recently, not yet reviewed"
-    )
+    moment_window_days: float = Field(
+        1.0, description="an order is at a moment (shipped, delivered, overdue, ordered) when that happened this "
+        "many days before the cutoff: the time between two scoring runs, so each order is scored once per moment")
+    overdue_repeat_days: int = Field(
+        7, description="an order still overdue is scored again every this many days, while it is overdue by at "
+        "most review_window_days (0: only when it becomes overdue)")
+    return_moments: list[Literal["shipped", "delivered", "overdue", "ordered"]] = Field(
+        ["delivered", "ordered"], description="moments the return model scores an order at; 'ordered' only occurs "
+        "in a shop without shipment or delivery dates (invoice lines), where the label is a return or cancellation "
+        "within return_window_days of the order")
+    review_moments: list[Literal["shipped", "delivered", "overdue", "ordered"]] = Field(
+        ["shipped", "delivered", "overdue", "ordered"],
+        description="moments the negative-review model scores an order at (overdue rows are the late-delivery watch)")
 
 
 class SplitSettings(BaseModel):
@@ -191,7 +216,9 @@ class ScoringSettings(BaseModel):
         "default": 40,
     }
     margin_rate: float = Field(0.35, description="gross margin used for value at stake")
-    customer_value_months: int = Field(12, description="horizon of a customer's expected value")
+    value_cap_quantile: float = Field(
+        0.95, description="value at stake is capped at this quantile of the shop's values (per risk: the last "
+        "year's orders, the day's churn population), so a wholesale outlier cannot outrank likely losses")
     cooldown_days: int = 14
     cooldown_override_increase: float = Field(
         0.25, description="absolute rise in risk that lifts a cool-down"
@@ -350,6 +377,9 @@ class MonitoringSettings(BaseModel):
                                 "counts as drift")
     score_psi_drift: float = Field(0.25, description="PSI of the probabilities vs the reference's that counts as drift")
     min_rows: int = Field(50, description="fewer scored rows: drift is not judged")
+    drift_pool_days: int = Field(
+        14, description="an order model's drift is judged on the populations of this many run dates up to the "
+        "day (each order is scored once per moment, so one day is small and its mix follows the weekday)")
     severe_features: int = Field(3, description="this many drifted features, or drifted scores, make drift severe")
     gate: Literal["flag", "hold", "off"] = Field(
         "flag", description="severe drift at scoring: ship the list flagged, hold it (empty, with the reason), or off")

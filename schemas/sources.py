@@ -8,6 +8,13 @@ timestamps, which column orders versions of a row, and which keys point at other
 Key uniqueness is checked on the whole staged batch in the warehouse (files are validated in
 chunks, so a per-chunk ``unique`` would miss duplicates that straddle chunks and would flag both
 copies instead of the superseded one).
+
+These models are the declaration; ingestion compiles them to DuckDB SQL (``tasks/data/checks.py``)
+and a test proves the compiled checks agree with pandera's own. Checks are row-level: a failure
+in a non-nullable (required) column rejects the row, a failure in a nullable (optional) column
+clears that value and keeps the row. Columns with ``metadata={"personal": True}`` may hold
+personal data: their values never appear in logs, errors or reports (the quarantine table in the
+warehouse keeps them).
 """
 
 from __future__ import annotations
@@ -56,6 +63,23 @@ OUTCOMES = ["contacted", "resolved", "returned_anyway", "no_answer", "declined"]
 LANGUAGES = ["en", "zh", "other"]
 
 
+PERSONAL = {"personal": True}
+
+
+def not_before(later: str, earlier: str):
+    """A row-level time order: ``later`` may not lie before ``earlier`` (missing values pass).
+
+    The columns travel as check statistics so that the SQL compiler reads the same declaration.
+    """
+
+    def check(cls, df: pd.DataFrame) -> pd.Series:
+        return ~(df[later] < df[earlier]).fillna(False)
+
+    check.__name__ = f"{later}_not_before_{earlier}"
+    return pa.dataframe_check(check, error=f"{later} before {earlier}",
+                              statistics={"later": later, "earlier": earlier})
+
+
 class _Base(pa.DataFrameModel):
     class Config:
         coerce = True  # values arrive already parsed by tasks.data.ingest; this only aligns precision
@@ -99,24 +123,16 @@ class Orders(_Base):
     carrier: Series[str] = pa.Field(nullable=True)
     updated_at: Series[pd.Timestamp] = pa.Field(nullable=True)
 
-    @pa.dataframe_check(error="delivered_at before ordered_at")
-    def delivered_after_ordered(cls, df: pd.DataFrame) -> pd.Series:
-        return ~(df["delivered_at"] < df["ordered_at"]).fillna(False)
-
-    @pa.dataframe_check(error="promised_at before ordered_at")
-    def promised_after_ordered(cls, df: pd.DataFrame) -> pd.Series:
-        return ~(df["promised_at"] < df["ordered_at"]).fillna(False)
-
-    @pa.dataframe_check(error="shipped_at before ordered_at")
-    def shipped_after_ordered(cls, df: pd.DataFrame) -> pd.Series:
-        return ~(df["shipped_at"] < df["ordered_at"]).fillna(False)
+    delivered_after_ordered = not_before("delivered_at", "ordered_at")
+    promised_after_ordered = not_before("promised_at", "ordered_at")
+    shipped_after_ordered = not_before("shipped_at", "ordered_at")
 
 
 class OrderItems(_Base):
     order_id: Series[str] = pa.Field(str_length={"min_value": 1})
     line_no: Series[int] = pa.Field(ge=1)
     product_id: Series[str] = pa.Field(str_length={"min_value": 1})
-    quantity: Series[int] = pa.Field(ge=1, le=1000)
+    quantity: Series[int] = pa.Field(ge=1)  # upper limit: settings.ingest.max_line_quantity
     unit_price: Series[float] = pa.Field(ge=0)
     discount_amount: Series[float] = pa.Field(nullable=True, ge=0)
     size: Series[str] = pa.Field(nullable=True)
@@ -128,15 +144,13 @@ class Returns(_Base):
     product_id: Series[str] = pa.Field(nullable=True)
     requested_at: Series[pd.Timestamp]
     reason_code: Series[str] = pa.Field(nullable=True, isin=RETURN_REASONS)
-    reason_text: Series[str] = pa.Field(nullable=True)
+    reason_text: Series[str] = pa.Field(nullable=True, metadata=PERSONAL)
     refund_amount: Series[float] = pa.Field(nullable=True, ge=0)
     status: Series[str] = pa.Field(nullable=True, isin=RETURN_STATUSES)
     refunded_at: Series[pd.Timestamp] = pa.Field(nullable=True)
     updated_at: Series[pd.Timestamp] = pa.Field(nullable=True)
 
-    @pa.dataframe_check(error="refunded_at before requested_at")
-    def refunded_after_requested(cls, df: pd.DataFrame) -> pd.Series:
-        return ~(df["refunded_at"] < df["requested_at"]).fillna(False)
+    refunded_after_requested = not_before("refunded_at", "requested_at")
 
 
 class Tickets(_Base):
@@ -153,17 +167,12 @@ class Tickets(_Base):
     escalated: Series[pd.BooleanDtype] = pa.Field(nullable=True)
     reopened: Series[pd.BooleanDtype] = pa.Field(nullable=True)
     satisfaction: Series[float] = pa.Field(nullable=True, isin=[1, 2, 3, 4, 5])
-    text: Series[str] = pa.Field(nullable=True)
+    text: Series[str] = pa.Field(nullable=True, metadata=PERSONAL)
     language: Series[str] = pa.Field(nullable=True, isin=LANGUAGES)
     updated_at: Series[pd.Timestamp] = pa.Field(nullable=True)
 
-    @pa.dataframe_check(error="resolved_at before opened_at")
-    def resolved_after_opened(cls, df: pd.DataFrame) -> pd.Series:
-        return ~(df["resolved_at"] < df["opened_at"]).fillna(False)
-
-    @pa.dataframe_check(error="first_response_at before opened_at")
-    def responded_after_opened(cls, df: pd.DataFrame) -> pd.Series:
-        return ~(df["first_response_at"] < df["opened_at"]).fillna(False)
+    resolved_after_opened = not_before("resolved_at", "opened_at")
+    responded_after_opened = not_before("first_response_at", "opened_at")
 
 
 class Reviews(_Base):
@@ -173,7 +182,7 @@ class Reviews(_Base):
     product_id: Series[str] = pa.Field(nullable=True)
     score: Series[int] = pa.Field(ge=1, le=5)
     created_at: Series[pd.Timestamp]
-    text: Series[str] = pa.Field(nullable=True)
+    text: Series[str] = pa.Field(nullable=True, metadata=PERSONAL)
     language: Series[str] = pa.Field(nullable=True, isin=LANGUAGES)
 
 
@@ -193,7 +202,7 @@ class Outcomes(_Base):
     customer_id: Series[str] = pa.Field(str_length={"min_value": 1})
     outcome: Series[str] = pa.Field(isin=OUTCOMES)
     recorded_at: Series[pd.Timestamp]
-    note: Series[str] = pa.Field(nullable=True)
+    note: Series[str] = pa.Field(nullable=True, metadata=PERSONAL)
 
 
 @dataclass(frozen=True)
@@ -216,6 +225,7 @@ class TableSpec:
     optional_source: bool = False
     derived_key: bool = False  # key may be missing and is then hashed from the row
     future_allowed: tuple[str, ...] = ()  # timestamps that may lie after the batch (a promise)
+    upper_limits: tuple[tuple[str, str], ...] = ()  # (column, field of settings.ingest holding its maximum)
 
     @property
     def columns(self) -> list[str]:
@@ -224,6 +234,11 @@ class TableSpec:
     @property
     def timestamp_columns(self) -> list[str]:
         return [c for c, col in self.model.to_schema().columns.items() if "datetime" in str(col.dtype)]
+
+    @property
+    def personal_columns(self) -> list[str]:
+        """Columns whose values may identify a person: never logged or shown in reports."""
+        return [c for c, col in self.model.to_schema().columns.items() if (col.metadata or {}).get("personal")]
 
 
 def _fk(col: str, parent: str, parent_col: str | None = None) -> ForeignKey:
@@ -251,6 +266,7 @@ TABLES: dict[str, TableSpec] = {
             ("order_id", "line_no", "product_id", "quantity", "unit_price"),
             None,
             (_fk("order_id", "orders"), _fk("product_id", "products")),
+            upper_limits=(("quantity", "max_line_quantity"),),
         ),
         TableSpec(
             "returns",

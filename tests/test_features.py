@@ -15,8 +15,9 @@ import pytest
 
 from schemas.derived import TEXT_COMPLAINTS, UNKNOWN, CustomerFeatures, OrderFeatures
 from schemas.settings import Settings
+from schemas.sources import TABLES
 from schemas.text import TEXT_INSIGHTS_TABLE, TextInsights, complaint_column
-from tasks.data.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse, history_table
 from tasks.models.features import (
     CATALOGUE_PATH,
     WINDOWS,
@@ -348,7 +349,8 @@ def test_customer_feature_values(wh: Warehouse) -> None:
     assert c1["bad_reviews"] == 1 and c1["mean_review_score"] == 2
     assert c1["days_since_bad_experience"] == pytest.approx(4)  # o3 delivered late 4 days ago
     assert c1["sessions_30d"] == 2 and c1["abandoned_carts_30d"] == 0
-    assert c1["tenure_days"] == pytest.approx(400)
+    assert c1["tenure_days"] != c1["tenure_days"] and c1["tenure_censored"] == 1  # signed up as the data begins
+    assert c2["tenure_days"] == pytest.approx(100) and c2["tenure_censored"] == 0
     assert c2["abandoned_carts_30d"] == 1 and c2["cart_adds_30d"] == 1
     assert c2["unresolved_tickets"] == 1 and c2["mean_satisfaction"] != c2["mean_satisfaction"]
     assert c2["days_since_bad_experience"] == pytest.approx(3)  # o4 overdue since its promise
@@ -499,3 +501,214 @@ def test_contracts_reject_bad_frames(wh: Warehouse) -> None:
         OrderFeatures.validate(pd.concat([good, good.iloc[:1]], ignore_index=True))  # duplicate order
     with pytest.raises((SchemaError, SchemaErrors)):
         CustomerFeatures.validate(customer_features(wh, CUT).assign(extra=1))  # strict: no stray column
+
+
+# ---- features real exports support ------------------------------------------------------------
+def test_wholesale_basket_and_product_history_values(wh: Warehouse) -> None:
+    f = by(order_features(wh, CUT), "order_id")
+    # line quantities as of the cutoff: seven lines of 1, two of 2 (o4, o7), one of 3 (o5); 99th pct ~2.9
+    assert f.loc["o5", "max_line_quantity"] == 3 and f.loc["o5", "bulk_line_share"] == 1
+    assert f.loc["o4", "units_per_line"] == 2 and f.loc["o4", "bulk_line_share"] == 0
+    # o3 against c1's other orders (o1: 100 for 2 units, o2: 50 for 1)
+    assert f.loc["o3", "value_vs_customer_median"] == pytest.approx(120 / 75)
+    assert f.loc["o3", "items_vs_customer_median"] == pytest.approx(2 / 1.5)
+    assert np.isnan(f.loc["o6", "value_vs_customer_median"])  # a one-time buyer has no usual basket
+    # shoe: 3 settled lines (o1, o3 twice), 1 returned; phone: 3 lines (o1, o2, o6), 1 returned (o2 whole)
+    assert (f.loc["o3", "product_past_returns"], f.loc["o3", "product_past_sales"]) == (1, 3)
+    assert (f.loc["o1", "product_past_returns"], f.loc["o1", "product_past_sales"]) == (2, 6)
+    assert (f.loc["o4", "product_past_returns"], f.loc["o4", "product_past_sales"]) == (0, 0)  # boot: never sold
+    # settled orders o1, o2, o3, o6; returned o1, o2: shop rate 1/2, 5 pseudo-orders
+    mc = WINDOWS.customer_smoothing_strength
+    assert f.loc["o3", "customer_return_rate_smoothed"] == pytest.approx((2 + mc * 0.5) / (2 + mc))
+    assert f.loc["o6", "customer_return_rate_smoothed"] == pytest.approx(0.5)
+    assert f["handling_days"].isna().all()  # no shipment dates in this shop
+
+
+def test_churn_history_values(wh: Warehouse) -> None:
+    c = by(customer_features(wh, CUT), "customer_id")
+    c1, c2 = c.loc["c1"], c.loc["c2"]
+    assert c1["median_days_between_orders"] == pytest.approx(95)  # gaps 140 and 50
+    assert c1["gap_ratio"] == pytest.approx(10 / 95) and c1["median_gap_ratio"] == pytest.approx(10 / 95)
+    assert c2["median_days_between_orders"] == pytest.approx(14)  # o7 -> o4: 22, o4 -> o5: 6
+    assert c1["value_trend_90d"] == pytest.approx(170)  # o2 + o3, nothing in the 90 days before
+    assert c1["order_value_cv"] == pytest.approx(np.std([100, 50, 120], ddof=1) / 90)
+    assert c1["value_per_active_month"] == pytest.approx(270 / (200 / 30.4375))
+    assert c1["distinct_products"] == 2 and c.loc["c3", "distinct_products"] == 1
+    assert np.isnan(c.loc["c3", "gap_ratio"]) and np.isnan(c.loc["c3", "order_value_cv"])
+
+
+def test_tenure_is_unknown_for_customers_first_seen_as_the_data_begins(wh: Warehouse) -> None:
+    """c1 signed up on the shop's first recorded day: older than the data, perhaps; not 'new'."""
+    o = by(order_features(wh, CUT), "order_id")
+    assert o.loc["o3", "customer_tenure_censored"] == 1 and np.isnan(o.loc["o3", "customer_tenure_days"])
+    assert o.loc["o4", "customer_tenure_censored"] == 0 and o.loc["o4", "customer_tenure_days"] == pytest.approx(100)
+    wh.con.execute("UPDATE customers SET signup_at = NULL")  # only orders: the first order (-200) starts the data
+    c = by(customer_features(wh, CUT), "customer_id")
+    assert c.loc["c1", "tenure_censored"] == 1 and c.loc["c3", "tenure_censored"] == 0
+    assert c.loc["c3", "tenure_days"] == pytest.approx(20)
+
+
+def test_shop_without_delivery_dates_still_has_return_histories(tmp_path: Path) -> None:
+    """Invoice lines: an order is settled when placed, and a cancellation counts as a return."""
+    w = Warehouse(tmp_path / "invoices.duckdb")
+    put(w, "customers", [{"customer_id": "g1"}, {"customer_id": "g2"}])
+    put(w, "products", [{"product_id": "mug"}, {"product_id": "vase"}])
+    put(w, "orders", [
+        {"order_id": f"i{n}", "customer_id": c, "ordered_at": at(d), "total_amount": v, "status": st,
+         "updated_at": at(d + 1) if st else None}
+        for n, c, d, v, st in [(1, "g1", -50, 10.0, None), (2, "g1", -30, 20.0, "cancelled"),
+                               (3, "g1", -0.5, 30.0, None), (4, "g2", -20, 500.0, None)]])
+    put(w, "order_items", [{"order_id": f"i{n}", "line_no": 1, "product_id": p, "quantity": q, "unit_price": 1.0}
+                           for n, p, q in [(1, "mug", 1), (2, "mug", 1), (3, "mug", 2), (4, "vase", 400)]])
+    put(w, "returns", [{"return_id": "x1", "order_id": "i1", "product_id": "mug", "requested_at": at(-45)}])
+    try:
+        f = by(order_features(w, CUT), "order_id")
+        assert f.loc["i3", "moment"] == "ordered"
+        assert f.loc["i3", "customer_past_returns"] == 2 and f.loc["i3", "customer_return_rate"] == 1.0
+        assert (f.loc["i3", "product_past_returns"], f.loc["i3", "product_past_sales"]) == (2, 3)
+        assert f.loc["i3", "max_product_return_rate"] > f.loc["i4", "max_product_return_rate"]
+        c = by(customer_features(w, CUT), "customer_id")
+        assert c.loc["g1", "returns_total"] == 2 and c.loc["g2", "return_rate"] == 0
+    finally:
+        w.close()
+
+
+# ---- rows edited after the cutoff --------------------------------------------------------------
+VERSIONED = ("orders", "tickets", "customers", "products")
+
+
+def keep_versions(wh: Warehouse, since: pd.Timestamp) -> None:
+    """What ingestion keeps: each stored row is the current version, dated by ``_valid_from``."""
+    for table in VERSIONED:
+        wh.con.execute(f'UPDATE "{table}" SET _valid_from = ?', [since.to_pydatetime()])
+
+
+def edit(wh: Warehouse, table: str, where: str, change: str, when: pd.Timestamp) -> None:
+    """Edit stored rows the way ingestion does: the old version moves to history, the row changes."""
+    cols = ", ".join(f'"{c}"' for c in TABLES[table].columns)
+    wh.con.execute(f'INSERT INTO "{history_table(table)}" ({cols}, valid_from) '
+                   f'SELECT {cols}, _valid_from FROM "{table}" WHERE {where}')
+    wh.con.execute(f'UPDATE "{table}" SET {change}, _valid_from = ? WHERE {where}', [when.to_pydatetime()])
+
+
+def edit_after_cutoff(wh: Warehouse) -> None:
+    when = at(1)
+    edit(wh, "orders", "order_id = 'o3'", "carrier = 'fedex', total_amount = 999.0, payment_type = 'bnpl'", when)
+    edit(wh, "orders", "order_id = 'o6'", "status = 'cancelled', region = 'east'", when)
+    edit(wh, "orders", "order_id = 'o5'", "promised_at = promised_at + INTERVAL 10 DAY, discount_amount = 0", when)
+    edit(wh, "tickets", "ticket_id = 't1'", "category = 'usage_question', escalated = FALSE", when)
+    edit(wh, "customers", "customer_id = 'c2'", "region = 'east'", when)
+    edit(wh, "products", "product_id = 'shoe'", "category = 'boots', size_sensitive = FALSE", when)
+
+
+def test_features_read_edited_rows_as_they_were_at_the_cutoff(wh: Warehouse) -> None:
+    keep_versions(wh, at(-1000))
+    before_o, before_c = order_features(wh, CUT), customer_features(wh, CUT)
+    edit_after_cutoff(wh)
+    pd.testing.assert_frame_equal(before_o, order_features(wh, CUT), check_exact=True)
+    pd.testing.assert_frame_equal(before_c, customer_features(wh, CUT), check_exact=True)
+    later = by(order_features(wh, at(2)), "order_id")
+    assert later.loc["o3", "carrier"] == "fedex" and later.loc["o3", "order_value"] == 999
+    assert later.loc["o5", "region"] == "east" and later.loc["o3", "main_category"] == "boots"
+
+
+def test_without_row_versions_the_edits_would_leak(wh: Warehouse) -> None:
+    """The control: the same edits, with only the latest row stored, move the features."""
+    keep_versions(wh, at(-1000))
+    before = by(order_features(wh, CUT), "order_id")
+    edit_after_cutoff(wh)
+    for table in VERSIONED:
+        wh.con.execute(f'DELETE FROM "{history_table(table)}"')
+    after = by(order_features(wh, CUT), "order_id")
+    assert after.loc["o3", "carrier"] == "fedex" and before.loc["o3", "carrier"] == "ups"
+    assert (before.loc["o4", "region"], after.loc["o4", "region"]) == ("south", "east")  # the customer moved
+    assert after.loc["o3", "order_value"] == 999 and after.loc["o3", "main_category"] == "boots"
+
+
+# ---- categories the model never saw -------------------------------------------------------------
+def test_map_unseen_levels_sends_new_values_to_unknown() -> None:
+    from tasks.models.features import map_unseen_levels, unseen_levels
+
+    trained = {"carrier": ["dhl", "ups", UNKNOWN]}
+    frame = pd.DataFrame({"carrier": pd.Categorical(["dhl", "JetLate", None, "ups", "JetLate"]), "x": range(5)})
+    assert unseen_levels(frame, trained) == {"carrier": 2}
+    mapped = map_unseen_levels(frame, trained)
+    assert list(mapped["carrier"]) == ["dhl", UNKNOWN, UNKNOWN, "ups", UNKNOWN]
+    assert list(mapped["carrier"].cat.categories) == ["dhl", "ups", UNKNOWN]
+    assert mapped["x"].equals(frame["x"]) and frame["carrier"].iloc[1] == "JetLate"  # input untouched
+    assert unseen_levels(mapped, trained) == {"carrier": 0}
+
+
+def test_an_unseen_level_scores_like_the_trained_unknown_level() -> None:
+    """The reproduction of issue 11.6 on a real booster: a new carrier must not take the missing branch."""
+    import xgboost as xgb
+
+    from tasks.models.features import map_unseen_levels
+
+    rng = np.random.default_rng(0)
+    n = 4_000
+    levels = ["dhl", "ups", UNKNOWN]
+    carrier = rng.choice(levels, n, p=[0.45, 0.45, 0.1])
+    y = (rng.uniform(size=n) < np.select([carrier == "dhl", carrier == "ups"], [0.7, 0.3], 0.02)).astype(int)
+    X = pd.DataFrame({"carrier": pd.Categorical(carrier, categories=levels), "late": rng.normal(size=n)})
+    booster = xgb.train({"objective": "binary:logistic", "max_depth": 3, "seed": 1}, xgb.DMatrix(
+        X, y, enable_categorical=True), num_boost_round=30)
+    new = pd.DataFrame({"carrier": ["JetLate", UNKNOWN], "late": [0.0, 0.0]})
+
+    def score(frame: pd.DataFrame) -> np.ndarray:  # as the booster's input is prepared: trained levels only
+        values = frame["carrier"].where(frame["carrier"].isin(levels))
+        ready = frame.assign(carrier=pd.Categorical(values, categories=levels))
+        return booster.predict(xgb.DMatrix(ready, enable_categorical=True))
+
+    raw, mapped = score(new), score(map_unseen_levels(new, {"carrier": levels}))
+    assert mapped[0] == mapped[1] < 0.1, "the unseen carrier scores exactly as 'unknown'"
+    assert raw[0] != raw[1], "without the mapping the unseen level takes another path"
+
+
+def test_edits_ingested_after_the_cutoff_leave_every_feature_unchanged(tmp_path: Path) -> None:
+    """The real ingest keeps the superseded versions: a later export that edits orders (carrier,
+    amount, cancellation), tickets (category) and customers (region) changes no feature at an
+    earlier cutoff, and shows at a cutoff after the edits."""
+    from tasks.data.ingest import ingest_batch
+    from tasks.data.synthetic import generate_shop
+
+    shop, edits = tmp_path / "shop", tmp_path / "edits"
+    generate_shop(shop, customers=60, seed=3, months=6, end_date="2026-03-01", dirty_share=0.0, file_format="csv")
+    wh = Warehouse(tmp_path / "w.duckdb")
+    try:
+        ingest_batch(shop, wh, Settings(), as_of="2026-03-01")
+        cutoff, later, edited_at = pd.Timestamp("2026-02-15"), pd.Timestamp("2026-03-03"), "2026-03-02 10:00:00"
+        before_o, before_c = order_features(wh, cutoff), customer_features(wh, cutoff)
+        orders = pd.read_csv(shop / "orders.csv", dtype=str)
+        changed = orders[pd.to_datetime(orders["ordered_at"]) < cutoff - pd.Timedelta(days=20)].head(6).copy()
+        changed["carrier"], changed["status"], changed["updated_at"] = "JetLate", "cancelled", edited_at
+        changed["total_amount"] = (changed["total_amount"].astype(float) * 3).round(2).astype(str)
+        tickets = pd.read_csv(shop / "tickets.csv", dtype=str, keep_default_na=False)
+        tickets = tickets[pd.to_datetime(tickets["opened_at"]) < cutoff].assign(updated_at=edited_at)
+        tickets["category"] = np.where(tickets["category"] == "delivery", "payment", "delivery")
+        customers = pd.read_csv(shop / "customers.csv", dtype=str, keep_default_na=False)
+        customers = customers.assign(region="Atlantis", updated_at=edited_at)
+        edits.mkdir()
+        for name, frame in (("orders", changed), ("tickets", tickets), ("customers", customers)):
+            frame.to_csv(edits / f"{name}.csv", index=False)
+        ingest_batch(edits, wh, Settings(), as_of="2026-03-03")
+        assert all(wh.has_rows(history_table(t)) for t in ("orders", "tickets", "customers"))
+        pd.testing.assert_frame_equal(before_o, order_features(wh, cutoff), check_exact=True)
+        pd.testing.assert_frame_equal(before_c, customer_features(wh, cutoff), check_exact=True)
+        now = by(order_features(wh, later), "order_id")
+        ids = list(changed["order_id"].str.strip('"'))
+        assert now.index.isin(ids).any() and set(now.loc[now.index.isin(ids), "carrier"].astype(str)) == {"JetLate"}
+    finally:
+        wh.close()
+
+
+def test_the_booster_sees_an_unseen_level_as_unknown_not_missing() -> None:
+    """prepare_features (training and scoring) maps a new carrier to the trained ``unknown`` level."""
+    from tasks.models.training import prepare_features
+
+    trained = {"carrier": ["dhl", UNKNOWN, "ups"]}
+    new = pd.DataFrame({"carrier": ["JetLate", "dhl"], "x": [1.0, 2.0]})
+    known = pd.DataFrame({"carrier": [UNKNOWN, "dhl"], "x": [1.0, 2.0]})
+    seen = prepare_features(new, ["carrier", "x"], trained)
+    pd.testing.assert_frame_equal(seen, prepare_features(known, ["carrier", "x"], trained))
+    assert seen["carrier"].cat.codes.tolist() == [1, 0] and seen["carrier"].notna().all()

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from schemas.settings import Settings
+from schemas.sources import TABLES
 from tasks.data.ingest import IngestError, ingest_batch, validation_report
 from tasks.data.mapping import MappingError, load_mapping
 from tasks.data.warehouse import Warehouse
@@ -98,6 +99,7 @@ def test_a_clean_batch_loads_every_table(tmp_path: Path, wh: Warehouse) -> None:
                          ids=[f"{t}.{c}={v or 'empty'}" for t, c, v, _ in BAD_VALUES])
 def test_each_schema_rejects_each_kind_of_bad_row(tmp_path: Path, wh: Warehouse, table: str, column: str,
                                                   bad: str, check: str) -> None:
+    """A bad required value quarantines its row; a bad optional value is cleared and its row kept."""
     tables = good_batch()
     bad_row = dict(GOOD[table])
     key = next(iter(bad_row))
@@ -114,8 +116,19 @@ def test_each_schema_rejects_each_kind_of_bad_row(tmp_path: Path, wh: Warehouse,
     assert (row["source_row"] == 2).all(), "the bad row is the file's second data row"
     assert row["source_file"].str.endswith(f"{table}.csv").all()
     assert row["row_json"].str.contains(column).all(), "the whole original row is kept"
-    assert wh.row_count(table) == 1, "the good row still loads"
+    assert (row["failure_value"].fillna("") == bad).all(), "the original value is kept"
     file_result = next(f for f in result.files if f.table == table)
+    required = not TABLES[table].model.to_schema().columns[column].nullable
+    if required:
+        assert (row["action"] == "row quarantined").all()
+        assert wh.row_count(table) == 1, "the good row still loads"
+        assert file_result.rows_quarantined == 1 and file_result.values_cleared == 0
+    else:
+        assert (row["action"] == "value cleared").all()
+        assert wh.row_count(table) == 2, "a bad optional value never costs its row"
+        kept = wh.query(f'SELECT "{column}" FROM "{table}" WHERE "{key}" = ?', [bad_row[key]])
+        assert kept[column].isna().all(), "the bad value is stored empty"
+        assert file_result.rows_quarantined == 0 and file_result.values_cleared == 1
     assert file_result.rows_in == file_result.rows_valid + file_result.rows_quarantined == 2
 
 
@@ -128,7 +141,8 @@ def test_counts_reconcile_and_rerun_changes_nothing(tmp_path: Path, wh: Warehous
 
     first = ingest_batch(folder, wh, Settings(), as_of=AS_OF)
     assert first.rows_in == first.rows_valid + first.rows_quarantined
-    assert wh.scalar("SELECT count(DISTINCT (source_file, source_row)) FROM quarantine") == first.rows_quarantined
+    assert wh.scalar("SELECT count(DISTINCT (source_file, source_row)) FROM quarantine "
+                     "WHERE action = 'row quarantined'") == first.rows_quarantined
     snapshot = {t: wh.query(f'SELECT * EXCLUDE (_loaded_at) FROM "{t}" ORDER BY ALL') for t in GOOD}
     quarantine_rows = wh.row_count("quarantine")
 

@@ -30,6 +30,7 @@ from tasks.monitoring.checks import (
     ModelDrift,
     binned_counts,
     categorical_drift,
+    comparable_features,
     decide,
     drift_for_day,
     gate_decision,
@@ -43,13 +44,14 @@ from tasks.monitoring.checks import (
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
 RUN_DATE = "2026-11-02"  # the day after the generated shop's last day: production's "today"
+STABLE_DAYS = ("2026-10-29", "2026-10-30", "2026-10-31", "2026-11-01", RUN_DATE)  # consecutive daily runs
 MATURED = "2026-09-20"  # return / review windows (30 days) passed by 2026-11-01; churn's (90 days) not
 IMMATURE = "2026-10-20"  # the return window has not passed yet
 SHIFT_SINCE = "2026-09-03"  # the planted shifts cover the 60 days before the run date
 NEW_CARRIER = "JetLate"
 DELIVERY = {"carrier", "carrier_late_rate", "days_late", "is_late", "is_delivered", "days_since_delivery",
             "days_since_order", "promised_days"}
-PRICE = {"order_value", "mean_unit_price", "max_unit_price", "discount_share"}
+PRICE = {"order_value", "mean_unit_price", "max_unit_price", "discount_share", "value_vs_customer_median"}
 CHURN_DELIVERY = {"late_deliveries", "late_delivery_rate", "days_since_bad_experience"}
 CFG = MonitoringSettings()
 
@@ -107,6 +109,34 @@ def test_unseen_categories_and_missing_values_are_drift_on_their_own() -> None:
     missing = judge(numeric_drift("x", pd.Series(values), pd.Series(holes), CFG), CFG)
     assert missing.current_missing == pytest.approx(0.3) and missing.status == "drift"
     assert "missing 30% vs 0%" in missing.reason
+
+
+def test_a_missing_share_moves_by_chance_on_a_small_day_but_not_on_a_large_one() -> None:
+    """Half the review model's rows are undelivered (days_since_delivery empty); a day of 30 can read 63%."""
+    ref = pd.Series([np.nan, 1.0] * 300)
+    small = pd.Series([np.nan] * 19 + [1.0] * 11)
+    check = judge(numeric_drift("days_since_delivery", ref, small, CFG), CFG.model_copy(update={"min_rows": 20}))
+    assert check.current_missing - check.reference_missing >= CFG.missing_delta and check.status != "drift"
+    large = pd.Series([np.nan] * 1_300 + [1.0] * 700)
+    assert judge(numeric_drift("days_since_delivery", ref, large, CFG), CFG).status == "drift"
+
+
+def test_drift_is_judged_on_what_the_version_was_trained_with() -> None:
+    """Features added since, or entirely missing in the reference (texts before `aftersales text`), are no drift."""
+    ref = pd.DataFrame({"days_late": np.arange(200.0), "negative_text_count": np.nan, "new_feature": 1.0})
+    cur = pd.DataFrame({"days_late": np.arange(100.0), "negative_text_count": 3.0, "new_feature": 5.0,
+                        "later_code": 1.0})
+    assert comparable_features(ref, cur) == ["days_late", "new_feature"]
+    assert comparable_features(ref, cur, trained=["days_late", "negative_text_count"]) == ["days_late"]
+
+
+def test_unseen_levels_are_those_the_model_never_trained_on() -> None:
+    """A level in training but not in the reference sample is not new; one outside training is."""
+    ref = pd.Series(["dhl"] * 300 + ["ups"] * 300)
+    cur = pd.Series(["dhl"] * 90 + ["fedex"] * 5 + ["JetLate"] * 5)
+    check = judge(categorical_drift("carrier", ref, cur, trained=["dhl", "fedex", "ups", "unknown"]), CFG)
+    assert check.unseen_values == "JetLate (5)" and check.unseen_share == pytest.approx(0.05)
+    assert check.status == "drift"
 
 
 def test_performance_checks_pool_recent_runs_against_the_versions_test_metrics() -> None:
@@ -213,6 +243,10 @@ def trained_shop(root: Path) -> Iterator[Path]:
         mp.setenv("AFTERSALES_PATHS__HOME", str(root / "home"))
         mp.setenv("AFTERSALES_TRAINING__XGB__N_ESTIMATORS", "150")
         mp.setenv("AFTERSALES_TRAINING__SHAP_SAMPLE_ROWS", "300")
+        # daily cutoffs, as order models are trained (each order once per moment): the reference
+        # (validation + test windows) then holds the same kind of daily populations that are scored
+        mp.setenv("AFTERSALES_SPLIT__CUTOFF_STEP_DAYS", "1")
+        mp.setenv("AFTERSALES_SPLIT__N_CUTOFFS", "36")
         reset_settings_cache()
         yield build_trained_shop(root)
     reset_settings_cache()
@@ -242,12 +276,12 @@ def score_day(settings: Settings, day: str) -> None:
     score_populations.fn(champions, pd.Timestamp(day), settings)
 
 
-def drift_of(shop: Shop, warehouse: Path) -> dict[str, ModelDrift]:
+def drift_of(shop: Shop, warehouse: Path, day: str = RUN_DATE) -> dict[str, ModelDrift]:
     settings = shop.settings(warehouse)
-    score_day(settings, RUN_DATE)
+    score_day(settings, day)
     wh = Warehouse(warehouse)
     try:
-        return drift_for_day(wh, settings, RUN_DATE)
+        return drift_for_day(wh, settings, day)
     finally:
         wh.close()
 
@@ -259,13 +293,16 @@ def figures(results: dict[str, ModelDrift], features: set[str]) -> dict[str, dic
 
 
 def test_a_stable_period_raises_nothing(shop: Shop) -> None:
-    results = drift_of(shop, shop.stable)
-    print("stable:", figures(results, DELIVERY | PRICE | {"probability"}))
-    for model, result in results.items():
-        assert result.status == "checked" and result.current_rows >= CFG.min_rows, model
-        assert result.drifted == [], f"{model}: {[(c.feature, c.reason) for c in result.checks if c.reason]}"
-        assert not result.score_drift and not result.severe(CFG)
-    assert gate_decision(results, RUN_DATE, CFG).action == "none"
+    """Scored day after day, a shop that did not change shows no drift: not on the timing features
+    (days since order / delivery), which the moment populations hold steady, nor on any other."""
+    for day in STABLE_DAYS:
+        results = drift_of(shop, shop.stable, day)
+        print("stable", day, figures(results, DELIVERY | PRICE | {"probability"}))
+        for model, result in results.items():
+            assert result.status == "checked" and result.current_rows >= CFG.min_rows, (day, model)
+            assert result.drifted == [], f"{day} {model}: {[(c.feature, c.reason) for c in result.checks if c.reason]}"
+            assert not result.score_drift and not result.severe(CFG)
+        assert gate_decision(results, day, CFG).action == "none"
 
 
 def test_a_new_always_late_carrier_is_detected_on_delivery_features_only(shop: Shop) -> None:
@@ -274,8 +311,11 @@ def test_a_new_always_late_carrier_is_detected_on_delivery_features_only(shop: S
     for model in ("return", "negative_review"):
         result = results[model]
         drifted = set(result.drifted)
-        assert {"carrier", "carrier_late_rate", "days_late", "is_late"} <= drifted, (model, drifted)
+        # two weeks of moment populations (~200 orders at delivery on this small shop): the new carrier and
+        # at least two more delivery features drift, the carrier's late rate at least warns
+        assert "carrier" in drifted and len(drifted) >= 3, (model, drifted)
         assert drifted <= DELIVERY, f"{model}: unrelated features flagged: {drifted - DELIVERY}"
+        assert {"carrier_late_rate", "is_late"} & drifted and "carrier_late_rate" in drifted | set(result.warned)
         carrier = next(c for c in result.checks if c.feature == "carrier")
         assert NEW_CARRIER in carrier.unseen_values and carrier.test == "chi2" and carrier.p_value < 1e-6
         assert result.severe(CFG)
@@ -288,9 +328,12 @@ def test_a_price_change_in_one_category_is_detected_on_price_features_only(shop:
     results = drift_of(shop, shop.price_change)
     print("price change:", figures(results, PRICE | DELIVERY | {"probability"}))
     for model in ("return", "negative_review"):
-        drifted = set(results[model].drifted)
-        assert {"order_value", "mean_unit_price", "max_unit_price"} <= drifted, (model, drifted)
-        assert drifted <= PRICE, f"{model}: unrelated features flagged: {drifted - PRICE}"
+        flagged = set(results[model].drifted) | set(results[model].warned)
+        # every price feature moves; on the return model's ~200 deliveries of two weeks (electronics a
+        # minority of them) the move is a warning, on the review model's larger population a drift
+        assert {"order_value", "mean_unit_price", "max_unit_price"} <= flagged, (model, flagged)
+        assert flagged <= PRICE, f"{model}: unrelated features flagged: {flagged - PRICE}"
+    assert {"order_value", "max_unit_price"} <= set(results["negative_review"].drifted)
     assert results["churn"].drifted == [] or set(results["churn"].drifted) <= {"value_90d", "value_365d",
                                                                                 "avg_order_value"}
 

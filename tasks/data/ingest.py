@@ -1,11 +1,15 @@
 """Validated, idempotent ingestion of a batch of source files into the warehouse.
 
 The path of a batch: discover files → preflight (every file readable, every table known, every
-required column present — or stop before writing anything) → per file, in chunks: rename and
-map codes, parse types, validate with pandera (lazy: all failures at once) → stage valid rows →
-whole-batch checks (duplicate keys, orphans) → merge into the warehouse by key, in one
-transaction. Every rejected row lands in ``quarantine`` with file, row, column, check, value and
-the whole original row; the ``ingest_ledger`` records hashes, counts and timings per file.
+required and renamed column present, every mapping query valid in its sandbox — or stop before
+writing anything) → per file, in chunks, inside DuckDB: rename and map codes, parse types, run the
+schema's checks compiled to SQL (``tasks/data/checks.py``) → stage kept rows → whole-batch checks
+(duplicate keys, orphans) → merge into the warehouse by key and keep every row version, in one
+transaction. Nothing about one row can refuse the batch: a bad value in a required column
+quarantines its row, in an optional column it is cleared and the row kept, a malformed line is set
+aside with its number. Every failure lands in ``quarantine`` with file, row, column, check, value,
+reason, what was done (``action``) and the whole original row; the ``ingest_ledger`` records
+hashes, counts and timings per file. Values of personal columns never reach logs or reports.
 """
 
 from __future__ import annotations
@@ -20,27 +24,49 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import duckdb
 import pandas as pd
-import pandera.pandas as pa
 import pyarrow as pyarrow_lib
-import pyarrow.csv as pa_csv
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pandera.errors import SchemaError, SchemaErrors
 
 from schemas.settings import Settings
 from schemas.sources import TABLES, TableSpec
-from tasks.data.mapping import Mapping, TableMapping, apply_renames_and_values, load_mapping, mapping_fingerprint
-from tasks.data.warehouse import Warehouse
+from tasks.data.checks import CHECKED, CHUNK, BatchRules, CompiledTable, compile_table, register_local_to_utc
+from tasks.data.mapping import (
+    DATA_DIR,
+    Mapping,
+    MappingError,
+    TableMapping,
+    describe_query,
+    load_mapping,
+    mapping_fingerprint,
+    open_sandbox,
+    redact,
+    table_query,
+)
+from tasks.data.readers import (
+    ROW,
+    MalformedLine,
+    ReadError,
+    ReadPlan,
+    RetryRead,
+    csv_delimiter,
+    iter_csv,
+    iter_parquet,
+    iter_query,
+    read_csv_header,
+)
+from tasks.data.warehouse import STAGE_PREFIX, Warehouse
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
 BATCH_MANIFEST = "_batch.json"
 QUARANTINE_TABLE = "quarantine"
 QUARANTINE_STAGE = "_stage_quarantine"  # this batch's rejects until the final transaction
+STAGE_FILES = "_stage_files"  # this batch's files by number
 LEDGER_TABLE = "ingest_ledger"
-TRUE_WORDS = {"true", "t", "1", "yes", "y", "是", "1.0"}
-FALSE_WORDS = {"false", "f", "0", "no", "n", "否", "0.0"}
-CURRENCY_NOISE = re.compile(r"[\s$€£¥￥]|USD|EUR|GBP|CNY|RMB")
-THOUSANDS_GROUPED = re.compile(r"-?\d{1,3}(,\d{3})+(\.\d+)?")
+ROW_QUARANTINED, VALUE_CLEARED = "row quarantined", "value cleared"
+MALFORMED = "malformed_line"
 
 
 class IngestError(RuntimeError):
@@ -54,6 +80,7 @@ class SourceFile:
     label: str  # what reports call it: the file name or "sql:<table>"
     file_hash: str
     columns: list[str] = field(default_factory=list)
+    sql: str | None = None
 
 
 @dataclass
@@ -64,11 +91,15 @@ class FileResult:
     rows_in: int = 0
     rows_valid: int = 0
     rows_quarantined: int = 0
+    values_cleared: int = 0
     inserted: int = 0
     updated: int = 0
     unchanged: int = 0
     stale: int = 0
     seconds: float = 0.0
+    filled: dict[str, int] = field(default_factory=dict)  # non-empty kept values per column
+    midnight: dict[str, tuple[int, int]] = field(default_factory=dict)  # column -> (at midnight, local values)
+    present: set[str] = field(default_factory=set)  # canonical columns the source has
 
 
 @dataclass
@@ -79,6 +110,7 @@ class BatchResult:
     failures: pd.DataFrame  # one row per (row, check) in quarantine from this batch
     warnings: list[str]
     seconds: float
+    notes: list[str] = field(default_factory=list)
 
     @property
     def rows_in(self) -> int:
@@ -92,6 +124,10 @@ class BatchResult:
     def rows_quarantined(self) -> int:
         return sum(f.rows_quarantined for f in self.files)
 
+    @property
+    def values_cleared(self) -> int:
+        return sum(f.values_cleared for f in self.files)
+
 
 # ---- discovery and preflight ---------------------------------------------------------------
 
@@ -104,14 +140,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def table_for_file(path: Path) -> str | None:
-    """``orders.csv``, ``orders_2026-11.parquet`` or ``orders/part-1.parquet`` → ``orders``."""
+def table_for_file(path: Path, data_dir: Path | None = None) -> str | None:
+    """``orders.csv``, ``orders_2026-11.parquet`` or ``orders/part-1.parquet`` → ``orders``.
+
+    A sub-folder may name the table; the data folder's own name never does.
+    """
     name = path.name
     for suffix in DATA_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    for candidate in (name, path.parent.name):
+    candidates = [name]
+    if data_dir is None or path.parent.resolve() != Path(data_dir).resolve():
+        candidates.append(path.parent.name)
+    for candidate in candidates:
         if candidate in TABLES:
             return candidate
         base = re.split(r"[_\-.](?=\d)", candidate, maxsplit=1)[0]
@@ -120,25 +162,30 @@ def table_for_file(path: Path) -> str | None:
     return None
 
 
+def _glob(data_dir: Path, pattern: str) -> list[Path]:
+    """Files matching a pattern relative to the data folder (the folder's name is not a pattern)."""
+    return [data_dir / hit for hit in sorted(glob.glob(pattern, root_dir=data_dir, recursive=True))]
+
+
 def discover_files(data_dir: Path, mapping: Mapping) -> list[tuple[str, Path]]:
     """Files in the batch with their table; names that fit no table stop the batch."""
-    if not data_dir.exists():
+    if not data_dir.is_dir():
         raise IngestError(f"data folder {data_dir} does not exist")
     claimed: dict[Path, str] = {}
     for table, tm in mapping.tables.items():
         for pattern in tm.files:
-            for hit in sorted(glob.glob(str(data_dir / pattern), recursive=True)):
-                claimed[Path(hit)] = table
-    ignored = {Path(hit) for pattern in mapping.ignore for hit in glob.glob(str(data_dir / pattern), recursive=True)}
+            for hit in _glob(data_dir, pattern):
+                claimed[hit] = table
+    ignored = {hit for pattern in mapping.ignore for hit in _glob(data_dir, pattern)}
     ignored |= set(sql_input_files(data_dir, mapping))
     sql_tables = {t for t, tm in mapping.tables.items() if tm.sql}
     found: list[tuple[str, Path]] = []
     for path in sorted(data_dir.rglob("*")):
         if not path.is_file() or path.name.startswith((".", "_")) or not path.name.endswith(DATA_SUFFIXES):
             continue
-        if path in ignored or (path not in claimed and table_for_file(path) in sql_tables):
+        if path in ignored or (path not in claimed and table_for_file(path, data_dir) in sql_tables):
             continue
-        table = claimed.get(path) or table_for_file(path)
+        table = claimed.get(path) or table_for_file(path, data_dir)
         if table is None:
             raise IngestError(
                 f"{path}: unknown table name {path.name!r}; name files after a table "
@@ -148,30 +195,26 @@ def discover_files(data_dir: Path, mapping: Mapping) -> list[tuple[str, Path]]:
     return found
 
 
-SQL_INPUT = re.compile(r"\{data_dir\}/([^'\"]+)")
+SQL_INPUT = re.compile(re.escape(DATA_DIR) + r"/([^'\"]+)")
 
 
 def sql_input_files(data_dir: Path, mapping: Mapping) -> list[Path]:
     """Files that the mapping's SQL reads (``'{data_dir}/name*.csv'``): inputs, not tables."""
     texts = [*mapping.setup, *(tm.sql for tm in mapping.tables.values() if tm.sql)]
     patterns = {m for text in texts for m in SQL_INPUT.findall(text)}
-    return sorted({Path(hit) for p in patterns for hit in glob.glob(str(data_dir / p), recursive=True)})
+    return sorted({hit for p in patterns for hit in _glob(data_dir, p)})
 
 
 def read_header(path: Path, tm: TableMapping) -> list[str]:
     try:
         if path.name.endswith((".parquet", ".pq")):
-            return list(pq.ParquetFile(path).schema_arrow.names)
-        reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=1 << 16),
-                                 parse_options=_parse_options(path, tm))
-        return list(reader.schema.names)
-    except (OSError, pyarrow_lib.ArrowException, ValueError) as exc:
-        raise IngestError(f"{path}: cannot be read as {path.suffix.lstrip('.')}: {exc}") from exc
-
-
-def _parse_options(path: Path, tm: TableMapping) -> pa_csv.ParseOptions:
-    delimiter = tm.csv_delimiter or ("\t" if path.name.endswith(".tsv") else ",")
-    return pa_csv.ParseOptions(delimiter=delimiter, newlines_in_values=True)
+            try:
+                return list(pq.ParquetFile(path).schema_arrow.names)
+            except (OSError, pyarrow_lib.ArrowException):
+                raise ReadError(f"{path}: cannot be read as parquet") from None
+        return read_csv_header(path, csv_delimiter(path, tm.csv_delimiter), tm.encoding)
+    except ReadError as exc:
+        raise IngestError(str(exc)) from None
 
 
 def check_required_columns(spec: TableSpec, canonical_columns: set[str], label: str) -> None:
@@ -186,315 +229,212 @@ def check_required_columns(spec: TableSpec, canonical_columns: set[str], label: 
         )
 
 
-def preflight(data_dir: Path, mapping: Mapping, wh: Warehouse) -> list[SourceFile]:
-    """Everything that can stop a batch is checked here, before any write."""
+def check_renames(tm: TableMapping, header: list[str], label: str) -> None:
+    """A rename whose source column is not in the file would silently leave its target empty."""
+    absent = [(source, target) for source, target in tm.rename.items() if source not in header]
+    if absent:
+        pairs = "; ".join(f"{source!r} → {target}" for source, target in absent)
+        raise IngestError(f"{label}: the mapping renames column(s) that the file does not have: {pairs} "
+                          f"(the file's columns: {', '.join(header)})")
+
+
+def preflight_files(data_dir: Path, mapping: Mapping) -> list[SourceFile]:
+    """Checks of the files themselves, before any SQL of the mapping runs."""
     sources: list[SourceFile] = []
     for table, path in discover_files(data_dir, mapping):
         tm = mapping.for_table(table)
         if tm.sql:
             continue
         header = read_header(path, tm)
+        check_renames(tm, header, str(path))
         canonical = {tm.rename.get(c, c) for c in header} | set(tm.defaults)
         check_required_columns(TABLES[table], canonical, str(path))
         sources.append(SourceFile(table, path, str(path), file_sha256(path), header))
-    for table, tm in mapping.tables.items():
-        if not tm.sql:
-            continue
-        sql = tm.sql.replace("{data_dir}", str(data_dir))
-        try:
-            columns = [d[0] for d in wh.con.execute(f"DESCRIBE ({sql})").fetchall()]
-        except Exception as exc:  # duckdb raises many kinds; all mean the same to the user
-            raise IngestError(f"mapping sql for table {table!r} failed: {exc}") from exc
-        check_required_columns(TABLES[table], set(columns), f"sql:{table}")
-        digest = hashlib.sha256("\n".join([*mapping.setup, sql]).encode())
-        for path in sql_input_files(data_dir, mapping):  # same query over changed files is a new batch
-            digest.update(file_sha256(path).encode())
-        digest = digest.hexdigest()
-        sources.append(SourceFile(table, None, f"sql:{table}", digest, columns))
-    if not sources:
-        raise IngestError(f"{data_dir}: no data files found (expected e.g. orders.csv or orders.parquet)")
     return sources
 
 
-# ---- reading and parsing -------------------------------------------------------------------
+def preflight_sql(data_dir: Path, mapping: Mapping, sandbox: duckdb.DuckDBPyConnection) -> list[SourceFile]:
+    """Each mapping query runs (DESCRIBE) in the sandbox and yields the required columns."""
+    sources: list[SourceFile] = []
+    for table, tm in mapping.tables.items():
+        if not tm.sql:
+            continue
+        sql = table_query(tm, data_dir, table)
+        columns = describe_query(sandbox, sql, table)
+        check_required_columns(TABLES[table], set(columns), f"sql:{table}")
+        digest = hashlib.sha256("\n".join([*mapping.setup, tm.sql]).encode())
+        for path in sql_input_files(data_dir, mapping):  # same query over changed files is a new batch
+            digest.update(file_sha256(path).encode())
+        sources.append(SourceFile(table, None, f"sql:{table}", digest.hexdigest(), columns, sql))
+    return sources
 
 
-def iter_chunks(source: SourceFile, tm: TableMapping, wh: Warehouse, chunk_rows: int,
-                data_dir: Path) -> Iterator[pd.DataFrame]:
-    """Raw chunks with the file's own columns; index = 1-based data row number in the source."""
-    offset = 0
-    for batch in _iter_arrow(source, tm, wh, chunk_rows, data_dir):
-        frame = batch.to_pandas()
-        frame.index = pd.RangeIndex(offset + 1, offset + 1 + len(frame))
-        offset += len(frame)
-        yield frame
+# ---- reading, checking, staging --------------------------------------------------------------
 
 
-def _iter_arrow(source: SourceFile, tm: TableMapping, wh: Warehouse, chunk_rows: int,
-                data_dir: Path) -> Iterator[pyarrow_lib.RecordBatch]:
+def iter_source(source: SourceFile, tm: TableMapping, plan: ReadPlan, chunk_rows: int,
+                malformed: list[MalformedLine], sandbox: duckdb.DuckDBPyConnection | None
+                ) -> Iterator[pyarrow_lib.RecordBatch]:
+    """Raw batches with the source's own columns and ``_source_row`` (1-based data row)."""
     if source.path is None:
-        sql = (tm.sql or "").replace("{data_dir}", str(data_dir))
-        # materialised (frees the connection) in a fixed order, so row numbers repeat across runs
-        wh.con.execute(f"CREATE OR REPLACE TEMP TABLE _sql_source AS SELECT * FROM ({sql}) ORDER BY ALL")
-        total = int(wh.scalar("SELECT count(*) FROM _sql_source"))
-        for start in range(0, total, chunk_rows):
-            yield from wh.con.sql(
-                f"SELECT * FROM _sql_source ORDER BY rowid LIMIT {chunk_rows} OFFSET {start}"
-            ).to_arrow_table().to_batches(max_chunksize=chunk_rows)
-        wh.con.execute("DROP TABLE _sql_source")
+        try:
+            yield from iter_query(sandbox, source.sql or "", chunk_rows)
+        except duckdb.Error as exc:
+            raise IngestError(f"mapping sql for table {source.table!r} failed: {redact(str(exc))}") from None
         return
     path = source.path
-    if path.name.endswith((".parquet", ".pq")):
-        yield from pq.ParquetFile(path).iter_batches(batch_size=chunk_rows)
-        return
-    convert = pa_csv.ConvertOptions(
-        column_types={c: pyarrow_lib.string() for c in source.columns},
-        strings_can_be_null=True,
-        quoted_strings_can_be_null=True,
+    try:
+        if path.name.endswith((".parquet", ".pq")):
+            yield from iter_parquet(path, chunk_rows)
+            return
+        yield from iter_csv(path, source.columns, csv_delimiter(path, tm.csv_delimiter), tm.encoding, chunk_rows,
+                            plan, malformed)
+    except ReadError as exc:
+        raise IngestError(str(exc)) from None
+
+
+def batch_rules(settings: Settings, batch_time: pd.Timestamp, spec: TableSpec) -> BatchRules:
+    ingest = settings.ingest
+    return BatchRules(
+        not_after=batch_time + pd.Timedelta(hours=ingest.max_future_skew_hours),
+        earliest=pd.Timestamp(ingest.earliest_timestamp),
+        promise_latest=batch_time + pd.Timedelta(days=ingest.max_promise_days),
+        batch_time=batch_time,
+        upper_limits={column: (float(getattr(ingest, setting)), setting) for column, setting in spec.upper_limits},
+        ambiguous_time=ingest.ambiguous_time,
+        nonexistent_time=ingest.nonexistent_time,
     )
-    read = pa_csv.ReadOptions(block_size=64 << 20, encoding=tm.encoding or "utf8")
+
+
+def _raw_types(wh: Warehouse) -> dict[str, str]:
+    return {row[0]: row[1] for row in wh.con.execute(f"DESCRIBE {CHUNK}").fetchall() if row[0] != "_source_row"}
+
+
+def _purge_file(wh: Warehouse, source: SourceFile, file_order: int) -> None:
+    wh.con.execute(f'DELETE FROM "{_stage_name(source.table)}" WHERE _file_order = ?', [file_order])
+    wh.con.execute(f"DELETE FROM {QUARANTINE_STAGE} WHERE source_file = ?", [source.label])
+
+
+def _check_chunk(wh: Warehouse, compiled: CompiledTable, batch: pyarrow_lib.RecordBatch, source: SourceFile,
+                 batch_id: str, file_order: int, result: FileResult) -> None:
+    """Parse, check, stage and quarantine one chunk, all inside DuckDB."""
+    con = wh.con
+    con.register(CHUNK, pyarrow_lib.Table.from_batches([batch]))
     try:
-        reader = pa_csv.open_csv(path, read_options=read, parse_options=_parse_options(path, tm),
-                                 convert_options=convert)
-        yield from reader
-    except pyarrow_lib.ArrowInvalid as exc:
-        raise IngestError(f"{path}: unreadable CSV: {exc}") from exc
+        con.execute(compiled.checked_sql)
+        cursor = con.execute(compiled.stats_sql)
+        stats = {d[0]: int(v or 0) for d, v in zip(cursor.description, cursor.fetchall()[0], strict=True)}
+        con.execute(compiled.stage_sql, {"order": file_order})
+        if stats["failing"]:  # the failing rows alone are checked again, rule by rule, for the quarantine
+            failing = con.sql(f"SELECT _source_row FROM {CHECKED} WHERE _any").to_arrow_table().column(0)
+            con.unregister(CHUNK)
+            con.register(CHUNK, pyarrow_lib.Table.from_batches([batch.filter(pc.is_in(batch[ROW], failing))]))
+            con.execute(compiled.quarantine_sql, {"batch": batch_id, "table": source.table, "file": source.label,
+                                                  "hash": source.file_hash})
+    except duckdb.Error as exc:
+        raise IngestError(f"{source.label}: cannot be checked: {redact(str(exc))}") from None
+    finally:
+        con.unregister(CHUNK)
+    rows, rejected = stats["rows"], stats["rejected"]
+    result.rows_in += rows
+    result.rows_valid += rows - rejected
+    result.rows_quarantined += rejected
+    for name, value in stats.items():
+        kind, _, column = str(name).partition("__")
+        if kind == "cleared":
+            result.values_cleared += value
+        elif kind == "filled":
+            result.filled[column] = result.filled.get(column, 0) + value
+        elif kind in ("midnight", "local"):
+            at, of = result.midnight.get(column, (0, 0))
+            result.midnight[column] = (at + value, of) if kind == "midnight" else (at, of + value)
 
 
-def _parse_timestamps(raw: pd.Series, fmt: str | None, timezone: str | None) -> pd.Series:
-    if pd.api.types.is_datetime64_any_dtype(raw):
-        parsed = raw
-    else:
-        text = raw.astype("string").str.strip()
-        if fmt:
-            parsed = pd.to_datetime(text, format=fmt, errors="coerce")
-        else:
-            # ISO 8601 only: guessing "03.01.2026" would silently swap days and months
-            parsed = pd.to_datetime(text, format="ISO8601", errors="coerce", utc=timezone is None)
-    if getattr(parsed.dt, "tz", None) is not None:
-        return parsed.dt.tz_convert("UTC").dt.tz_localize(None)
-    if timezone:
-        return parsed.dt.tz_localize(timezone, ambiguous="NaT", nonexistent="NaT").dt.tz_convert(
-            "UTC").dt.tz_localize(None)
-    return parsed
-
-
-def _parse_numbers(raw: pd.Series, decimal_comma: bool = False) -> pd.Series:
-    """Numbers as exports write them: currency signs, spaces and thousands groups allowed."""
-    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
-        return raw.astype("float64")
-    text = raw.astype("string").str.replace(CURRENCY_NOISE, "", regex=True)
-    if decimal_comma:
-        text = text.str.replace(".", "", regex=False).str.replace(",", ".", regex=False)
-    else:  # "1,234.50" is a thousands group; "1,5" is ambiguous and stays a failure
-        grouped = text.str.fullmatch(THOUSANDS_GROUPED).fillna(False)
-        text = text.where(~grouped, text.str.replace(",", "", regex=False))
-    return pd.to_numeric(text, errors="coerce").astype("float64")
-
-
-def _parse_booleans(raw: pd.Series) -> pd.Series:
-    if pd.api.types.is_bool_dtype(raw):
-        return raw.astype("boolean")
-    text = raw.astype("string").str.strip().str.lower()
-    out = pd.Series(pd.NA, index=raw.index, dtype="boolean")
-    out[text.isin(TRUE_WORDS)] = True
-    out[text.isin(FALSE_WORDS)] = False
-    return out
-
-
-def parse_types(frame: pd.DataFrame, spec: TableSpec, tm: TableMapping) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Parse every canonical column; values that do not parse become failures, not silent NaN."""
-    schema = spec.model.to_schema()
-    parsed: dict[str, pd.Series] = {}
-    failures: list[pd.DataFrame] = []
-    for name, column in schema.columns.items():
-        kind = str(column.dtype).lower()
-        if name not in frame.columns:
-            parsed[name] = empty_column(kind, frame.index)
-            continue
-        raw = frame[name]
-        raw_missing = raw.isna() | raw.astype("string").str.strip().eq("").fillna(False)
-        if "datetime" in kind:
-            value = _parse_timestamps(raw, tm.timestamp_formats.get(name), tm.timezone)
-        elif "bool" in kind:
-            value = _parse_booleans(raw)
-        elif "int" in kind:
-            number = _parse_numbers(raw, tm.decimal_comma)
-            integral = number.isna() | (number == number.round())
-            value = number.where(integral)
-        elif "float" in kind:
-            value = _parse_numbers(raw, tm.decimal_comma)
-        else:
-            value = raw.astype("string").str.strip().astype("str")
-            value = value.where(~raw_missing, None)
-        bad = value.isna() & ~raw_missing
-        if bad.any():
-            failures.append(pd.DataFrame({
-                "row": frame.index[bad], "column": name, "check": f"parse_{kind.split('[')[0]}",
-                "value": raw[bad].astype("string").to_numpy(),
-                "reason": f"{name}: value is not a valid {kind.split('[')[0]}",
-            }))
-        parsed[name] = value
-    typed = pd.DataFrame(parsed, index=frame.index)
-    if spec.derived_key:
-        typed = _derive_key(typed, spec)
-    return typed, _concat_failures(failures)
-
-
-def empty_column(kind: str, index: pd.Index) -> pd.Series:
-    """A missing optional column: all-null, but already of its canonical type."""
-    if "datetime" in kind:
-        return pd.Series(pd.NaT, index=index, dtype="datetime64[us]")
-    if "bool" in kind:
-        return pd.Series(pd.NA, index=index, dtype="boolean")
-    if "int" in kind or "float" in kind:
-        return pd.Series(float("nan"), index=index, dtype="float64")
-    return pd.Series(None, index=index, dtype="str")
-
-
-def humane_reason(column: str, check: str) -> str:
-    """Pandera's check names in words an analyst reads without the docs."""
-    patterns = [
-        (r"^not_nullable$", "required value is missing"),
-        (r"^greater_than_or_equal_to\((.*)\)$", r"must be at least \1"),
-        (r"^less_than_or_equal_to\((.*)\)$", r"must be at most \1"),
-        (r"^in_range\((.*), (.*)\)$", r"must be between \1 and \2"),
-        (r"^isin\((.*)\)$", r"not one of the allowed codes \1"),
-        (r"^str_length\(.*\)$", "must not be empty"),
-    ]
-    for pattern, words in patterns:
-        if re.match(pattern, check):
-            return f"{column}: {re.sub(pattern, words, check)}"
-    return f"{column}: {check}"
-
-
-def _derive_key(typed: pd.DataFrame, spec: TableSpec) -> pd.DataFrame:
-    """Exports without an id (e.g. click logs) get one from the row's content."""
-    key = spec.key[0]
-    missing = typed[key].isna()
-    if missing.any():
-        content = [c for c in typed.columns if c != key]
-        hashed = pd.util.hash_pandas_object(typed.loc[missing, content], index=False)
-        typed.loc[missing, key] = "h" + hashed.astype("uint64").map("{:016x}".format)
-    return typed
-
-
-def _concat_failures(parts: list[pd.DataFrame]) -> pd.DataFrame:
-    columns = ["row", "column", "check", "value", "reason"]
-    parts = [p for p in parts if len(p)]
-    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
-
-
-def batch_schema(spec: TableSpec, not_after: pd.Timestamp) -> pa.DataFrameSchema:
-    """The table's pandera schema plus the batch's own check: no timestamps in its future."""
-    schema = spec.model.to_schema()
-    updates = {}
-    for name in spec.timestamp_columns:
-        if name in spec.future_allowed:
-            continue
-        column = schema.columns[name]
-        updates[name] = {"checks": [*column.checks, pa.Check.le(
-            not_after, error=f"in the future of the batch (after {not_after:%Y-%m-%d %H:%M})")]}
-    return schema.update_columns(updates)
-
-
-def validate_chunk(typed: pd.DataFrame, schema: pa.DataFrameSchema) -> pd.DataFrame:
-    """All pandera failures of a chunk, one row per (row, column, check)."""
-    try:
-        schema.validate(typed, lazy=True)
-        return _concat_failures([])
-    except (SchemaErrors, SchemaError) as exc:
-        cases = exc.failure_cases
-        cases = cases if isinstance(cases, pd.DataFrame) else pd.DataFrame(cases)
-    if "index" not in cases.columns or cases["index"].isna().any():
-        raise IngestError(f"schema-level failure: {cases.to_string(max_rows=10)}")
-    is_frame_check = cases["schema_context"].eq("DataFrameSchema")
-    frame_cases = cases[is_frame_check]
-    named = frame_cases["column"].astype(str) == frame_cases["check"].astype(str).str.split(" ").str[0]
-    frame_cases = frame_cases[named].drop_duplicates(["index", "check"])
-    cases = pd.concat([cases[~is_frame_check], frame_cases])
-    return pd.DataFrame({
-        "row": cases["index"].astype("int64").to_numpy(),
-        "column": cases["column"].astype(str).to_numpy(),
-        "check": cases["check"].astype(str).to_numpy(),
-        "value": cases["failure_case"].astype("string").to_numpy(),
-        "reason": [humane_reason(c, k) for c, k in zip(cases["column"].astype(str),
-                                                          cases["check"].astype(str), strict=True)],
+def _quarantine_malformed(wh: Warehouse, malformed: list[MalformedLine], source: SourceFile, batch_id: str) -> None:
+    if not malformed:
+        return
+    frame = pd.DataFrame({
+        "batch_id": batch_id, "table_name": source.table, "source_file": source.label,
+        "file_hash": source.file_hash, "source_row": [m.row for m in malformed], "column_name": "*",
+        "check_name": MALFORMED, "failure_value": [m.text for m in malformed],
+        "reason": [f"row {m.row}: {m.reason}; the line is kept here, not loaded" for m in malformed],
+        "row_json": [json.dumps({"line": m.line, "text": m.text}, ensure_ascii=False) for m in malformed],
+        "quarantined_at": pd.Timestamp.now("UTC").tz_localize(None), "action": ROW_QUARANTINED,
     })
+    wh.con.register("_malformed", frame)
+    try:
+        wh.con.execute(f"INSERT INTO {QUARANTINE_STAGE} BY NAME SELECT * FROM _malformed")
+    finally:
+        wh.con.unregister("_malformed")
 
 
-# ---- staging, whole-batch checks, merge ------------------------------------------------------
+def stage_file(wh: Warehouse, source: SourceFile, tm: TableMapping, settings: Settings, batch_id: str,
+               batch_time: pd.Timestamp, file_order: int, sandbox: duckdb.DuckDBPyConnection | None = None,
+               progress=None, notes: list[str] | None = None) -> FileResult:
+    """Check one source chunk by chunk; kept rows to staging, failures to the quarantine stage.
+
+    A file whose reading must start over (a field larger than the read block, an unclosed
+    quote) has what was staged of it discarded and is read again with the reader's new plan.
+    """
+    spec = TABLES[source.table]
+    rules = batch_rules(settings, batch_time, spec)
+    plan = ReadPlan(settings.ingest.csv_block_bytes, settings.ingest.max_csv_block_bytes)
+    started = time.perf_counter()
+    while True:
+        result = FileResult(spec.name, source.label, source.file_hash)
+        malformed: list[MalformedLine] = []
+        compiled: dict[str, CompiledTable] = {}
+        try:
+            for batch in iter_source(source, tm, plan, settings.ingest.chunk_rows, malformed, sandbox):
+                schema_key = str(batch.schema)
+                if schema_key not in compiled:
+                    wh.con.register(CHUNK, pyarrow_lib.Table.from_batches([batch.slice(0, 0)]))
+                    raw_types = _raw_types(wh)
+                    wh.con.unregister(CHUNK)
+                    compiled[schema_key] = compile_table(spec, tm, raw_types, rules)
+                    result.present = _present_columns(spec, tm, raw_types)
+                _check_chunk(wh, compiled[schema_key], batch, source, batch_id, file_order, result)
+                if progress is not None:
+                    progress(batch.num_rows)
+            break
+        except RetryRead as retry:
+            _purge_file(wh, source, file_order)
+            plan = retry.plan
+            if notes is not None and retry.plan.line_by_line:
+                notes.append(f"{source.label}: read line by line because {retry.why}; bad lines are set aside")
+    _quarantine_malformed(wh, malformed, source, batch_id)
+    result.rows_in += len(malformed)
+    result.rows_quarantined += len(malformed)
+    wh.con.execute(f"DROP TABLE IF EXISTS {CHECKED}")
+    result.seconds = time.perf_counter() - started
+    return result
 
 
-def merge_failures(parse_failures: pd.DataFrame, check_failures: pd.DataFrame) -> pd.DataFrame:
-    """A value that did not parse is reported once, not again as 'missing' or 'wrong dtype'."""
-    if len(parse_failures) and len(check_failures):
-        unparsed = set(zip(parse_failures["row"], parse_failures["column"], strict=True))
-        echo = [(r, c) in unparsed for r, c in zip(check_failures["row"], check_failures["column"], strict=True)]
-        check_failures = check_failures[~pd.Series(echo, index=check_failures.index)]
-    return pd.concat([parse_failures, check_failures], ignore_index=True)
+def _present_columns(spec: TableSpec, tm: TableMapping, raw_types: dict[str, str]) -> set[str]:
+    renamed = {target for source, target in tm.rename.items() if source in raw_types}
+    direct = {c for c in raw_types if c in spec.columns and c not in tm.rename}
+    return renamed | direct | set(tm.defaults)
 
 
 def _stage_name(table: str) -> str:
-    return f"_stage_{table}"
+    return f"{STAGE_PREFIX}{table}"
 
 
 def _ensure_quarantine(wh: Warehouse) -> None:
     wh.con.execute(f"""CREATE TABLE IF NOT EXISTS {QUARANTINE_TABLE} (
         batch_id VARCHAR, table_name VARCHAR, source_file VARCHAR, file_hash VARCHAR,
         source_row BIGINT, column_name VARCHAR, check_name VARCHAR, failure_value VARCHAR,
-        reason VARCHAR, row_json VARCHAR, quarantined_at TIMESTAMP)""")
+        reason VARCHAR, row_json VARCHAR, quarantined_at TIMESTAMP, action VARCHAR)""")
+    wh.con.execute(f"ALTER TABLE {QUARANTINE_TABLE} ADD COLUMN IF NOT EXISTS action VARCHAR")
     wh.con.execute(f"""CREATE TABLE IF NOT EXISTS {LEDGER_TABLE} (
         run_id VARCHAR, batch_id VARCHAR, run_at TIMESTAMP, as_of TIMESTAMP, table_name VARCHAR,
         source_file VARCHAR, file_hash VARCHAR, rows_in BIGINT, rows_valid BIGINT,
         rows_quarantined BIGINT, inserted BIGINT, updated BIGINT, unchanged BIGINT, stale BIGINT,
-        seconds DOUBLE, source_fingerprint VARCHAR, status VARCHAR)""")
+        seconds DOUBLE, source_fingerprint VARCHAR, status VARCHAR, values_cleared BIGINT)""")
+    wh.con.execute(f"ALTER TABLE {LEDGER_TABLE} ADD COLUMN IF NOT EXISTS values_cleared BIGINT")
 
 
-def _quarantine_rows(failures: pd.DataFrame, raw: pd.DataFrame, spec: TableSpec, source: SourceFile,
-                     batch_id: str) -> pd.DataFrame:
-    """Failures joined to the whole original row, so nothing rejected is lost."""
-    rows = failures["row"].astype("int64")
-    originals = raw.loc[rows.unique()]
-    as_json = {idx: json.dumps({k: (None if pd.isna(v) else str(v)) for k, v in rec.items()},
-                               ensure_ascii=False)
-               for idx, rec in originals.to_dict(orient="index").items()}
-    return pd.DataFrame({
-        "batch_id": batch_id, "table_name": spec.name, "source_file": source.label,
-        "file_hash": source.file_hash, "source_row": rows.to_numpy(),
-        "column_name": failures["column"].to_numpy(), "check_name": failures["check"].to_numpy(),
-        "failure_value": failures["value"].astype("string").to_numpy(),
-        "reason": failures["reason"].to_numpy(), "row_json": rows.map(as_json).to_numpy(),
-        "quarantined_at": pd.Timestamp.now("UTC").tz_localize(None),
-    })
-
-
-def stage_file(wh: Warehouse, source: SourceFile, tm: TableMapping, settings: Settings, batch_id: str,
-               not_after: pd.Timestamp, file_order: int, data_dir: Path, progress=None) -> FileResult:
-    """Parse and validate one file chunk by chunk; valid rows to staging, the rest to quarantine."""
-    spec = TABLES[source.table]
-    schema = batch_schema(spec, not_after)
-    result = FileResult(spec.name, source.label, source.file_hash)
-    started = time.perf_counter()
-    stage = _stage_name(spec.name)
-    for raw in iter_chunks(source, tm, wh, settings.ingest.chunk_rows, data_dir):
-        mapped = apply_renames_and_values(raw.copy(), tm)
-        typed, parse_failures = parse_types(mapped, spec, tm)
-        failures = merge_failures(parse_failures, validate_chunk(typed, schema))
-        bad_rows = failures["row"].unique() if len(failures) else []
-        valid = typed.drop(index=bad_rows)
-        result.rows_in += len(raw)
-        result.rows_valid += len(valid)
-        result.rows_quarantined += len(bad_rows)
-        if len(failures):
-            wh.append(QUARANTINE_STAGE, _quarantine_rows(failures, raw, spec, source, batch_id))
-        staged = valid.assign(_source_file=source.label, _file_hash=source.file_hash,
-                              _source_row=valid.index.astype("int64"), _file_order=file_order)
-        wh.append(stage, staged.reset_index(drop=True))
-        if progress is not None:
-            progress(len(raw))
-    result.seconds = time.perf_counter() - started
-    return result
+# ---- whole-batch checks, merge -----------------------------------------------------------------
 
 
 def _ident(column: str) -> str:
@@ -506,11 +446,13 @@ def move_to_quarantine(wh: Warehouse, spec: TableSpec, rejected: str, batch_id: 
     """Move staged rows (``rejected``: a relation with ``_rid`` and the staged columns) to the
     quarantine stage with their check, value and reason; returns rows moved per source file."""
     row_json = f"to_json(struct_pack({', '.join(f'{_ident(c)} := {_ident(c)}' for c in spec.columns)}))"
-    wh.con.execute(f"""INSERT INTO {QUARANTINE_STAGE}
-        SELECT ?, ?, _source_file, _file_hash, _source_row, ?, {check_sql}, {value_sql}, {reason_sql},
-               {row_json}::VARCHAR, now()::TIMESTAMP
-        FROM {rejected}""", [batch_id, spec.name, column, *(params or [])])
-    counts = dict(wh.con.execute(f"SELECT _source_file, count(*) FROM {rejected} GROUP BY 1").fetchall())
+    wh.con.execute(f"""INSERT INTO {QUARANTINE_STAGE} (batch_id, table_name, source_file, file_hash, source_row,
+            column_name, check_name, failure_value, reason, row_json, quarantined_at, action)
+        SELECT ?, ?, f.source_file, f.file_hash, _source_row, ?, {check_sql}, {value_sql}, {reason_sql},
+               {row_json}::VARCHAR, now()::TIMESTAMP, '{ROW_QUARANTINED}'
+        FROM {rejected} JOIN {STAGE_FILES} f USING (_file_order)""", [batch_id, spec.name, column, *(params or [])])
+    counts = dict(wh.con.execute(f"SELECT f.source_file, count(*) FROM {rejected} JOIN {STAGE_FILES} f "
+                                 "USING (_file_order) GROUP BY 1").fetchall())
     wh.con.execute(f"DELETE FROM {_stage_name(spec.name)} WHERE rowid IN (SELECT _rid FROM {rejected})")
     return counts
 
@@ -524,12 +466,13 @@ def quarantine_duplicate_keys(wh: Warehouse, spec: TableSpec, batch_id: str) -> 
     same_content = " AND ".join(f'"{c}" IS NOT DISTINCT FROM first_value("{c}") OVER w' for c in data_cols)
     wh.con.execute(f"""CREATE OR REPLACE TEMP TABLE _dups AS
         WITH dup_keys AS (SELECT {keys} FROM {stage} GROUP BY {keys} HAVING count(*) > 1)
-        SELECT * FROM (
+        SELECT d.*, k.source_file AS _kept_file FROM (
             SELECT s.rowid AS _rid, s.*, row_number() OVER w AS _rank,
-                   first_value(_source_row) OVER w AS _kept_row, first_value(_source_file) OVER w AS _kept_file,
+                   first_value(_source_row) OVER w AS _kept_row, first_value(_file_order) OVER w AS _kept_order,
                    ({same_content or 'TRUE'}) AS _identical
             FROM {stage} s SEMI JOIN dup_keys USING ({keys})
-            WINDOW w AS (PARTITION BY {keys} ORDER BY {version}_file_order DESC, _source_row DESC))
+            WINDOW w AS (PARTITION BY {keys} ORDER BY {version}_file_order DESC, _source_row DESC)) d
+        JOIN {STAGE_FILES} k ON k._file_order = d._kept_order
         WHERE _rank > 1""")
     counts = move_to_quarantine(
         wh, spec, "_dups", batch_id, "+".join(spec.key),
@@ -572,17 +515,6 @@ def quarantine_orphans(wh: Warehouse, spec: TableSpec, batch_id: str, staged_tab
     return counts
 
 
-def prepare_sql_sources(wh: Warehouse, mapping: Mapping, data_dir: Path) -> None:
-    """Attach the user's databases and create the shared views SQL mappings read from."""
-    for attach in mapping.attach:
-        wh.con.execute(f"ATTACH IF NOT EXISTS {attach.replace('{data_dir}', str(data_dir))}")
-    for statement in mapping.setup:
-        try:
-            wh.con.execute(statement.replace("{data_dir}", str(data_dir)))
-        except Exception as exc:  # duckdb raises many kinds; all mean the same to the user
-            raise IngestError(f"mapping setup sql failed: {exc}\n{statement.strip()[:300]}") from exc
-
-
 def batch_identity(sources: list[SourceFile], mapping: Mapping) -> str:
     digest = hashlib.sha256(mapping_fingerprint(mapping).encode())
     for source in sorted(sources, key=lambda s: (s.table, s.file_hash)):
@@ -601,24 +533,28 @@ def read_batch_time(data_dir: Path, as_of: datetime | str | None) -> pd.Timestam
 TABLE_ORDER = list(TABLES)  # parents before children
 
 
-def create_staging(wh: Warehouse, tables: set[str]) -> None:
-    """Staging tables shaped like the targets, plus where each row came from.
+def create_staging(wh: Warehouse, tables: set[str], sources: list[SourceFile]) -> None:
+    """Staging tables shaped like the targets, plus where each row came from (file and row).
 
-    Ordinary tables, not TEMP ones, and outside the final transaction: DuckDB then writes large
-    staged batches to disk instead of holding them in memory until commit.
+    TEMP tables outside the final transaction: never written to the warehouse file, and
+    DuckDB offloads them to its spill folder when a batch outgrows the memory limit. A file is
+    a small number here (``_file_order``); ``_stage_files`` names it.
     """
     drop_staging(wh, tables)
-    wh.con.execute(f"CREATE TABLE {QUARANTINE_STAGE} AS SELECT * FROM {QUARANTINE_TABLE} LIMIT 0")
+    wh.con.execute(f"CREATE TEMP TABLE {QUARANTINE_STAGE} AS SELECT * FROM {QUARANTINE_TABLE} LIMIT 0")
+    wh.con.execute(f"CREATE TEMP TABLE {STAGE_FILES} (_file_order INTEGER, source_file VARCHAR, file_hash VARCHAR)")
+    for order, source in enumerate(sources):
+        wh.con.execute(f"INSERT INTO {STAGE_FILES} VALUES (?, ?, ?)", [order, source.label, source.file_hash])
     for table in tables:
         stage = _stage_name(table)
-        wh.con.execute(f'CREATE TABLE {stage} AS SELECT * EXCLUDE (_batch_id, _loaded_at) FROM "{table}" LIMIT 0')
-        for col, kind in [("_source_file", "VARCHAR"), ("_file_hash", "VARCHAR"),
-                          ("_source_row", "BIGINT"), ("_file_order", "BIGINT")]:
+        wh.con.execute(f'CREATE TEMP TABLE {stage} AS SELECT * EXCLUDE (_batch_id, _loaded_at) FROM "{table}" '
+                       "LIMIT 0")
+        for col, kind in [("_source_row", "BIGINT"), ("_file_order", "INTEGER")]:
             wh.con.execute(f"ALTER TABLE {stage} ADD COLUMN {col} {kind}")
 
 
 def drop_staging(wh: Warehouse, tables: set[str]) -> None:
-    for name in [QUARANTINE_STAGE, *(_stage_name(t) for t in tables)]:
+    for name in [QUARANTINE_STAGE, STAGE_FILES, *(_stage_name(t) for t in tables)]:
         wh.con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
@@ -627,7 +563,7 @@ def publish_quarantine(wh: Warehouse, sources: list[SourceFile]) -> None:
     if sources:
         wh.con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE file_hash IN "
                        f"({', '.join('?' for _ in sources)})", [s.file_hash for s in sources])
-    wh.con.execute(f"INSERT INTO {QUARANTINE_TABLE} SELECT * FROM {QUARANTINE_STAGE}")
+    wh.con.execute(f"INSERT INTO {QUARANTINE_TABLE} BY NAME SELECT * FROM {QUARANTINE_STAGE}")
 
 
 def ledger_rows(results: list[FileResult], run_id: str, batch_id: str, batch_time: pd.Timestamp,
@@ -639,12 +575,14 @@ def ledger_rows(results: list[FileResult], run_id: str, batch_id: str, batch_tim
         "rows_quarantined": r.rows_quarantined, "inserted": r.inserted, "updated": r.updated,
         "unchanged": r.unchanged, "stale": r.stale, "seconds": r.seconds,
         "source_fingerprint": fingerprints[r.source], "status": "skipped" if r.source in skipped else "loaded",
+        "values_cleared": r.values_cleared,
     } for r in results])
 
 
-def source_fingerprint(source: SourceFile, mapping: Mapping, batch_time: pd.Timestamp) -> str:
-    """What decides a file's outcome: its bytes, its table's mapping and the batch clock."""
-    text = f"{source.table}|{source.file_hash}|{mapping.for_table(source.table).model_dump_json()}|{batch_time}"
+def source_fingerprint(source: SourceFile, mapping: Mapping, batch_time: pd.Timestamp, settings: Settings) -> str:
+    """What decides a file's outcome: its bytes, its table's mapping, the batch clock and the rules."""
+    text = (f"{source.table}|{source.file_hash}|{mapping.for_table(source.table).model_dump_json()}|{batch_time}|"
+            f"{settings.ingest.model_dump_json(exclude={'chunk_rows', 'report_examples'})}")
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -659,31 +597,89 @@ def already_loaded(wh: Warehouse, fingerprints: list[str]) -> dict[str, dict]:
 
 def skipped_result(source: SourceFile, earlier: dict) -> FileResult:
     valid = int(earlier["rows_valid"])
+    cleared = earlier.get("values_cleared")
     return FileResult(source.table, source.label, source.file_hash, rows_in=int(earlier["rows_in"]),
-                      rows_valid=valid, rows_quarantined=int(earlier["rows_quarantined"]), unchanged=valid)
+                      rows_valid=valid, rows_quarantined=int(earlier["rows_quarantined"]), unchanged=valid,
+                      values_cleared=0 if cleared is None or pd.isna(cleared) else int(cleared))
+
+
+def column_warnings(wh: Warehouse, results: list[FileResult], min_expected: float) -> list[str]:
+    """Optional columns a file lacks (or leaves empty) although the stored table has them filled.
+
+    An export that renames ``deliveredAt`` leaves every ``delivered_at`` empty without a single
+    failed check; the stored rows tell that values were expected.
+    """
+    warnings = []
+    shares: dict[str, dict[str, float]] = {}
+    for result in results:
+        spec = TABLES[result.table]
+        kept = result.rows_valid
+        if kept == 0 or not result.filled:
+            continue
+        if result.table not in shares:
+            optional = [c for c, col in spec.model.to_schema().columns.items() if col.nullable]
+            row = wh.con.execute(f'SELECT count(*), {", ".join(f"count({_ident(c)})" for c in optional)} '
+                                 f'FROM "{result.table}"').fetchone()
+            shares[result.table] = {c: (n / row[0] if row[0] else 0.0) for c, n in zip(optional, row[1:],
+                                                                                         strict=True)}
+        for column, share in shares[result.table].items():
+            if result.filled.get(column, 0) == 0 and share * kept >= min_expected:
+                state = "is not in this file" if column not in result.present else "is empty in every row"
+                warnings.append(f"{Path(result.source).name}: column {column} {state}, but {share:.0%} of the "
+                                f"stored {result.table} have it; renamed in the export? (mapping: rename)")
+    return warnings
+
+
+def date_only_notes(results: list[FileResult], mapping: Mapping) -> list[str]:
+    notes = []
+    for result in results:
+        declared = set(mapping.for_table(result.table).date_only)
+        for column, (at_midnight, values) in result.midnight.items():
+            if values and at_midnight == values and column not in declared:
+                count = f"{values:,} value{'s' if values != 1 else ''}"
+                notes.append(f"{Path(result.source).name}: every {column} ({count}) is at local midnight: "
+                             f"a date-only column? Declare `date_only: [{column}]` in the mapping so that a day's "
+                             "rows count from the end of that day (no look-ahead at a midnight cutoff)")
+    return notes
 
 
 def ingest_batch(data_dir: Path, wh: Warehouse, settings: Settings, mapping_file: Path | None = None,
                  as_of: datetime | str | None = None, progress=None, force: bool = False) -> BatchResult:
     """Ingest every file of a folder (or mapped SQL) in one transaction.
 
-    A file already loaded with the same bytes, mapping and batch time is not read again (its
-    earlier counts are reported as unchanged); ``force`` re-validates and re-merges it, which
+    A file already loaded with the same bytes, mapping, batch time and rules is not read again
+    (its earlier counts are reported as unchanged); ``force`` re-validates and re-merges it, which
     changes nothing either, only slower.
     """
     started = time.perf_counter()
     data_dir = Path(data_dir)
     mapping = load_mapping(mapping_file)
-    prepare_sql_sources(wh, mapping, data_dir)
-    sources = preflight(data_dir, mapping, wh)
+    stale = wh.drop_stale_stages()
+    sources = preflight_files(data_dir, mapping)
+    with open_sandbox(mapping, data_dir, forbidden=[wh.path], memory_limit=settings.warehouse.memory_limit,
+                      threads=settings.warehouse.threads) as sandbox:
+        sources += preflight_sql(data_dir, mapping, sandbox)
+        if not sources:
+            raise IngestError(f"{data_dir}: no data files found (expected e.g. orders.csv or orders.parquet)")
+        result = _ingest_sources(data_dir, wh, settings, mapping, sources, sandbox, as_of, progress, force)
+    if stale:
+        result.notes.append(f"dropped {len(stale)} staging table(s) an interrupted ingestion left behind")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _ingest_sources(data_dir: Path, wh: Warehouse, settings: Settings, mapping: Mapping,
+                    sources: list[SourceFile], sandbox: duckdb.DuckDBPyConnection, as_of, progress,
+                    force: bool) -> BatchResult:
     batch_time = read_batch_time(data_dir, as_of)
-    not_after = batch_time + pd.Timedelta(hours=settings.ingest.max_future_skew_hours)
     batch_id = batch_identity(sources, mapping)
     run_id = f"{batch_id}-{int(time.time() * 1000)}"
     warnings: list[str] = []
+    notes: list[str] = []
     _ensure_quarantine(wh)
+    register_local_to_utc(wh.con)
     sources.sort(key=lambda s: (TABLE_ORDER.index(s.table), s.label))
-    fingerprints = {s.label: source_fingerprint(s, mapping, batch_time) for s in sources}
+    fingerprints = {s.label: source_fingerprint(s, mapping, batch_time, settings) for s in sources}
     earlier = {} if force else already_loaded(wh, list(fingerprints.values()))
     skipped = [s for s in sources if fingerprints[s.label] in earlier]
     sources = [s for s in sources if fingerprints[s.label] not in earlier]
@@ -692,10 +688,14 @@ def ingest_batch(data_dir: Path, wh: Warehouse, settings: Settings, mapping_file
         warnings.append(f"{s.label}: already loaded with the same content and mapping; not read again")
     staged_tables = {s.table for s in sources}
     try:  # staging and whole-batch checks touch only staging tables ...
-        create_staging(wh, staged_tables)
+        create_staging(wh, staged_tables, sources)
+        fresh = []
         for order, source in enumerate(sources):
-            results.append(stage_file(wh, source, mapping.for_table(source.table), settings, batch_id,
-                                      not_after, order, data_dir, progress))
+            fresh.append(stage_file(wh, source, mapping.for_table(source.table), settings, batch_id, batch_time,
+                                    order, sandbox, progress, notes))
+        results += fresh
+        warnings += column_warnings(wh, fresh, settings.ingest.empty_column_min_expected)
+        notes += date_only_notes(fresh, mapping)
         by_label = {r.source: r for r in results}
         for table in (t for t in TABLE_ORDER if t in staged_tables):
             moved = quarantine_duplicate_keys(wh, TABLES[table], batch_id)
@@ -706,25 +706,28 @@ def ingest_batch(data_dir: Path, wh: Warehouse, settings: Settings, mapping_file
                 by_label[label].rows_quarantined += n
         with wh.transaction():  # ... and the real tables change in one transaction at the end
             publish_quarantine(wh, sources)
-            loaded = {s.label for s in sources}
             for table in (t for t in TABLE_ORDER if t in staged_tables):
-                for result in (r for r in results if r.table == table and r.source in loaded):
-                    label = result.source.replace("'", "''")
-                    wh.con.execute(f"CREATE OR REPLACE TEMP VIEW _stage_one AS SELECT * FROM {_stage_name(table)} "
-                                   f"WHERE _source_file = '{label}'")
-                    counts = wh.merge_by_key(TABLES[table], "_stage_one", batch_id)
-                    result.inserted, result.updated = counts.inserted, counts.updated
-                    result.unchanged, result.stale = counts.unchanged, counts.stale
-            wh.con.execute("DROP VIEW IF EXISTS _stage_one")
+                for order, merged in wh.merge_by_key(TABLES[table], _stage_name(table), batch_id).items():
+                    result = by_label[sources[order].label]
+                    result.inserted, result.updated = merged.inserted, merged.updated
+                    result.unchanged, result.stale = merged.unchanged, merged.stale
             wh.append(LEDGER_TABLE, ledger_rows(results, run_id, batch_id, batch_time, fingerprints,
                                                 {s.label for s in skipped}))
     finally:
         drop_staging(wh, staged_tables)
     failures = wh.query(f"SELECT * FROM {QUARANTINE_TABLE} WHERE batch_id = ?", [batch_id])
-    return BatchResult(batch_id, batch_time, results, failures, warnings, time.perf_counter() - started)
+    return BatchResult(batch_id, batch_time, results, failures, warnings, 0.0, notes)
 
 
 # ---- the report people read ----------------------------------------------------------------
+
+
+def shown_value(table: str, column: str, check: str, value: object) -> str:
+    """A failure's value as a report may show it: never one of a personal column or a raw line."""
+    spec = TABLES.get(table)
+    if check == MALFORMED or (spec is not None and column in spec.personal_columns):
+        return "(personal data, see quarantine)"
+    return f"{value!s:.40}"
 
 
 def validation_report(result: BatchResult, examples: int) -> str:
@@ -734,26 +737,38 @@ def validation_report(result: BatchResult, examples: int) -> str:
         "",
         f"Batch time (no timestamp may be later): {result.as_of:%Y-%m-%d %H:%M} UTC. "
         f"Rows in: {result.rows_in:,}; valid: {result.rows_valid:,}; quarantined: {result.rows_quarantined:,}; "
-        f"took {result.seconds:.1f} s.",
+        f"values cleared in kept rows: {result.values_cleared:,}; took {result.seconds:.1f} s.",
         "",
-        "| table | file | rows in | valid | quarantined | new | updated | unchanged | older (kept stored) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| table | file | rows in | valid | quarantined | values cleared | new | updated | unchanged "
+        "| older (kept stored) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result.files:
         lines.append(f"| {r.table} | {Path(r.source).name} | {r.rows_in:,} | {r.rows_valid:,} | "
-                     f"{r.rows_quarantined:,} | {r.inserted:,} | {r.updated:,} | {r.unchanged:,} | {r.stale:,} |")
+                     f"{r.rows_quarantined:,} | {r.values_cleared:,} | {r.inserted:,} | {r.updated:,} | "
+                     f"{r.unchanged:,} | {r.stale:,} |")
     if result.warnings:
         lines += ["", "## Warnings", "", *[f"- {w}" for w in result.warnings]]
+    if result.notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in result.notes]]
     failures = result.failures
     if len(failures):
-        lines += ["", "## Quarantined rows by check", "",
-                  "| table | column | check | rows | examples (file:row = value) |", "|---|---|---|---:|---|"]
-        grouped = failures.groupby(["table_name", "column_name", "check_name"], sort=False)
-        for (table, column, check), group in sorted(grouped, key=lambda g: -len(g[1])):
+        action = failures["action"].fillna(ROW_QUARANTINED) if "action" in failures else ROW_QUARANTINED
+        failures = failures.assign(action=action)
+        lines += ["", "## Quarantined rows and cleared values by check", "",
+                  "| table | column | check | action | rows | examples (file:row = value) |",
+                  "|---|---|---|---|---:|---|"]
+        grouped = failures.groupby(["table_name", "column_name", "check_name", "action"], sort=False)
+        for (table, column, check, action), group in sorted(grouped, key=lambda g: -len(g[1])):
             sample = group.head(min(examples, 3))
-            shown = "; ".join(f"{Path(str(f)).name}:{r} = {v!s:.40}" for f, r, v in
+            shown = "; ".join(f"{Path(str(f)).name}:{r} = {shown_value(table, column, check, v)}" for f, r, v in
                               zip(sample["source_file"], sample["source_row"], sample["failure_value"], strict=True))
-            lines.append(f"| {table} | {column} | {check} | {group['source_row'].nunique():,} | {shown} |")
-        lines += ["", "Every quarantined row is kept whole in the warehouse table `quarantine` "
-                  "(column `row_json`), with its file, row number and reasons."]
+            lines.append(f"| {table} | {column} | {check} | {action} | {group['source_row'].nunique():,} | "
+                         f"{shown} |")
+        lines += ["", "Every failure is kept in the warehouse table `quarantine` (column `row_json` holds the "
+                  "whole original row), with its file, row number, reason and action: a quarantined row was not "
+                  "loaded; a cleared value was stored empty and the rest of its row loaded."]
     return "\n".join(lines) + "\n"
+
+
+__all__ = ["BatchResult", "FileResult", "IngestError", "MappingError", "ingest_batch", "validation_report"]

@@ -1850,7 +1850,7 @@ DIRTY: dict[str, DirtySpec] = {
         ("duplicate_row", "duplicate_key", "bad_type", "negative_amount", "orphan", "out_of_range"),
         (OrderItems.order_id, OrderItems.line_no), text_column=OrderItems.quantity,
         amount=OrderItems.unit_price, orphan=(OrderItems.order_id, "O", 9),
-        out_of_range=(OrderItems.quantity, [0, 5000, -2]), changed=OrderItems.unit_price),
+        out_of_range=(OrderItems.quantity, [0, 5_000_000, -2]), changed=OrderItems.unit_price),
     "returns": DirtySpec(
         ("duplicate_row", "duplicate_key", "bad_date", "negative_amount", "orphan", "future_timestamp",
          "unknown_enum"),

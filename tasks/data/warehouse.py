@@ -20,7 +20,9 @@ import pandas as pd
 from schemas.settings import Settings, get_settings
 from schemas.sources import TABLES, TableSpec
 
-LINEAGE_COLUMNS = {"_batch_id": "VARCHAR", "_loaded_at": "TIMESTAMP"}
+LINEAGE_COLUMNS = {"_batch_id": "VARCHAR", "_loaded_at": "TIMESTAMP", "_valid_from": "TIMESTAMP"}
+STAGE_PREFIX = "_stage_"
+HISTORY_SUFFIX = "_history"
 
 
 def duckdb_type(dtype: Any) -> str:
@@ -41,6 +43,67 @@ def source_table_ddl(spec: TableSpec) -> str:
     columns = [f'"{name}" {duckdb_type(col.dtype)}' for name, col in spec.model.to_schema().columns.items()]
     columns += [f"{name} {kind}" for name, kind in LINEAGE_COLUMNS.items()]
     return f'CREATE TABLE IF NOT EXISTS "{spec.name}" ({", ".join(columns)})'
+
+
+def history_table(table: str) -> str:
+    return f"{table}{HISTORY_SUFFIX}"
+
+
+def history_ddl(spec: TableSpec) -> str:
+    """Earlier versions of rows: their values and the moment each became true (``valid_from``).
+
+    The current version of a row is the row in the table itself (``_valid_from``); together they
+    are every version ingestion has seen. A first load writes no history at all.
+    """
+    columns = [f'"{name}" {duckdb_type(col.dtype)}' for name, col in spec.model.to_schema().columns.items()]
+    columns += ["valid_from TIMESTAMP", "_batch_id VARCHAR", "_loaded_at TIMESTAMP"]
+    return f'CREATE TABLE IF NOT EXISTS "{history_table(spec.name)}" ({", ".join(columns)})'
+
+
+def _keys(spec: TableSpec, alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    return ", ".join(f'{prefix}"{k}"' for k in spec.key)
+
+
+def _key_match(spec: TableSpec, left: str, right: str) -> str:
+    return " AND ".join(f'{left}."{k}" = {right}."{k}"' for k in spec.key)
+
+
+def _differs(spec: TableSpec, left: str, right: str) -> str:
+    return " OR ".join(f'{left}."{c}" IS DISTINCT FROM {right}."{c}"' for c in spec.columns if c not in spec.key) \
+        or "FALSE"
+
+
+def version_intervals_sql(table: str) -> str:
+    """Every version of ``table``'s rows with the interval it describes: ``[valid_from, valid_to)``.
+
+    A key's first version reaches back to ``-infinity``: the row existed since its own event time
+    (features mask facts after the cutoff by their own timestamps), only later changes are
+    versions. Join on ``v.valid_from <= c.cutoff AND c.cutoff < v.valid_to`` to read many cutoffs
+    at once.
+    """
+    spec = TABLES[table]
+    cols = ", ".join(f'"{c}"' for c in spec.columns)
+    return f"""SELECT {cols},
+            CASE WHEN row_number() OVER w = 1 THEN '-infinity'::TIMESTAMP ELSE _from END AS valid_from,
+            coalesce(lead(_from) OVER w, 'infinity'::TIMESTAMP) AS valid_to
+        FROM (SELECT {cols}, valid_from AS _from FROM "{history_table(table)}"
+              UNION ALL
+              SELECT {cols}, coalesce(_valid_from, '-infinity'::TIMESTAMP) FROM "{table}")
+        WINDOW w AS (PARTITION BY {_keys(spec)} ORDER BY _from)"""
+
+
+def as_of_sql(table: str, cutoff: str = "$cutoff") -> str:
+    """SQL of ``table`` as it was known at ``cutoff`` (an SQL expression, by default ``$cutoff``).
+
+    Per key: the latest version with ``valid_from <= cutoff``; a key whose first version came
+    later than the cutoff shows that first version. An order edited after the cutoff (carrier,
+    amount, cancelled) reads as it was; ``SELECT * FROM ({as_of_sql('orders')})`` with
+    ``{"cutoff": ts}`` replaces ``SELECT * FROM orders`` in point-in-time feature SQL.
+    """
+    cols = ", ".join(f'"{c}"' for c in TABLES[table].columns)
+    return (f"SELECT {cols} FROM ({version_intervals_sql(table)}) "
+            f"WHERE valid_from <= {cutoff} AND {cutoff} < valid_to")
 
 
 @dataclass
@@ -99,8 +162,30 @@ class Warehouse:
 
     # ---- writing -------------------------------------------------------------------------
     def ensure_source_tables(self) -> None:
+        """Create the source tables and their version tables; bring older warehouses up to date."""
+        existing = {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         for spec in TABLES.values():
             self.con.execute(source_table_ddl(spec))
+            if spec.name in existing and "_valid_from" not in self.columns(spec.name):
+                self._add_valid_from(spec)
+            self.con.execute(history_ddl(spec))
+
+    def _add_valid_from(self, spec: TableSpec) -> None:
+        """``_valid_from`` of rows loaded before it existed: their ``updated_at``, else their batch's clock."""
+        self.con.execute(f'ALTER TABLE "{spec.name}" ADD COLUMN _valid_from TIMESTAMP')
+        batch_clock = ("(SELECT max(l.as_of) FROM ingest_ledger l WHERE l.batch_id = t._batch_id)"
+                       if self.has_table("ingest_ledger") else "NULL")
+        version = f't."{spec.version_column}", ' if spec.version_column else ""
+        self.con.execute(f'UPDATE "{spec.name}" t SET _valid_from = coalesce({version}{batch_clock}, t._loaded_at)')
+
+    def drop_stale_stages(self) -> list[str]:
+        """Staging tables a killed ingestion left behind (they hold no data anyone reads)."""
+        found = self.con.execute(
+            "SELECT table_catalog, table_name FROM information_schema.tables WHERE starts_with(table_name, ?) "
+            "AND table_schema = 'main' AND table_catalog = current_database()", [STAGE_PREFIX]).fetchall()
+        for catalog, name in found:
+            self.con.execute(f'DROP TABLE IF EXISTS "{catalog}".main."{name}"')
+        return [name for _, name in found]
 
     @contextmanager
     def transaction(self) -> Iterator[Warehouse]:
@@ -149,52 +234,58 @@ class Warehouse:
         finally:
             self.con.unregister(view)
 
-    def merge_by_key(self, spec: TableSpec, staged: str, batch_id: str) -> MergeCounts:
-        """Upsert a staged relation (one row per key) into a source table.
+    def merge_by_key(self, spec: TableSpec, staged: str, batch_id: str) -> dict[int, MergeCounts]:
+        """Upsert a staged table (one row per key, with ``_valid_from`` and ``_file_order``).
 
         A staged row replaces the stored one only when its content differs and its version
-        column (if any) is not older, so re-running a batch changes nothing. New keys are
-        appended with an anti-join, so no copy of the staged rows is materialised.
+        (``_valid_from``: ``updated_at``, else the batch clock) is not older, so re-running a
+        batch changes nothing and re-sending an older export never reverts newer rows. Every
+        version is kept: a replaced row moves to ``<table>_history``, and so does a staged row
+        older than the stored one (history that arrives late). Counts per ``_file_order``.
         """
-        data_cols = spec.columns
-        cols = ", ".join(f'"{c}"' for c in data_cols)
-        keys = ", ".join(f'"{k}"' for k in spec.key)
-        key_match = " AND ".join(f's."{k}" = t."{k}"' for k in spec.key)
-        differs = " OR ".join(f's."{c}" IS DISTINCT FROM t."{c}"' for c in data_cols if c not in spec.key)
-        version = spec.version_column
-        not_older = (
-            f'(s."{version}" IS NULL OR t."{version}" IS NULL OR s."{version}" >= t."{version}")'
-            if version
-            else "TRUE"
-        )
+        names = [*spec.columns, "_valid_from"]
+        cols = ", ".join(f'"{c}"' for c in names)
+        key_match = _key_match(spec, "s", "t")
+        history = history_table(spec.name)
+
+        def data(alias: str) -> str:
+            return ", ".join(f'{alias}."{c}"' for c in spec.columns)
+
         con = self.con
-        con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE _merge_changed AS
-            SELECT s.*, {not_older} AS _newer
-            FROM "{staged}" s JOIN "{spec.name}" t ON {key_match}
-            WHERE {differs or 'FALSE'}"""
-        )
-        matched = int(self.scalar(f'SELECT count(*) FROM "{staged}" s SEMI JOIN "{spec.name}" t ON {key_match}'))
-        updated = int(self.scalar("SELECT count(*) FROM _merge_changed WHERE _newer"))
-        stale = int(self.scalar("SELECT count(*) FROM _merge_changed WHERE NOT _newer"))
-        if updated:
-            con.execute(
-                f'DELETE FROM "{spec.name}" WHERE ({keys}) IN (SELECT ({keys}) FROM _merge_changed WHERE _newer)'
-            )
-            con.execute(
-                f'INSERT INTO "{spec.name}" ({cols}, _batch_id, _loaded_at) '
-                f"SELECT {cols}, ?, now()::TIMESTAMP FROM _merge_changed WHERE _newer",
-                [batch_id],
-            )
-        before = self.row_count(spec.name)
-        con.execute(
-            f'INSERT INTO "{spec.name}" ({cols}, _batch_id, _loaded_at) '
-            f'SELECT {cols}, ?, now()::TIMESTAMP FROM "{staged}" s ANTI JOIN "{spec.name}" t ON {key_match}',
-            [batch_id],
-        )
-        inserted = self.row_count(spec.name) - before
-        con.execute("DROP TABLE _merge_changed")
-        return MergeCounts(inserted=inserted, updated=updated, unchanged=matched - updated - stale, stale=stale)
+        con.execute(f"""CREATE OR REPLACE TEMP TABLE _merge_plan AS
+            SELECT s.rowid AS _rid, s._file_order, ({_differs(spec, 's', 't')}) AS _differs,
+                   (s._valid_from IS NULL OR t._valid_from IS NULL OR s._valid_from >= t._valid_from) AS _newer,
+                   coalesce(s._valid_from < t._valid_from, FALSE) AS _older,
+                   coalesce(t._valid_from < s._valid_from, FALSE) AS _supersedes
+            FROM "{staged}" s JOIN "{spec.name}" t ON {key_match}""")
+        # history that arrives late: staged versions older than the stored one, once each
+        con.execute(f"""DELETE FROM "{history}" h USING "{staged}" s, _merge_plan p
+            WHERE p._rid = s.rowid AND p._older AND {_key_match(spec, 's', 'h')} AND h.valid_from = s._valid_from
+              AND ({_differs(spec, 's', 'h')})""")
+        con.execute(f"""INSERT INTO "{history}" SELECT {data('s')}, s._valid_from, ?, now()::TIMESTAMP
+            FROM "{staged}" s JOIN _merge_plan p ON p._rid = s.rowid WHERE p._older
+              AND NOT EXISTS (SELECT 1 FROM "{history}" h WHERE {_key_match(spec, 's', 'h')}
+                              AND h.valid_from = s._valid_from)""", [batch_id])
+        # the stored version a newer one replaces becomes history
+        con.execute(f"""INSERT INTO "{history}" SELECT {data('t')}, t._valid_from, t._batch_id, now()::TIMESTAMP
+            FROM "{spec.name}" t JOIN "{staged}" s ON {key_match} JOIN _merge_plan p ON p._rid = s.rowid
+            WHERE p._differs AND p._newer AND p._supersedes""")
+        con.execute(f"""DELETE FROM "{spec.name}" t USING "{staged}" s, _merge_plan p
+            WHERE p._rid = s.rowid AND p._differs AND p._newer AND {key_match}""")
+        con.execute(f"""INSERT INTO "{spec.name}" ({cols}, _batch_id, _loaded_at)
+            SELECT {', '.join(f's."{c}"' for c in names)}, ?, now()::TIMESTAMP
+            FROM "{staged}" s ANTI JOIN "{spec.name}" t ON {key_match}""", [batch_id])
+        counts: dict[int, MergeCounts] = {}
+        for order, staged_rows in con.execute(f'SELECT _file_order, count(*) FROM "{staged}" GROUP BY 1').fetchall():
+            counts[int(order)] = MergeCounts(inserted=int(staged_rows))
+        for order, updated, stale, unchanged in con.execute(
+                "SELECT _file_order, count_if(_differs AND _newer), count_if(_differs AND NOT _newer), "
+                "count_if(NOT _differs) FROM _merge_plan GROUP BY 1").fetchall():
+            merged = counts[int(order)]
+            merged.updated, merged.stale, merged.unchanged = int(updated), int(stale), int(unchanged)
+            merged.inserted -= merged.updated + merged.stale + merged.unchanged
+        con.execute("DROP TABLE _merge_plan")
+        return counts
 
     def close(self) -> None:
         self.con.close()

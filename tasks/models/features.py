@@ -26,10 +26,11 @@ from __future__ import annotations
 import csv
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +39,25 @@ import pandas as pd
 from schemas.derived import (
     ENTITY_KEY,
     FEATURE_MODELS,
+    MOMENTS,
+    NO_MOMENT,
     TEXT_COMPLAINTS,
     UNKNOWN,
     WINDOWS,
     Entity,
     FeatureWindows,
 )
-from schemas.settings import DEFAULTS_DIR, Settings, get_settings
-from schemas.sources import PAYMENT_TYPES, Events, Returns, Reviews, Tickets
+from schemas.settings import DEFAULTS_DIR, LabelSettings, Settings, get_settings
+from schemas.sources import PAYMENT_TYPES, TABLES, Events, Returns, Reviews, Tickets
 from schemas.text import TEXT_INSIGHTS_TABLE, TextInsights, complaint_column
-from tasks.data.warehouse import Warehouse
+from tasks.data.warehouse import Warehouse, as_of_sql, history_table
 
 CATALOGUE_PATH = DEFAULTS_DIR / "feature_catalogue.csv"
 CATALOGUE_COLUMNS = ["name", "entity", "kind", "description", "sources", "null_without"]
 COMPLAINT_CATEGORIES = ("delivery", "product_defect", "complaint_service")
 US_PER_DAY = 86_400_000_000
 US_PER_HOUR = 3_600_000_000
+DAYS_PER_MONTH = 30.4375
 
 # the timestamp that dates each row of an optional source (what "known by the cutoff" means)
 OPTIONAL_SOURCE_TIME = {
@@ -66,7 +70,7 @@ OPTIONAL_SOURCE_TIME = {
 DERIVED_SOURCE_TIME = {TEXT_INSIGHTS_TABLE: TextInsights.created_at}
 TEXT_INSIGHT_COLUMNS = ("customer_id", "order_id", "created_at", "negative", "complaint")
 # categorical features with a closed vocabulary keep every level even when unseen
-FIXED_LEVELS = {"payment_type": PAYMENT_TYPES}
+FIXED_LEVELS = {"payment_type": PAYMENT_TYPES, "moment": (*MOMENTS, NO_MOMENT)}
 
 
 # ---- registry and catalogue ------------------------------------------------------------------
@@ -82,6 +86,11 @@ class Feature:
 
 def feature_registry(entity: Entity | None = None) -> list[Feature]:
     """Every feature, read from the pandera contracts where each is declared once."""
+    return list(_registry(entity))
+
+
+@lru_cache(maxsize=4)
+def _registry(entity: Entity | None) -> tuple[Feature, ...]:
     entities: list[Entity] = [entity] if entity else list(FEATURE_MODELS)
     out = []
     for ent in entities:
@@ -91,7 +100,7 @@ def feature_registry(entity: Entity | None = None) -> list[Feature]:
                 continue  # key column
             out.append(Feature(name, ent, meta["kind"], col.description or "", tuple(meta["sources"]),
                                tuple(meta["needs"])))
-    return out
+    return tuple(out)
 
 
 def feature_names(entity: Entity) -> list[str]:
@@ -164,25 +173,74 @@ def run_sql(wh: Warehouse, sql: str, params: dict[str, Any]) -> pd.DataFrame:
     return wh.query(sql, values)
 
 
-def orders_as_of_sql() -> str:
-    """Orders placed by ``$cutoff``, with delivery and cancellation as known at ``$cutoff``.
+def table_as_of_sql(wh: Warehouse, table: str) -> str | None:
+    """SQL of ``table`` as it was known at ``$cutoff``, or None when no row of it was ever edited.
+
+    Ingestion keeps superseded versions in ``<table>_history`` (the current one is the row itself,
+    dated by ``_valid_from``); ``as_of_sql`` (tasks/data/warehouse.py) reads per key the latest
+    version with ``valid_from <= $cutoff``, and a key whose first version is later than the cutoff
+    its FIRST version (the row existed since its own event time; the feature code masks the facts
+    that arrive later, such as a delivery). An edit made after the cutoff (a carrier, an amount, a
+    cancellation, a ticket's category, a customer's region) is thus invisible at that cutoff.
+    Without history rows (a warehouse loaded once, or built before versions were kept) the stored
+    row is the only version, and the table is read as stored, at no cost.
+    """
+    if table not in TABLES or not wh.has_rows(history_table(table)):
+        return None
+    return as_of_sql(table)
+
+
+def as_of_sources(wh: Warehouse) -> str:
+    """CTEs that shadow every source table with its view as of ``$cutoff`` (put right after ``WITH``).
+
+    Empty when the warehouse keeps one version per row: then the stored (latest) row is all there is.
+    """
+    parts = [f'"{table}" AS ({sql})' for table in TABLES if (sql := table_as_of_sql(wh, table))]
+    return "".join(f"{part},\n" for part in parts)
+
+
+def orders_as_of_sql(labels: LabelSettings | None = None) -> str:
+    """Orders placed by ``$cutoff``, with shipment, delivery and cancellation as known at ``$cutoff``.
 
     ``overdue``: not delivered, not cancelled, past its promised date. ``late``: delivered after
     the promise or overdue; NULL when that cannot be told (no promise, or still within it).
+    ``dated``: the shop records shipment, delivery or promised dates at all, as far as known at the
+    cutoff (invoice-line exports do not; a promise is known at purchase, so a dated shop is dated
+    from its first day). ``moment``: when the shop can act on the order at this cutoff, i.e. what happened in
+    the ``moment_window_days`` before it (the time between two scoring runs): ``delivered``;
+    ``overdue`` (it became overdue, or is still overdue a multiple of ``overdue_repeat_days`` later,
+    up to ``review_window_days``); ``shipped`` (not delivered yet); ``ordered`` (only in a shop
+    without shipment or delivery dates); else ``none``. The first that applies wins.
     """
-    return """
-    SELECT order_id, customer_id, ordered_at, promised_at, total_amount, discount_amount, shipping_fee,
-           payment_type, region, carrier, delivered_at, cancelled,
-           (delivered_at IS NULL AND NOT cancelled AND promised_at < $cutoff) AS overdue,
-           CASE WHEN delivered_at IS NOT NULL AND promised_at IS NOT NULL THEN delivered_at > promised_at
-                WHEN delivered_at IS NULL AND NOT cancelled AND promised_at < $cutoff THEN TRUE END AS late
+    labels = labels or LabelSettings()
+    window = round(labels.moment_window_days * US_PER_DAY)
+    repeat = int(labels.overdue_repeat_days) * US_PER_DAY
+    overdue_for = "date_diff('microsecond', promised_at, $cutoff)"
+    since = f"($cutoff - to_microseconds({window}))"
+    again = (f" OR ({overdue_for} <= {int(labels.review_window_days) * US_PER_DAY}"
+             f" AND ({overdue_for} - 1) % {repeat} < {window})") if repeat > 0 else ""
+    return f"""
+    SELECT *, CASE
+            WHEN delivered_at > {since} THEN 'delivered'
+            WHEN overdue AND ({overdue_for} <= {window}{again}) THEN 'overdue'
+            WHEN shipped_at > {since} AND delivered_at IS NULL THEN 'shipped'
+            WHEN NOT dated AND ordered_at > {since} THEN 'ordered'
+            ELSE '{NO_MOMENT}' END AS moment
     FROM (
         SELECT order_id, customer_id, ordered_at, promised_at, total_amount, discount_amount, shipping_fee,
-               payment_type, region, carrier,
-               CASE WHEN delivered_at <= $cutoff THEN delivered_at END AS delivered_at,
-               coalesce(status = 'cancelled' AND updated_at <= $cutoff, FALSE) AS cancelled
-        FROM orders WHERE ordered_at <= $cutoff
-    )"""
+               payment_type, region, carrier, shipped_at, delivered_at, cancelled, dated,
+               (delivered_at IS NULL AND NOT cancelled AND promised_at < $cutoff) AS overdue,
+               CASE WHEN delivered_at IS NOT NULL AND promised_at IS NOT NULL THEN delivered_at > promised_at
+                    WHEN delivered_at IS NULL AND NOT cancelled AND promised_at < $cutoff THEN TRUE END AS late
+        FROM (
+            SELECT order_id, customer_id, ordered_at, promised_at, total_amount, discount_amount, shipping_fee,
+                   payment_type, region, carrier,
+                   CASE WHEN shipped_at <= $cutoff THEN shipped_at END AS shipped_at,
+                   CASE WHEN delivered_at <= $cutoff THEN delivered_at END AS delivered_at,
+                   coalesce(status = 'cancelled' AND updated_at <= $cutoff, FALSE) AS cancelled,
+                   EXISTS (SELECT 1 FROM orders d WHERE d.shipped_at <= $cutoff OR d.delivered_at <= $cutoff
+                           OR (d.ordered_at <= $cutoff AND d.promised_at IS NOT NULL)) AS dated
+            FROM orders WHERE ordered_at <= $cutoff))"""
 
 
 def _tickets_as_of_sql() -> str:
@@ -274,11 +332,18 @@ def _subset_view(wh: Warehouse, ids: str | pd.DataFrame | Sequence[str] | None, 
 
 
 # ---- order features --------------------------------------------------------------------------
-def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = False) -> str:
+def _settled(alias: str) -> str:
+    """SQL: the order's return outcome could have begun by the cutoff (delivered; in a shop without
+    delivery dates, placed), so it counts in return histories."""
+    return f"({alias}.delivered_at IS NOT NULL OR NOT {alias}.dated)"
+
+
+def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = False,
+                        labels: LabelSettings | None = None, sources: str = "") -> str:
     pre = ago(w.pre_purchase_days, "t.ordered_at")
     subset_filter = f"WHERE order_id IN (SELECT order_id FROM {subset})" if subset else ""
     return f"""
-    WITH ord AS ({orders_as_of_sql()}),
+    WITH {sources}ord AS ({orders_as_of_sql(labels)}),
     tgt AS (SELECT * FROM ord {subset_filter}),
     items AS (
         SELECT i.order_id, i.product_id, i.quantity, i.unit_price, i.discount_amount, i.size,
@@ -289,23 +354,25 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
     ret_order AS (SELECT DISTINCT order_id FROM ret),
     ret_whole AS (SELECT DISTINCT order_id FROM ret WHERE product_id IS NULL),
     ret_line AS (SELECT DISTINCT order_id, product_id FROM ret WHERE product_id IS NOT NULL),
-    hist AS (  -- lines of orders delivered by the cutoff, flagged if returned by then
+    hist AS (  -- lines of settled orders, flagged if returned (or the order cancelled) by the cutoff
         SELECT it.product_id, it.category,
-               (rw.order_id IS NOT NULL OR rl.order_id IS NOT NULL)::INTEGER AS returned
-        FROM items it JOIN ord o ON o.order_id = it.order_id AND o.delivered_at IS NOT NULL
+               (o.cancelled OR rw.order_id IS NOT NULL OR rl.order_id IS NOT NULL)::INTEGER AS returned
+        FROM items it JOIN ord o ON o.order_id = it.order_id AND {_settled("o")}
         LEFT JOIN ret_whole rw ON rw.order_id = it.order_id
         LEFT JOIN ret_line rl ON rl.order_id = it.order_id AND rl.product_id = it.product_id),
     shop AS (SELECT avg(returned) AS rate FROM hist),
     cat AS (SELECT h.category, (sum(h.returned) + $m * any_value(s.rate)) / (count(*) + $m) AS rate
             FROM hist h CROSS JOIN shop s GROUP BY h.category),
     prod AS (SELECT product_id, sum(returned) AS n_ret, count(*) AS n FROM hist GROUP BY product_id),
+    bulk AS (SELECT quantile_cont(quantity, {float(w.bulk_quantile)}) AS q FROM items),
     lines AS (
         SELECT it.*, coalesce(c.rate, s.rate) AS cat_rate,
-               (coalesce(p.n_ret, 0) + $m * coalesce(c.rate, s.rate)) / (coalesce(p.n, 0) + $m) AS prod_rate
+               (coalesce(p.n_ret, 0) + $m * coalesce(c.rate, s.rate)) / (coalesce(p.n, 0) + $m) AS prod_rate,
+               coalesce(p.n_ret, 0) AS prod_n_ret, coalesce(p.n, 0) AS prod_n, (it.quantity > b.q) AS bulk
         FROM items it JOIN tgt t ON t.order_id = it.order_id
         LEFT JOIN prod p ON p.product_id = it.product_id
         LEFT JOIN cat c ON c.category = it.category
-        CROSS JOIN shop s),
+        CROSS JOIN shop s CROSS JOIN bulk b),
     item_agg AS (
         SELECT order_id, sum(quantity) AS n_items, count(*) AS n_lines,
                sum(quantity * unit_price) / nullif(sum(quantity), 0) AS mean_unit_price,
@@ -313,8 +380,12 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
                sum(CASE WHEN size_sensitive THEN quantity ELSE 0 END) / nullif(sum(quantity), 0)
                    AS size_sensitive_share,
                max(prod_rate) AS max_product_return_rate, avg(prod_rate) AS mean_product_return_rate,
-               max(cat_rate) AS max_category_return_rate, avg(cat_rate) AS mean_category_return_rate
+               max(cat_rate) AS max_category_return_rate, avg(cat_rate) AS mean_category_return_rate,
+               max(quantity) AS max_line_quantity, avg(bulk::INTEGER) AS bulk_line_share
         FROM lines GROUP BY order_id),
+    prod_agg AS (  -- each of the order's products once
+        SELECT order_id, sum(prod_n_ret) AS n_ret, sum(prod_n) AS n
+        FROM (SELECT DISTINCT order_id, product_id, prod_n_ret, prod_n FROM lines) GROUP BY order_id),
     main_cat AS (
         SELECT order_id, first(category ORDER BY v DESC, category) AS main_category
         FROM (SELECT order_id, category, sum(quantity * unit_price) AS v FROM lines GROUP BY ALL)
@@ -366,20 +437,46 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
     rv_order AS (SELECT order_id, min(score) AS min_score FROM rv GROUP BY order_id),
     rv_cust AS (SELECT customer_id, count(*) AS n, sum((score <= $bad)::INTEGER) AS n_bad
                 FROM rv GROUP BY customer_id),
-    hist_ord AS (
-        SELECT o.order_id, o.customer_id, o.delivered_at IS NOT NULL AS delivered,
-               (o.delivered_at IS NOT NULL AND ro.order_id IS NOT NULL) AS returned,
+    hist_ord AS (  -- every order: settled, returned (or cancelled) by the cutoff, its rank for the customer
+        SELECT o.order_id, o.customer_id, {_settled("o")} AS settled,
+               ({_settled("o")} AND (ro.order_id IS NOT NULL OR o.cancelled)) AS returned,
                row_number() OVER (PARTITION BY o.customer_id ORDER BY o.ordered_at, o.order_id) - 1 AS prior
         FROM ord o LEFT JOIN ret_order ro ON ro.order_id = o.order_id),
+    shop_orders AS (SELECT avg(returned::INTEGER) FILTER (WHERE settled) AS rate FROM hist_ord),
     cust_hist AS (
-        SELECT customer_id, sum(delivered::INTEGER) AS n_deliv, sum(returned::INTEGER) AS n_ret
+        SELECT customer_id, sum(settled::INTEGER) AS n_deliv, sum(returned::INTEGER) AS n_ret
         FROM hist_ord GROUP BY customer_id),
     cust_first AS (SELECT customer_id, min(ordered_at) AS first_at FROM ord GROUP BY customer_id),
+    data_start AS (  -- where the shop's known history begins (orders, or sign-ups before them)
+        SELECT least(min(ordered_at), (SELECT min(signup_at) FROM customers WHERE signup_at <= $cutoff)) AS at
+        FROM ord),
+    cust_orders AS (  -- the target customers' orders by the cutoff, with their units
+        SELECT o.order_id, o.customer_id, o.total_amount, u.n_items
+        FROM ord o
+        LEFT JOIN (SELECT i.order_id, sum(i.quantity) AS n_items FROM order_items i
+                   WHERE i.order_id IN (SELECT o2.order_id FROM ord o2
+                                        WHERE o2.customer_id IN (SELECT customer_id FROM tgt))
+                   GROUP BY i.order_id) u ON u.order_id = o.order_id
+        WHERE o.customer_id IN (SELECT customer_id FROM tgt)),
+    basket AS (  -- the customer's other orders by the cutoff
+        SELECT t.order_id, median(co.total_amount) AS med_value, median(co.n_items) AS med_items
+        FROM tgt t JOIN cust_orders co ON co.customer_id = t.customer_id AND co.order_id <> t.order_id
+        GROUP BY t.order_id),
     tx AS ({_texts_as_of_sql(texts)}),
     tx_order AS (SELECT order_id, count(*) FILTER (WHERE negative) AS n_neg FROM tx
                  WHERE order_id IN (SELECT order_id FROM tgt) GROUP BY order_id),
-    tx_cust AS ({_text_counts_sql("customer_id", "tgt")})
+    tx_cust AS ({_text_counts_sql("customer_id", "tgt")}),
+    tgt_x AS (
+        SELECT t.*, least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, cf.first_at) AS start_at,
+               least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, cf.first_at)
+                   < ds.at + INTERVAL {int(w.tenure_censor_days)} DAY AS censored,
+               cu.region AS customer_region
+        FROM tgt t
+        LEFT JOIN customers cu ON cu.customer_id = t.customer_id
+        LEFT JOIN cust_first cf ON cf.customer_id = t.customer_id
+        CROSS JOIN data_start ds)
     SELECT t.order_id, t.customer_id,
+        t.moment,
         t.total_amount AS order_value,
         coalesce(least(1.0, coalesce(t.discount_amount, ia.line_discount, 0)
                  / nullif(t.total_amount + coalesce(t.discount_amount, ia.line_discount, 0), 0)), 0)
@@ -387,13 +484,18 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
         t.shipping_fee,
         coalesce(ia.n_items, 0) AS n_items, coalesce(ia.n_lines, 0) AS n_lines,
         ia.mean_unit_price, ia.max_unit_price,
+        ia.max_line_quantity, ia.n_items / nullif(ia.n_lines, 0) AS units_per_line, ia.bulk_line_share,
+        t.total_amount / nullif(bk.med_value, 0) AS value_vs_customer_median,
+        coalesce(ia.n_items, 0) / nullif(bk.med_items, 0) AS items_vs_customer_median,
         coalesce(b.size_bracketing, 0) AS size_bracketing,
         ia.size_sensitive_share,
         ia.max_product_return_rate, ia.mean_product_return_rate,
         ia.max_category_return_rate, ia.mean_category_return_rate,
-        mc.main_category, t.payment_type, coalesce(t.region, cu.region) AS region, t.carrier,
+        pa.n_ret AS product_past_returns, pa.n AS product_past_sales,
+        mc.main_category, t.payment_type, coalesce(t.region, t.customer_region) AS region, t.carrier,
         {days_between("t.ordered_at", "$cutoff")} AS days_since_order,
         {days_between("t.ordered_at", "t.promised_at")} AS promised_days,
+        {days_between("t.ordered_at", "t.shipped_at")} AS handling_days,
         (t.delivered_at IS NOT NULL)::INTEGER AS is_delivered,
         {days_between("t.delivered_at", "$cutoff")} AS days_since_delivery,
         CASE WHEN t.cancelled OR t.promised_at IS NULL THEN NULL
@@ -412,22 +514,26 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
         h.prior AS customer_prior_orders,
         coalesce(chs.n_ret, 0) - h.returned::INTEGER AS customer_past_returns,
         (coalesce(chs.n_ret, 0) - h.returned::INTEGER)
-            / nullif(coalesce(chs.n_deliv, 0) - h.delivered::INTEGER, 0) AS customer_return_rate,
+            / nullif(coalesce(chs.n_deliv, 0) - h.settled::INTEGER, 0) AS customer_return_rate,
+        (coalesce(chs.n_ret, 0) - h.returned::INTEGER + $mc * so.rate)
+            / (coalesce(chs.n_deliv, 0) - h.settled::INTEGER + $mc) AS customer_return_rate_smoothed,
         coalesce(tkc.n, 0) AS customer_tickets, coalesce(tkc.n_complaint, 0) AS customer_complaints,
         coalesce(tkc.n_escalated, 0) AS customer_escalated_tickets,
         coalesce(tkc.n_open, 0) AS customer_unresolved_tickets,
         coalesce(rvc.n, 0) AS customer_reviews, coalesce(rvc.n_bad, 0) AS customer_bad_reviews,
         coalesce(txo.n_neg, 0) AS order_negative_text_count,
         {_text_features_sql("txc", "customer_")},
-        {days_between("least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, cf.first_at)", "$cutoff")}
-            AS customer_tenure_days
-    FROM tgt t
+        CASE WHEN NOT t.censored THEN {days_between("t.start_at", "$cutoff")} END AS customer_tenure_days,
+        t.censored::INTEGER AS customer_tenure_censored
+    FROM tgt_x t
     LEFT JOIN item_agg ia ON ia.order_id = t.order_id
+    LEFT JOIN prod_agg pa ON pa.order_id = t.order_id
+    LEFT JOIN basket bk ON bk.order_id = t.order_id
     LEFT JOIN main_cat mc ON mc.order_id = t.order_id
     LEFT JOIN bracket b ON b.order_id = t.order_id
-    LEFT JOIN customers cu ON cu.customer_id = t.customer_id
     LEFT JOIN carrier_hist ch ON ch.carrier = t.carrier
     CROSS JOIN shop_late sl
+    CROSS JOIN shop_orders so
     LEFT JOIN ev_ord e ON e.order_id = t.order_id
     LEFT JOIN unviewed u ON u.order_id = t.order_id
     LEFT JOIN tk_order tko ON tko.order_id = t.order_id
@@ -436,7 +542,6 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
     LEFT JOIN rv_cust rvc ON rvc.customer_id = t.customer_id
     LEFT JOIN hist_ord h ON h.order_id = t.order_id
     LEFT JOIN cust_hist chs ON chs.customer_id = t.customer_id
-    LEFT JOIN cust_first cf ON cf.customer_id = t.customer_id
     LEFT JOIN tx_order txo ON txo.order_id = t.order_id
     LEFT JOIN tx_cust txc ON txc.customer_id = t.customer_id"""
 
@@ -447,24 +552,30 @@ def order_features(
     orders: str | pd.DataFrame | Sequence[str] | None = None,
     settings: Settings | None = None,
     windows: FeatureWindows = WINDOWS,
+    validate: bool = True,
 ) -> pd.DataFrame:
     """One row per order placed by ``cutoff`` (or per requested order among those), as of ``cutoff``.
 
     ``orders`` narrows the rows (not the history): a SQL query returning ``order_id``, a frame with
     an ``order_id`` column, or a list of ids. Columns: ``OrderFeatures`` (keys, then features).
+    ``validate=False`` skips the pandera check of this one frame, for a caller that validates the
+    concatenation of many cutoffs once (a training set).
     """
     settings = settings or get_settings()
     cutoff = as_timestamp(cutoff)
     with _subset_view(wh, orders, ENTITY_KEY["order"]) as subset:
-        sql = numeric_as_double(_order_features_sql(subset, windows, has_text_insights(wh)),
-                                _text_columns("order"))
+        sql = numeric_as_double(
+            _order_features_sql(subset, windows, has_text_insights(wh), settings.labels, as_of_sources(wh)),
+            _text_columns("order"))
         raw = run_sql(wh, sql, {"cutoff": cutoff, "m": windows.smoothing_strength,
+                                "mc": windows.customer_smoothing_strength,
                                 "bad": settings.labels.negative_review_max_score})
-    return finish_features(raw, "order", available_sources(wh, cutoff))
+    return finish_features(raw, "order", available_sources(wh, cutoff), validate)
 
 
 # ---- customer features -----------------------------------------------------------------------
-def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = False) -> str:
+def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = False,
+                           labels: LabelSettings | None = None, sources: str = "") -> str:
     freq = ",\n".join(
         f"count(*) FILTER (WHERE ordered_at > {ago(d)}) AS orders_{d}d" for d in w.frequency_days
     )
@@ -473,33 +584,45 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = 
         for d in w.monetary_days
     )
     recent, act = w.recent_days, w.activity_days
+    earlier = f"ordered_at > {ago(2 * recent)} AND ordered_at <= {ago(recent)}"
     subset_filter = f"WHERE c.customer_id IN (SELECT customer_id FROM {subset})" if subset else ""
     return f"""
-    WITH ord AS ({orders_as_of_sql()}),
+    WITH {sources}ord AS ({orders_as_of_sql(labels)}),
     ret_order AS (SELECT DISTINCT order_id FROM returns WHERE requested_at <= $cutoff),
     ordx AS (
         SELECT o.*,
             coalesce(least(1.0, coalesce(o.discount_amount, 0)
                      / nullif(o.total_amount + coalesce(o.discount_amount, 0), 0)), 0) AS discount_share,
-            (o.delivered_at IS NOT NULL AND r.order_id IS NOT NULL) AS returned,
+            {_settled("o")} AS settled,
+            ({_settled("o")} AND (r.order_id IS NOT NULL OR o.cancelled)) AS returned,
             CASE WHEN o.late THEN coalesce(o.delivered_at, o.promised_at) END AS late_at,
             lag(o.ordered_at) OVER (PARTITION BY o.customer_id ORDER BY o.ordered_at, o.order_id) AS prev_at
         FROM ord o LEFT JOIN ret_order r ON r.order_id = o.order_id),
     c AS (
         SELECT customer_id, max(ordered_at) AS last_at, min(ordered_at) AS first_at, count(*) AS orders_total,
             {freq},
-            count(*) FILTER (WHERE ordered_at > {ago(2 * recent)} AND ordered_at <= {ago(recent)}) AS orders_prev,
+            count(*) FILTER (WHERE {earlier}) AS orders_prev,
             {value},
+            coalesce(sum(total_amount) FILTER (WHERE {earlier}), 0) AS value_prev,
+            coalesce(sum(total_amount), 0) AS value_total,
             avg(total_amount) AS avg_order_value,
+            stddev_samp(total_amount) / nullif(avg(total_amount), 0) AS order_value_cv,
             avg({days_between("prev_at", "ordered_at")}) AS mean_days_between_orders,
+            median({days_between("prev_at", "ordered_at")}) AS median_days_between_orders,
             avg(discount_share) AS avg_discount_share,
             coalesce(sum(late::INTEGER), 0) AS late_deliveries,
             sum(late::INTEGER) / nullif(count(late), 0) AS late_delivery_rate,
-            sum((delivered_at IS NOT NULL)::INTEGER) AS n_deliv, sum(returned::INTEGER) AS n_ret,
+            sum(settled::INTEGER) AS n_deliv, sum(returned::INTEGER) AS n_ret,
             max(late_at) AS last_late_at,
             first(region ORDER BY ordered_at DESC, order_id DESC) AS last_region,
             first(payment_type ORDER BY ordered_at DESC, order_id DESC) AS last_payment_type
         FROM ordx GROUP BY customer_id),
+    data_start AS (  -- where the shop's known history begins (orders, or sign-ups before them)
+        SELECT least(min(ordered_at), (SELECT min(signup_at) FROM customers WHERE signup_at <= $cutoff)) AS at
+        FROM ord),
+    prods AS (
+        SELECT o.customer_id, count(DISTINCT i.product_id) AS n
+        FROM order_items i JOIN ord o ON o.order_id = i.order_id GROUP BY o.customer_id),
     tk AS ({_tickets_as_of_sql()}),
     tk_cust AS (
         SELECT customer_id, count(*) AS n, count(*) FILTER (WHERE opened_at > {ago(recent)}) AS n_recent,
@@ -525,16 +648,30 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = 
             HAVING bool_or(event_type = 'add_to_cart') AND NOT bool_or(event_type = 'checkout'))
         GROUP BY customer_id),
     tx AS ({_texts_as_of_sql(texts)}),
-    tx_cust AS ({_text_counts_sql("customer_id")})
+    tx_cust AS ({_text_counts_sql("customer_id")}),
+    cx AS (
+        SELECT c.*, least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, c.first_at) AS start_at,
+               least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, c.first_at)
+                   < ds.at + INTERVAL {int(w.tenure_censor_days)} DAY AS censored,
+               cu.region AS customer_region
+        FROM c LEFT JOIN customers cu ON cu.customer_id = c.customer_id CROSS JOIN data_start ds)
     SELECT c.customer_id,
         {days_between("c.last_at", "$cutoff")} AS recency_days,
         c.orders_total, {", ".join(f"c.orders_{d}d" for d in w.frequency_days)},
-        c.orders_{recent}d - c.orders_prev AS order_trend_90d,
+        c.orders_{recent}d - c.orders_prev AS order_trend_{recent}d,
         {", ".join(f"c.value_{d}d" for d in w.monetary_days)},
-        c.avg_order_value, c.mean_days_between_orders, c.avg_discount_share,
+        c.value_{recent}d - c.value_prev AS value_trend_{recent}d,
+        c.avg_order_value, c.order_value_cv,
+        c.value_total / greatest(1.0, {days_between("c.first_at", "$cutoff")} / {DAYS_PER_MONTH})
+            AS value_per_active_month,
+        coalesce(pr.n, 0) AS distinct_products,
+        c.mean_days_between_orders, c.median_days_between_orders,
+        {days_between("c.last_at", "$cutoff")} / nullif(c.mean_days_between_orders, 0) AS gap_ratio,
+        {days_between("c.last_at", "$cutoff")} / nullif(c.median_days_between_orders, 0) AS median_gap_ratio,
+        c.avg_discount_share,
         c.late_deliveries, c.late_delivery_rate,
         c.n_ret AS returns_total, c.n_ret / nullif(c.n_deliv, 0) AS return_rate,
-        coalesce(k.n, 0) AS tickets_total, coalesce(k.n_recent, 0) AS tickets_90d,
+        coalesce(k.n, 0) AS tickets_total, coalesce(k.n_recent, 0) AS tickets_{recent}d,
         coalesce(k.n_complaint, 0) AS complaints_total, coalesce(k.n_open, 0) AS unresolved_tickets,
         coalesce(k.n_escalated, 0) AS escalated_tickets, k.satisfaction AS mean_satisfaction,
         k.response_hours AS mean_first_response_hours,
@@ -542,14 +679,14 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = 
         {days_between("greatest(c.last_late_at, rv.last_bad_at, k.last_escalated_at)", "$cutoff")}
             AS days_since_bad_experience,
         {_text_features_sql("txc", "")},
-        coalesce(e.sessions, 0) AS sessions_30d, coalesce(e.n, 0) AS events_30d,
-        coalesce(e.cart_adds, 0) AS cart_adds_30d, coalesce(a.n, 0) AS abandoned_carts_30d,
-        {days_between("least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, c.first_at)", "$cutoff")}
-            AS tenure_days,
+        coalesce(e.sessions, 0) AS sessions_{act}d, coalesce(e.n, 0) AS events_{act}d,
+        coalesce(e.cart_adds, 0) AS cart_adds_{act}d, coalesce(a.n, 0) AS abandoned_carts_{act}d,
+        CASE WHEN NOT c.censored THEN {days_between("c.start_at", "$cutoff")} END AS tenure_days,
+        c.censored::INTEGER AS tenure_censored,
         (c.orders_total = 1)::INTEGER AS is_one_time_buyer,
-        coalesce(c.last_region, cu.region) AS region, c.last_payment_type AS payment_type
-    FROM c
-    LEFT JOIN customers cu ON cu.customer_id = c.customer_id
+        coalesce(c.last_region, c.customer_region) AS region, c.last_payment_type AS payment_type
+    FROM cx c
+    LEFT JOIN prods pr ON pr.customer_id = c.customer_id
     LEFT JOIN tk_cust k ON k.customer_id = c.customer_id
     LEFT JOIN rv ON rv.customer_id = c.customer_id
     LEFT JOIN ev_cust e ON e.customer_id = c.customer_id
@@ -564,18 +701,19 @@ def customer_features(
     customers: str | pd.DataFrame | Sequence[str] | None = None,
     settings: Settings | None = None,
     windows: FeatureWindows = WINDOWS,
+    validate: bool = True,
 ) -> pd.DataFrame:
     """One row per customer with an order placed by ``cutoff`` (optionally only ``customers``).
 
-    Columns: ``CustomerFeatures`` (``customer_id``, then features).
+    Columns: ``CustomerFeatures`` (``customer_id``, then features). ``validate`` as in ``order_features``.
     """
     settings = settings or get_settings()
     cutoff = as_timestamp(cutoff)
     with _subset_view(wh, customers, ENTITY_KEY["customer"]) as subset:
-        sql = _customer_features_sql(subset, windows, has_text_insights(wh))
+        sql = _customer_features_sql(subset, windows, has_text_insights(wh), settings.labels, as_of_sources(wh))
         raw = run_sql(wh, numeric_as_double(sql, _text_columns("customer")),
                       {"cutoff": cutoff, "bad": settings.labels.negative_review_max_score})
-    return finish_features(raw, "customer", available_sources(wh, cutoff))
+    return finish_features(raw, "customer", available_sources(wh, cutoff), validate)
 
 
 def _text_columns(entity: Entity) -> list[str]:
@@ -592,7 +730,8 @@ def categorize(values: pd.Series, fixed: Sequence[str] = ()) -> pd.Series:
     return pd.Series(pd.Categorical(text.astype(str), categories=levels), index=values.index, name=values.name)
 
 
-def finish_features(raw: pd.DataFrame, entity: Entity, available: dict[str, bool]) -> pd.DataFrame:
+def finish_features(raw: pd.DataFrame, entity: Entity, available: dict[str, bool],
+                    validate: bool = True) -> pd.DataFrame:
     """Null features of absent optional sources, set categories and dtypes, validate the contract."""
     df = raw.copy()
     for feature in feature_registry(entity):
@@ -605,5 +744,36 @@ def finish_features(raw: pd.DataFrame, entity: Entity, available: dict[str, bool
     model = FEATURE_MODELS[entity]
     columns = list(model.to_schema().columns)
     df = df[columns].reset_index(drop=True)
-    return model.validate(df, lazy=True)
+    return model.validate(df, lazy=True) if validate else df
 
+
+# ---- categories the model never saw ------------------------------------------------------------
+def unseen_levels(frame: pd.DataFrame, trained_levels: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Per categorical column of ``trained_levels``: rows whose value the model never saw in training."""
+    out = {}
+    for column, levels in trained_levels.items():
+        if column in frame.columns:
+            values = frame[column].astype("string").fillna(UNKNOWN)
+            out[column] = int((~values.isin(list(levels))).sum())
+    return out
+
+
+def map_unseen_levels(frame: pd.DataFrame, trained_levels: Mapping[str, Sequence[str]]) -> pd.DataFrame:
+    """Values the model never saw in training become the ``unknown`` level (nulls too).
+
+    Why: XGBoost sends a level it has no split for down the *missing* branch, which is learned from
+    rows that had nothing in common with a new carrier or region (a reproduction scored an unseen
+    level 0.72 where ``unknown`` scored 0.09). ``unknown`` is where the model learned "we do not know
+    this value". The result keeps the trained levels (plus ``unknown``) as its categories; columns
+    not in ``trained_levels`` pass through unchanged. Count what was mapped with ``unseen_levels``.
+    """
+    out = frame.copy()
+    for column, levels in trained_levels.items():
+        if column not in out.columns:
+            continue
+        known = [str(level) for level in levels]
+        values = out[column].astype("string").fillna(UNKNOWN)
+        mapped = values.where(values.isin(known), UNKNOWN)
+        categories = known if UNKNOWN in known else [*known, UNKNOWN]
+        out[column] = pd.Categorical(mapped.astype(object), categories=categories)
+    return out

@@ -2,21 +2,30 @@
 
 Features never look past the cutoff; labels look only past it, by design. Populations use only
 what was known at the cutoff (they are computed the same way on the scoring date), so a model is
-trained on exactly the kind of rows it will score:
+trained on exactly the kind of rows it will score.
 
-- ``return``: orders delivered in the ``return_population_days`` before the cutoff, not cancelled,
-  with no return requested yet. Label 1 when a return is requested after the cutoff and within
-  ``return_window_days`` of delivery.
-- ``negative_review``: orders without a review yet, not cancelled, and either delivered in the
-  ``review_population_days`` before the cutoff or still undelivered past their promised date (by
-  at most ``review_window_days``). Label 1 when a review with score <= ``negative_review_max_score``
-  is written after the cutoff that counts for the order: within ``review_window_days`` after
-  delivery, or before delivery but after the promised date (a late order).
+Order models score an order at the *moments* the shop can act on it (``orders_as_of_sql``): when
+it was shipped, delivered or became overdue in the ``moment_window_days`` before the cutoff (the
+time between two daily runs; overdue again every ``overdue_repeat_days``), or, in a shop without
+shipment or delivery dates (invoice lines), when it was placed. A training row is (order, cutoff)
+with the moment as a feature, so with daily cutoffs an order gives one row per moment (1-3), not
+one per cutoff. Not cancelled, and not already returned / reviewed by the cutoff:
+
+- ``return`` (moments ``return_moments``): label 1 when a return is requested, or the order is
+  cancelled, after the cutoff and within ``return_window_days`` of its delivery (of the order
+  itself at the ``ordered`` moment: "cancellation within 30 days of an invoice"; of the cutoff at a
+  moment before delivery).
+- ``negative_review`` (moments ``review_moments``; overdue rows are the late-delivery watch): label
+  1 when a review with score <= ``negative_review_max_score`` is written after the cutoff and within
+  ``review_window_days`` of it, before delivery too (a late order's complaint, or a marketplace
+  that asks for the review as the parcel arrives).
 - ``churn``: customers with an order in the ``churn_activity_days`` before the cutoff. Label 1 when
   they place no order in the ``churn_horizon_days`` after it.
 
 Every label is decided within ``label_horizon_days(model)`` after the cutoff, so a cutoff's labels
-are *matured* once the data reaches cutoff + horizon (``label_matured``).
+are *matured* once the data reaches cutoff + horizon (``label_matured``). Dates: features and
+populations read ``<= cutoff``, labels ``> cutoff``; a date-only export stores each date at the end
+of its day, so an order on the cutoff's own day is in no feature and still in the label.
 """
 
 from __future__ import annotations
@@ -29,7 +38,7 @@ from schemas.derived import ENTITY_KEY, LABEL, MODEL_ENTITY, ModelName
 from schemas.settings import LabelSettings, Settings, get_settings
 from schemas.sources import Orders, Returns, Reviews
 from tasks.data.warehouse import Warehouse
-from tasks.models.features import ago, as_timestamp, orders_as_of_sql, run_sql
+from tasks.models.features import ago, as_of_sources, as_timestamp, orders_as_of_sql, run_sql
 
 MODELS: tuple[ModelName, ...] = ("return", "negative_review", "churn")
 
@@ -47,11 +56,20 @@ def _check_model(model: str) -> None:
 
 
 def check_label_settings(labels: LabelSettings) -> None:
-    """Populations must sit inside their label windows, or rows would be scored after the fact."""
-    if labels.return_population_days >= labels.return_window_days:
-        raise ValueError("return_population_days must be shorter than return_window_days")
-    if labels.review_population_days >= labels.review_window_days:
-        raise ValueError("review_population_days must be shorter than review_window_days")
+    """Moments must fit inside the label windows, or rows would be scored after the fact."""
+    shortest = min(labels.return_window_days, labels.review_window_days)
+    if not 0 < labels.moment_window_days < shortest:
+        raise ValueError(f"moment_window_days must be positive and shorter than the label windows ({shortest} days)")
+    if labels.overdue_repeat_days < 0:
+        raise ValueError("overdue_repeat_days must be 0 (no repeat) or positive")
+    if not labels.return_moments or not labels.review_moments:
+        raise ValueError("return_moments and review_moments need at least one moment each")
+
+
+def model_moments(model: ModelName, labels: LabelSettings) -> list[str]:
+    """The moments an order model scores at (empty for churn)."""
+    _check_model(model)
+    return {"return": list(labels.return_moments), "negative_review": list(labels.review_moments)}.get(model, [])
 
 
 def label_horizon_days(model: ModelName, labels: LabelSettings) -> int:
@@ -96,26 +114,27 @@ def latest_matured_cutoff(wh: Warehouse, model: ModelName, settings: Settings | 
     return (end - pd.Timedelta(days=label_horizon_days(model, settings.labels))).floor("D")
 
 
-# ---- populations -----------------------------------------------------------------------------
-def population_sql(model: ModelName, labels: LabelSettings) -> str:
-    """SQL of the entities scored at ``$cutoff`` (keys plus what the label needs)."""
+# ---- populations ----------------------------------------------------------------------------
+def population_sql(model: ModelName, labels: LabelSettings, sources: str = "") -> str:
+    """SQL of the entities scored at ``$cutoff``: keys plus what the label needs.
+
+    ``sources`` (``as_of_sources``) shadows the source tables with their versions as of the cutoff;
+    it is scoped to this statement, so a label query around it still reads the latest rows.
+    """
     _check_model(model)
-    if model == "return":
+    if model == "churn":
         return f"""
-        SELECT o.order_id, o.customer_id, o.delivered_at FROM ({orders_as_of_sql()}) o
-        WHERE o.delivered_at > {ago(labels.return_population_days)} AND NOT o.cancelled
-          AND NOT EXISTS (SELECT 1 FROM returns r WHERE r.order_id = o.order_id AND r.requested_at <= $cutoff)"""
-    if model == "negative_review":
-        return f"""
-        SELECT o.order_id, o.customer_id, o.delivered_at FROM ({orders_as_of_sql()}) o
-        WHERE NOT o.cancelled
-          AND (o.delivered_at > {ago(labels.review_population_days)}
-               OR (o.overdue AND o.promised_at >= {ago(labels.review_window_days)}))
-          AND NOT EXISTS (SELECT 1 FROM reviews r WHERE r.order_id = o.order_id AND r.created_at <= $cutoff)"""
+        WITH {sources}act AS (SELECT customer_id FROM orders
+                     WHERE ordered_at <= $cutoff AND ordered_at > {ago(labels.churn_activity_days)})
+        SELECT customer_id FROM act GROUP BY customer_id"""
+    done = ("SELECT 1 FROM returns r WHERE r.order_id = o.order_id AND r.requested_at <= $cutoff"
+            if model == "return" else
+            "SELECT 1 FROM reviews r WHERE r.order_id = o.order_id AND r.created_at <= $cutoff")
+    moments = ", ".join(f"'{m}'" for m in model_moments(model, labels))
     return f"""
-        SELECT customer_id FROM orders
-        WHERE ordered_at <= $cutoff AND ordered_at > {ago(labels.churn_activity_days)}
-        GROUP BY customer_id"""
+        WITH {sources}ord AS ({orders_as_of_sql(labels)})
+        SELECT o.order_id, o.customer_id, o.ordered_at, o.delivered_at, o.moment FROM ord o
+        WHERE o.moment IN ({moments}) AND NOT o.cancelled AND NOT EXISTS ({done})"""
 
 
 def key_columns(model: ModelName) -> list[str]:
@@ -129,26 +148,27 @@ def population(wh: Warehouse, model: ModelName, cutoff: Any, settings: Settings 
     settings = settings or get_settings()
     check_label_settings(settings.labels)
     keys = key_columns(model)
-    sql = f"SELECT {', '.join(keys)} FROM ({population_sql(model, settings.labels)}) ORDER BY {keys[0]}"
+    sql = (f"SELECT {', '.join(keys)} FROM ({population_sql(model, settings.labels, as_of_sources(wh))}) "
+           f"ORDER BY {keys[0]}")
     return run_sql(wh, sql, {"cutoff": as_timestamp(cutoff)})
 
 
 # ---- labels ----------------------------------------------------------------------------------
-def _label_sql(model: ModelName, labels: LabelSettings) -> str:
-    """SQL of 0/1 for each population row; the only place that reads past ``$cutoff``."""
-    pop = population_sql(model, labels)
+def _label_sql(model: ModelName, labels: LabelSettings, sources: str = "") -> str:
+    """SQL of 0/1 for each population row; the only place that reads past ``$cutoff`` (latest rows)."""
+    pop = population_sql(model, labels, sources)
     if model == "return":
+        # the return window runs from delivery; from the order itself at the 'ordered' moment; from the
+        # cutoff at a moment before delivery (so every label closes within return_window_days)
+        until = (f"coalesce(p.delivered_at, CASE WHEN p.moment = 'ordered' THEN p.ordered_at END, $cutoff) "
+                 f"+ INTERVAL {int(labels.return_window_days)} DAY")
         outcome = f"""EXISTS (SELECT 1 FROM returns r WHERE r.order_id = p.order_id
-              AND r.requested_at > $cutoff
-              AND r.requested_at <= p.delivered_at + INTERVAL {int(labels.return_window_days)} DAY)"""
+              AND r.requested_at > $cutoff AND r.requested_at <= {until})
+            OR EXISTS (SELECT 1 FROM orders o WHERE o.order_id = p.order_id AND o.status = 'cancelled'
+              AND o.updated_at > $cutoff AND o.updated_at <= {until})"""
     elif model == "negative_review":
-        window = f"INTERVAL {int(labels.review_window_days)} DAY"
-        outcome = f"""EXISTS (SELECT 1 FROM reviews r JOIN orders o ON o.order_id = r.order_id
-              WHERE r.order_id = p.order_id AND r.score <= $bad
-                AND r.created_at > $cutoff AND r.created_at <= $cutoff + {window}
-                AND (o.delivered_at IS NULL OR r.created_at <= o.delivered_at + {window})
-                AND ((o.delivered_at IS NOT NULL AND r.created_at >= o.delivered_at)
-                     OR r.created_at > o.promised_at))"""
+        outcome = f"""EXISTS (SELECT 1 FROM reviews r WHERE r.order_id = p.order_id AND r.score <= $bad
+              AND r.created_at > $cutoff AND r.created_at <= $cutoff + INTERVAL {int(labels.review_window_days)} DAY)"""
     else:
         outcome = f"""NOT EXISTS (SELECT 1 FROM orders o WHERE o.customer_id = p.customer_id
               AND o.ordered_at > $cutoff
@@ -170,7 +190,7 @@ def labels(wh: Warehouse, model: ModelName, cutoff: Any, settings: Settings | No
             f"{model} labels at {as_timestamp(cutoff):%Y-%m-%d} have not matured: the data must reach "
             f"{label_horizon_days(model, settings.labels)} days past the cutoff"
         )
-    out = run_sql(wh, _label_sql(model, settings.labels),
+    out = run_sql(wh, _label_sql(model, settings.labels, as_of_sources(wh)),
                   {"cutoff": as_timestamp(cutoff), "bad": settings.labels.negative_review_max_score})
     return out.astype({LABEL: "int64"})
 

@@ -62,20 +62,48 @@ def load_champions(settings: Settings, models: list[str]) -> dict[str, Champion]
                            f"{str(exc).splitlines()[0][:300]}") from exc
 
 
-def value_at_stake(model: str, frame: pd.DataFrame, settings: Settings) -> pd.Series:
-    """What a bad outcome costs: the order's margin, or a customer's expected margin."""
+def value_at_stake(model: str, frame: pd.DataFrame, settings: Settings, cap: float | None = None) -> pd.Series:
+    """What a bad outcome costs, on one scale for every risk: margin lost within the label horizon.
+
+    An order risk (return, bad review, late delivery) puts the order's margin at stake; churn puts
+    the margin the customer would bring in the churn horizon (their spend rate over the last year
+    times ``churn_horizon_days``). Both are then capped at ``cap`` (``stake_cap``), so a wholesale
+    basket or a big spender counts like a large ordinary one and the probability decides the rest.
+    """
     cfg = settings.scoring
     if MODEL_ENTITY[model] == "order":
-        return frame["order_value"].fillna(0).clip(lower=0) * cfg.margin_rate
-    monthly = (frame["value_365d"].fillna(0) / 12).where(frame["value_365d"].fillna(0) > 0,
-                                                          frame["avg_order_value"].fillna(0) / 12)
-    return monthly.clip(lower=0) * cfg.customer_value_months * cfg.margin_rate
+        value = frame["order_value"].fillna(0).clip(lower=0) * cfg.margin_rate
+    else:
+        yearly = frame["value_365d"].fillna(0)
+        per_day = yearly.where(yearly > 0, frame["avg_order_value"].fillna(0)) / 365.0
+        value = per_day.clip(lower=0) * settings.labels.churn_horizon_days * cfg.margin_rate
+    return value if cap is None else value.clip(upper=cap)
+
+
+def stake_cap(wh: Warehouse | None, model: str, frame: pd.DataFrame, run_date: pd.Timestamp,
+              settings: Settings) -> float | None:
+    """The shop's cap on value at stake: the ``value_cap_quantile`` of the same value over the shop.
+
+    Order risks: over the orders placed in the year before the run date (a day's population is too
+    small to estimate a tail; without a warehouse, the scored rows). Churn: over the day's population.
+    """
+    q = settings.scoring.value_cap_quantile
+    if MODEL_ENTITY[model] == "order" and wh is not None:
+        totals = wh.query("SELECT total_amount FROM orders WHERE ordered_at <= ? AND ordered_at > ?",
+                          [run_date.to_pydatetime(), (run_date - pd.Timedelta(days=365)).to_pydatetime()])
+        values = value_at_stake(model, totals.rename(columns={"total_amount": "order_value"}), settings)
+    else:
+        values = value_at_stake(model, frame, settings)
+    return float(values.quantile(q)) if len(values) else None
 
 
 def risk_of_rows(model: str, frame: pd.DataFrame) -> pd.Series:
-    """Undelivered overdue orders of the review model are the late-delivery watch."""
+    """Overdue orders of the review model are the late-delivery watch."""
     if model == "negative_review":
-        late_watch = frame["is_delivered"].fillna(0).eq(0)
+        if "moment" in frame:
+            late_watch = frame["moment"].astype("string").eq("overdue")
+        else:
+            late_watch = frame["is_delivered"].fillna(0).eq(0)
         return pd.Series(np.where(late_watch, "late_delivery", "negative_review"), index=frame.index)
     return pd.Series(model, index=frame.index)
 
@@ -89,7 +117,8 @@ def score_model(wh: Warehouse, champion: Champion, run_date: pd.Timestamp, setti
     features = feature_columns(champion.model)
     frame["probability"] = np.clip(champion.scorer.predict_proba(frame[features]), 0.0, 1.0)
     frame["risk"] = risk_of_rows(champion.model, frame)
-    frame["value_at_stake"] = value_at_stake(champion.model, frame, settings)
+    cap = stake_cap(wh, champion.model, frame, run_date, settings)
+    frame["value_at_stake"] = value_at_stake(champion.model, frame, settings, cap)
     frame["model_version"] = champion.label
     return frame
 

@@ -39,6 +39,7 @@ from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardSc
 
 from schemas.derived import CUTOFF, LABEL
 from schemas.settings import BoosterConfig, Settings
+from tasks.models.features import map_unseen_levels
 
 CALIBRATION_SHARE = 0.5
 """``train_model`` only: share of the validation rows (its latest cutoffs) kept apart to fit the calibrator."""
@@ -67,7 +68,7 @@ def categorical_columns(X: pd.DataFrame) -> list[str]:
 
 
 def category_levels(X: pd.DataFrame) -> dict[str, list[str]]:
-    """Sorted string levels seen in training; unseen levels become missing at scoring time."""
+    """Sorted string levels seen in training; an unseen level is scored as `unknown` (map_unseen_levels)."""
     levels: dict[str, list[str]] = {}
     for column in categorical_columns(X):
         values = X[column].astype("string").dropna().unique()
@@ -84,6 +85,7 @@ def prepare_features(X: pd.DataFrame, features: list[str], categories: Mapping[s
     missing = [c for c in features if c not in X.columns]
     if missing:
         raise KeyError(f"input lacks feature columns: {missing}")
+    X = map_unseen_levels(X, {c: levels for c, levels in categories.items() if c in features})  # not to 'missing'
     out: dict[str, Any] = {}
     for column in features:
         values = X[column]

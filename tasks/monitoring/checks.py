@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import io
 import json
 import math
@@ -68,9 +69,9 @@ from schemas.monitoring import (
 from schemas.settings import MonitoringSettings, Settings
 from schemas.tasks import TASK_TABLE, ControlGroup, TaskList
 from tasks.data.warehouse import Warehouse, open_warehouse
-from tasks.models.datasets import categorical_columns, scoring_frame
+from tasks.models.datasets import categorical_columns, feature_columns, scoring_frame
 from tasks.models.evaluation import classification_metrics, reliability_table
-from tasks.models.labels import data_end, entity_key, label_matured, labels
+from tasks.models.labels import data_end, entity_key, key_columns, label_matured, labels
 from tasks.models.registry import configure, ensure_experiment
 
 SCORES_TABLE = "scores"  # written by the scoring run (tasks/models/scoring.py)
@@ -209,8 +210,13 @@ def _levels(values: pd.Series) -> pd.Series:
     return values.astype("string").fillna("unknown").value_counts()
 
 
-def categorical_drift(feature: str, reference: pd.Series, current: pd.Series) -> FeatureDrift:
-    """PSI over levels, chi-square of the 2 x levels table, unseen levels and the unknown share."""
+def categorical_drift(feature: str, reference: pd.Series, current: pd.Series,
+                      trained: Sequence[str] | None = None) -> FeatureDrift:
+    """PSI over levels, chi-square of the 2 x levels table, unseen levels and the unknown share.
+
+    Unseen: levels the model was never trained with (``trained``, scored as ``unknown``), else
+    levels the reference sample lacks.
+    """
     ref, cur = _levels(reference), _levels(current)
     levels = sorted(set(ref.index) | set(cur.index))
     rc = ref.reindex(levels, fill_value=0).to_numpy(dtype=float)
@@ -224,7 +230,9 @@ def categorical_drift(feature: str, reference: pd.Series, current: pd.Series) ->
             statistic, p_value = float(result.statistic), float(result.pvalue)
         else:
             statistic, p_value = 0.0, 1.0
-    unseen = [(level, int(n)) for level, n, r in zip(levels, cc, rc, strict=True) if r == 0 and n > 0]
+    known = set(trained) if trained is not None else None
+    unseen = [(level, int(n)) for level, n, r in zip(levels, cc, rc, strict=True)
+              if n > 0 and (level not in known if known is not None else r == 0)]
     unknown_ref = float(ref.get("unknown", 0) / rc.sum()) if rc.sum() else None
     unknown_cur = float(cur.get("unknown", 0) / cc.sum()) if cc.sum() else None
     return FeatureDrift(feature, "categorical", "chi2", value, statistic, p_value, unknown_ref, unknown_cur,
@@ -247,7 +255,7 @@ def judge(check: FeatureDrift, cfg: MonitoringSettings) -> FeatureDrift:
         reasons.append(f"PSI {check.psi:.2f} >= {psi_limit:g} and {name} p {check.p_value:.1e} < {cfg.p_value:g}")
     if check.reference_missing is not None and check.current_missing is not None:
         delta = check.current_missing - check.reference_missing
-        if abs(delta) >= cfg.missing_delta:
+        if abs(delta) >= cfg.missing_delta and missing_p_value(check) < cfg.p_value:
             drift = True
             reasons.append(f"missing {check.current_missing:.0%} vs {check.reference_missing:.0%} in the reference")
     if check.unseen_share is not None and check.unseen_share >= cfg.unseen_share:
@@ -263,14 +271,38 @@ def judge(check: FeatureDrift, cfg: MonitoringSettings) -> FeatureDrift:
     return check
 
 
+def missing_p_value(check: FeatureDrift) -> float:
+    """Fisher's exact test of the missing shares (reference vs now): a small day moves them by chance."""
+    if check.reference_missing is None or check.current_missing is None:
+        return 1.0
+    ref_missing = round(check.reference_missing * check.reference_rows)
+    cur_missing = round(check.current_missing * check.current_rows)
+    table = [[ref_missing, check.reference_rows - ref_missing], [cur_missing, check.current_rows - cur_missing]]
+    return float(stats.fisher_exact(table).pvalue)
+
+
+def comparable_features(reference: pd.DataFrame, current: pd.DataFrame,
+                        trained: Sequence[str] | None = None) -> list[str]:
+    """The features a version's drift is judged on, in its order.
+
+    Only the version's own inputs (``trained``; else its reference columns): a feature added to the
+    code since is not its drift. And not a feature entirely missing in the reference: the version
+    learned nothing from it (text features before ``aftersales text`` first ran), so its values
+    appearing later is no shift of what the model relies on.
+    """
+    names = list(trained) if trained is not None else list(reference.columns)
+    return [f for f in names if f in reference.columns and f in current.columns and reference[f].notna().any()]
+
+
 def feature_drift(reference: pd.DataFrame, current: pd.DataFrame, features: Sequence[str],
-                  categorical: Iterable[str], cfg: MonitoringSettings) -> list[FeatureDrift]:
-    """Every feature of ``features`` judged, in the model's feature order."""
+                  categorical: Iterable[str], cfg: MonitoringSettings,
+                  levels: Mapping[str, Sequence[str]] | None = None) -> list[FeatureDrift]:
+    """Every feature of ``features`` judged, in the model's feature order (``levels``: trained levels)."""
     categorical = set(categorical)
     out = []
     for feature in features:
         if feature in categorical:
-            check = categorical_drift(feature, reference[feature], current[feature])
+            check = categorical_drift(feature, reference[feature], current[feature], (levels or {}).get(feature))
         else:
             check = numeric_drift(feature, reference[feature], current[feature], cfg)
         out.append(judge(check, cfg))
@@ -342,6 +374,15 @@ class Reference:
     probabilities: np.ndarray
     run_id: str
     expected: dict[str, float]  # the version's test-window metrics (tags test_*)
+    scorer: Any = None  # the version itself: its features, trained category levels, predict_proba
+
+    @property
+    def features(self) -> list[str] | None:
+        return list(self.scorer.features) if getattr(self.scorer, "features", None) is not None else None
+
+    @property
+    def levels(self) -> dict[str, list[str]] | None:
+        return getattr(self.scorer, "categories", None)
 
 
 def load_reference(settings: Settings, model: str, version: str, scorer: Any = None) -> Reference:
@@ -353,10 +394,11 @@ def load_reference(settings: Settings, model: str, version: str, scorer: Any = N
     name = settings.registered_model_name(model)
     frame, run_id, expected = _reference_frame(settings.tracking_uri, registry_uri, name, str(version))
     if scorer is None:
+        scorer = _version_scorer(settings.tracking_uri, registry_uri, name, str(version))
         probabilities = _reference_probabilities(settings.tracking_uri, registry_uri, name, str(version))
     else:
         probabilities = _predict(scorer, frame)
-    return Reference(frame, probabilities, run_id, expected)
+    return Reference(frame, probabilities, run_id, expected, scorer)
 
 
 def _predict(scorer: Any, frame: pd.DataFrame) -> np.ndarray:
@@ -381,12 +423,16 @@ def _reference_frame(tracking_uri: str, registry_uri: str, name: str,
 
 
 @lru_cache(maxsize=16)
-def _reference_probabilities(tracking_uri: str, registry_uri: str, name: str, version: str) -> np.ndarray:
-    frame, _, _ = _reference_frame(tracking_uri, registry_uri, name, version)
+def _version_scorer(tracking_uri: str, registry_uri: str, name: str, version: str) -> Any:
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(registry_uri)
-    scorer = mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
-    return _predict(scorer, frame)
+    return mlflow.pyfunc.load_model(f"models:/{name}/{version}").unwrap_python_model()
+
+
+@lru_cache(maxsize=16)
+def _reference_probabilities(tracking_uri: str, registry_uri: str, name: str, version: str) -> np.ndarray:
+    frame, _, _ = _reference_frame(tracking_uri, registry_uri, name, version)
+    return _predict(_version_scorer(tracking_uri, registry_uri, name, version), frame)
 
 
 def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
@@ -405,9 +451,50 @@ def scores_of_day(wh: Warehouse, run_date: Any, model: str | None = None) -> pd.
     return frame[frame["model"] == model].reset_index(drop=True) if model else frame
 
 
+def population_frame(wh: Warehouse, settings: Settings, model: str, day: pd.Timestamp,
+                     current: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The model's scored population of ``day`` (keys and features), computed once and kept per warehouse.
+
+    The scoring run's own frame (``current``) is kept as is; a day computed here is the same point-in-time
+    frame. A kept frame with other columns than the code's features (a feature added since) is recomputed.
+    """
+    columns = [*key_columns(model), *feature_columns(model)]
+    warehouse = hashlib.sha1(str(Path(settings.warehouse_path).resolve()).encode()).hexdigest()[:12]
+    path = settings.reports_dir / "monitoring" / "populations" / warehouse / model / f"{day:%Y-%m-%d}.parquet"
+    if current is None and path.exists():
+        kept = pd.read_parquet(path)
+        if list(kept.columns) == columns:
+            return kept
+    frame = (current if current is not None else scoring_frame(wh, model, day, settings))[columns]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return frame
+
+
+def recent_population(wh: Warehouse, settings: Settings, run_date: Any, model: str,
+                      current: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
+    """The population judged for drift on ``run_date``, and how many days it pools.
+
+    Order models: the populations of the ``drift_pool_days`` run dates up to this one. An order is
+    scored once per moment, so a day holds only the orders shipped, delivered or overdue that day,
+    and its mix follows the weekday (fewer deliveries after a Sunday): a week of days is what the
+    reference (many days of the same populations) can be compared with, on a small shop and a large
+    one alike. Each day's frame is kept (``population_frame``), so a day's features are computed once.
+    Churn: the day's population (every active customer, nearly the same from one day to the next).
+    """
+    day = _day(run_date)
+    frames = [population_frame(wh, settings, model, day, current)]
+    if entity_key(model) == "order_id":
+        frames += [population_frame(wh, settings, model, day - pd.Timedelta(days=k))
+                   for k in range(1, settings.monitoring.drift_pool_days)]
+    filled = [f for f in frames if len(f)]
+    return (pd.concat(filled, ignore_index=True) if len(filled) > 1 else frames[0]), len(frames)
+
+
 def model_drift(wh: Warehouse, settings: Settings, run_date: Any, model: str, scores: pd.DataFrame,
                 scorer: Any = None, current: pd.DataFrame | None = None) -> ModelDrift:
-    """Recompute the day's features, load the scoring version's reference, judge every feature and the score."""
+    """The day's population (pooled with the days before while small) against the scoring version's
+    reference: every feature the version was trained with, and its scores."""
     cfg = settings.monitoring
     if scores.empty:
         return ModelDrift(model, None, status="not_scored")
@@ -416,15 +503,18 @@ def model_drift(wh: Warehouse, settings: Settings, run_date: Any, model: str, sc
         reference = load_reference(settings, model, version_of_label(label)[1], scorer)
     except (LookupError, MlflowException, OSError, ValueError) as exc:
         return ModelDrift(model, label, status=f"no reference: {str(exc).splitlines()[0][:200]}")
-    if current is None:  # the scoring run passes the frame it scored; the monitor recomputes it
-        current = scoring_frame(wh, model, run_date, settings)
-    result = ModelDrift(model, label, reference_rows=len(reference.frame), current_rows=len(current))
-    if len(current) < cfg.min_rows:
+    pooled, days = recent_population(wh, settings, run_date, model, current)
+    result = ModelDrift(model, label, reference_rows=len(reference.frame), current_rows=len(pooled))
+    if len(pooled) < cfg.min_rows:
         result.status = "too_few_rows"
-    # the version's own features (its reference columns): a feature added to the code since is not its input
-    features = [f for f in reference.frame.columns if f in current.columns]
-    result.checks = feature_drift(reference.frame, current, features, categorical_columns(model), cfg)
-    result.checks.append(score_drift(reference.probabilities, scores["probability"].to_numpy(dtype=float), cfg))
+    features = comparable_features(reference.frame, pooled, reference.features)
+    result.checks = feature_drift(reference.frame, pooled, features, categorical_columns(model), cfg,
+                                  reference.levels)
+    if days > 1 and reference.scorer is not None:  # the pooled days scored by this version, as served today
+        probabilities = _predict(reference.scorer, pooled)
+    else:
+        probabilities = scores["probability"].to_numpy(dtype=float)
+    result.checks.append(score_drift(reference.probabilities, probabilities, cfg))
     return result
 
 

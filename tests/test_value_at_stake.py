@@ -1,0 +1,68 @@
+"""Value at stake: one scale (margin within the label horizon) for every risk, capped per shop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from schemas.settings import Settings
+from tasks.data.warehouse import Warehouse
+from tasks.models.scoring import list_candidates, risk_of_rows, stake_cap, value_at_stake
+
+S = Settings()
+RUN = pd.Timestamp("2026-03-01")
+
+
+def customers(values_365d: list[float]) -> pd.DataFrame:
+    return pd.DataFrame({"customer_id": [f"c{i}" for i in range(len(values_365d))],
+                         "value_365d": values_365d, "avg_order_value": 50.0})
+
+
+def test_churn_and_orders_share_one_scale() -> None:
+    margin, horizon = S.scoring.margin_rate, S.labels.churn_horizon_days
+    churn = value_at_stake("churn", customers([365.0, 0.0]), S)
+    assert churn.iloc[0] == pytest.approx(margin * horizon)  # one unit a day over the churn horizon
+    assert churn.iloc[1] == pytest.approx(margin * 50 / 365 * horizon)  # no spend this year: the usual order
+    order = value_at_stake("return", pd.DataFrame({"order_value": [200.0, None]}), S)
+    assert list(order) == [pytest.approx(margin * 200), 0.0]
+
+
+def test_a_likely_loss_outranks_an_unlikely_big_spender() -> None:
+    """A wholesale buyer spending 100x the others at 5% churn risk must not top the list."""
+    frame = customers([500.0] * 60 + [50_000.0]).assign(probability=[0.6] * 60 + [0.05], risk="churn")
+    uncapped = frame.assign(value_at_stake=value_at_stake("churn", frame, S))
+    assert list_candidates(uncapped, S.model_copy(update={"scoring": S.scoring.model_copy(
+        update={"min_probability": 0.0})}))["customer_id"].iloc[0] == "c60", "on value alone the big spender leads"
+    cap = stake_cap(None, "churn", frame, RUN, S)
+    capped = frame.assign(value_at_stake=value_at_stake("churn", frame, S, cap))
+    assert capped["value_at_stake"].max() == pytest.approx(cap)
+    ranked = list_candidates(capped, S.model_copy(update={"scoring": S.scoring.model_copy(
+        update={"min_probability": 0.0})}))
+    assert ranked["customer_id"].iloc[-1] == "c60"
+
+
+def test_order_cap_comes_from_the_shops_last_year_of_orders(tmp_path: Path) -> None:
+    wh = Warehouse(tmp_path / "w.duckdb")
+    rng = np.random.default_rng(1)
+    totals = np.r_[rng.uniform(10, 100, 200), [9_000.0, 12_000.0]]
+    wh.append("customers", pd.DataFrame({"customer_id": ["c"]}))
+    wh.append("orders", pd.DataFrame({"order_id": [f"o{i}" for i in range(len(totals))], "customer_id": "c",
+                                      "ordered_at": RUN - pd.to_timedelta(np.arange(len(totals)), unit="h"),
+                                      "total_amount": totals}))
+    wh.append("orders", pd.DataFrame({"order_id": ["future"], "customer_id": "c", "ordered_at": [RUN + pd.Timedelta(
+        days=1)], "total_amount": [1e9]}))
+    try:
+        cap = stake_cap(wh, "return", pd.DataFrame({"order_value": [9_000.0]}), RUN, S)
+        assert cap == pytest.approx(S.scoring.margin_rate * np.quantile(totals, S.scoring.value_cap_quantile))
+        assert cap < S.scoring.margin_rate * 100  # the two wholesale invoices do not set the scale
+    finally:
+        wh.close()
+
+
+def test_only_overdue_orders_are_the_late_delivery_watch() -> None:
+    frame = pd.DataFrame({"moment": pd.Categorical(["shipped", "overdue", "delivered"]), "is_delivered": [0, 0, 1]})
+    assert list(risk_of_rows("negative_review", frame)) == ["negative_review", "late_delivery", "negative_review"]
+    assert list(risk_of_rows("return", frame)) == ["return"] * 3
