@@ -366,7 +366,8 @@ def per_row_scores(results: Sequence[BacktestResult]) -> pd.DataFrame:
     can hold against their own model)."""
     frames = [r.rows for r in results if r.ok and len(r.rows)]
     if not frames:
-        return pd.DataFrame(columns=["cutoff", LABEL, *COLUMN_OF.values()])
+        keys = key_columns(results[0].model) if results else []
+        return pd.DataFrame(columns=[*keys, CUTOFF, LABEL, *COLUMN_OF.values()])
     return pd.concat(frames, ignore_index=True)
 
 

@@ -234,6 +234,20 @@ def stable_share(ids: pd.Series, seed: int) -> np.ndarray:
     return hashed.astype(np.float64) / 2.0**64
 
 
+def frame_settings(model: ModelName, plan: CutoffPlan, settings: Settings) -> tuple[Settings, str | None]:
+    """Order cutoffs further apart than ``labels.moment_window_days``: widen the moment window to the
+    step (below the label windows), so each order is still seen once at each of its moments."""
+    labels_cfg = settings.labels
+    if MODEL_ENTITY[model] != "order" or plan.step_days <= labels_cfg.moment_window_days:
+        return settings, None
+    shortest = min(labels_cfg.return_window_days, labels_cfg.review_window_days)
+    window = float(min(plan.step_days, shortest - 1))
+    data = settings.model_dump()
+    data["labels"]["moment_window_days"] = window
+    return Settings(**data), (f"order cutoffs every {plan.step_days} days: training rows take the moments of the "
+                              f"{window:g} days before each cutoff")
+
+
 def build_training_frame(
     wh: Warehouse, model: ModelName, plan: CutoffPlan, settings: Settings | None = None,
     cache: FrameCache | None = None,
@@ -245,11 +259,11 @@ def build_training_frame(
     the kept rows only. ``cache`` keeps finished cutoffs across calls (a backtest over many dates).
     Notes for the run are in ``frame.attrs["notes"]``.
     """
-    settings = settings or get_settings()
+    settings, widened = frame_settings(model, plan, settings or get_settings())
     cache = cache if cache is not None else {}
     rows = {c: labels(wh, model, c, settings) for c in plan.cutoffs}
     total = sum(len(r) for r in rows.values())
-    notes: list[str] = []
+    notes: list[str] = [widened] if widened else []
     share = 1.0
     if total > settings.split.max_training_rows:
         share = settings.split.max_training_rows / total
