@@ -223,7 +223,8 @@ def _settings_with_runner():
 def train(
     models: Annotated[list[str] | None,
                       typer.Option("--model", help="return, negative_review, churn; repeatable")] = None,
-    cutoff: Annotated[datetime | None, typer.Option(help="newest cutoff (default: latest with matured labels)")] = None,
+    cutoff: Annotated[datetime | None, typer.Option(
+        help="train as of this date: no label closing after it is used (default: the latest data)")] = None,
     promote: Annotated[bool, typer.Option(help="then promote each challenger that beats its champion")] = False,
 ) -> None:
     """Train risk models on point-in-time data, compare with baselines, register challengers."""
@@ -293,6 +294,100 @@ def promote(
     result = _finish(promote_flow(model, force=force, return_state=True), "promotion")
     colour = "green" if result["promoted"] else "yellow"
     console.print(f"[{colour}]{result['decision']}[/]: {result['message']}")
+
+
+def _every_days(text: str) -> int:
+    """'14d', '2w' or '14' -> days."""
+    value = text.strip().lower()
+    factor = 7 if value.endswith("w") else 1
+    try:
+        days = int(value.rstrip("dw")) * factor
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: give days like 14d, or weeks like 2w") from None
+    if days < 1:
+        raise typer.BadParameter("--every must be at least one day")
+    return days
+
+
+def _interval(m: dict[str, Any], metric: str, signed: bool = False) -> str:
+    """'.741 .70-.78' — a value and its bootstrap interval in 14 characters."""
+    if metric not in m:
+        return ""
+    value, low, high = m[metric]
+
+    def short(v: float) -> str:
+        text = f"{v:+.2f}" if signed else f"{v:.2f}"
+        return text.replace("0.", ".")
+
+    point = (f"{value:+.3f}" if signed else f"{value:.3f}").replace("0.", ".")
+    return point if low != low or high != high else f"{point} {short(low)}–{short(high)}"
+
+
+def _backtest_table(summary: dict[str, Any]) -> Table:
+    """Fits an 80-column terminal: value and 95 % interval per metric, the paired difference last."""
+    table = Table("date", "scorer", "ROC-AUC", "PR-AUC", "Brier", "ECE", "p@k", box=box.SIMPLE_HEAD,
+                  title=f"{summary['model']}: backtest (95 % bootstrap intervals)", padding=(0, 1))
+    for entry in summary["dates"]:
+        if not entry["ok"]:
+            table.add_row(entry["date"], "[yellow]none[/]", entry["refusal"][:60], "", "", "", "")
+    for day, scorers in summary["metrics"].items():
+        first = True
+        for scorer in ("model", "logistic", "rule", "model-logistic"):
+            if scorer not in scorers:
+                continue
+            m = scorers[scorer]
+            if scorer == "model-logistic":
+                table.add_row("", "Δ vs logit", _interval(m, "roc_auc", True), _interval(m, "pr_auc", True), "", "", "")
+                continue
+            cells = [f"{m[k][0]:.3f}".replace("0.", ".") if k in m else "" for k in ("brier", "ece", "precision_at_k")]
+            table.add_row(day if first else "", scorer, _interval(m, "roc_auc"), _interval(m, "pr_auc"), *cells)
+            first = False
+        table.add_section()
+    return table
+
+
+@app.command()
+def backtest(
+    models: Annotated[list[str] | None, typer.Option(
+        "--model", help="return, negative_review, churn or all; repeatable (default: all)")] = None,
+    at: Annotated[datetime | None, typer.Option("--at", help="one date to backtest")] = None,
+    start: Annotated[datetime | None, typer.Option("--from", help="first date of a grid")] = None,
+    end: Annotated[datetime | None, typer.Option("--to", help="last date of a grid")] = None,
+    every: Annotated[str, typer.Option(help="grid step, e.g. 14d or 2w")] = "14d",
+    out: Annotated[Path | None, typer.Option(help="folder for the CSV files (default: reports/backtest/...)")] = None,
+) -> None:
+    """Train as of each date, score that date's population, label it from after, compare with a
+    plain logistic regression and the one-line rule on the same rows."""
+    _quiet_defaults()
+    from flows.backtest import backtest_dates, backtest_flow
+
+    try:
+        days = backtest_dates(at.date() if at else None, start.date() if start else None,
+                              end.date() if end else None, _every_days(every))
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from None
+    names = [m for given in (models or ["all"]) for m in given.split(",")]
+    result = _finish(backtest_flow(models=names, dates=[d.date() for d in days], out=out, return_state=True),
+                     "backtest")
+    for summary in result["models"]:
+        console.print(_backtest_table(summary))
+        k = f"precision at the top {_top_k()}"
+        for entry in summary["dates"]:
+            if entry["ok"]:
+                chosen = f"; {entry['chosen']}" if entry.get("chosen") else ""
+                console.print(f"  {entry['date']}: {entry['rows']:,} rows, {entry['positives']:,} positive; p@k = {k}"
+                              f"{chosen}", highlight=False)
+        console.print(f"  rows: {result['files'][summary['model']][0]}", highlight=False)
+    console.print(f"MLflow: experiment {result['experiment']}, runs {', '.join(result['runs'].values())}")
+    if all(not e["ok"] for s in result["models"] for e in s["dates"]):
+        raise typer.Exit(1)
+
+
+def _top_k() -> int:
+    from schemas.settings import get_settings
+
+    return get_settings().training.top_k
 
 
 @app.command()

@@ -1,7 +1,8 @@
-"""Retraining: point-in-time training sets → XGBoost + baselines → MLflow registry (challenger).
+"""Retraining: rolling-origin backtest → refit on every matured label → MLflow registry (challenger).
 
-``train_flow`` is what schedulers trigger; ``retrain_flow`` trains and then promotes each model
-only through the same-window comparison of ``promote_flow``.
+``train_flow`` is what schedulers trigger (``cutoff``: train *as of* that date, nothing whose label
+closes after it is used); ``retrain_flow`` trains and then promotes each model only through the
+same-window comparison of ``promote_flow``. A model without enough signal is not registered.
 """
 
 from __future__ import annotations
@@ -22,55 +23,41 @@ from flows.promote import promote_flow
 from flows.runtime import task_runner
 from schemas.settings import Settings, get_settings
 from tasks.data.warehouse import open_warehouse
-from tasks.models.datasets import build_training_set, feature_columns, rolling_cutoffs, time_split
+from tasks.models.backtest import AsOfFit, fit_as_of, settings_as_of
+from tasks.models.datasets import NotEnoughData
 from tasks.models.features import CATALOGUE_PATH
-from tasks.models.registry import RegisteredVersion, configure, log_training_run
-from tasks.models.training import DataSplits, RuleSpec, train_baselines, train_model
+from tasks.models.registry import RegisteredVersion, configure, log_refused_run, log_training_run
+from tasks.models.training import DataSplits
 
 SCORERS = {"model": "XGBoost (calibrated)", "baseline_logreg": "logistic regression",
            "baseline_rule": "one-line rule"}
 
-
-class NotEnoughData(RuntimeError):
-    """The warehouse cannot yet give a model train, validation and test windows."""
+__all__ = ["NotEnoughData", "retrain_flow", "train_flow"]
 
 
 def settings_for_run(settings: Settings, cutoff: date | None = None, **label_windows: int | None) -> Settings:
-    """The run's settings: the configured ones with this run's cutoff and label windows."""
-    data = settings.model_dump()
-    if cutoff is not None:
-        data["split"]["latest_cutoff"] = str(cutoff)
+    """The run's settings: the configured ones, trained as of ``cutoff``, with this run's label windows."""
+    data = settings_as_of(settings, cutoff if cutoff is not None else settings.split.as_of).model_dump()
     data["labels"].update({k: v for k, v in label_windows.items() if v is not None})
     return Settings(**data)
 
 
-def training_splits(model: str, settings: Settings) -> DataSplits:
-    """Rolling cutoffs → one training frame → train/valid/test by time with a gap."""
+def fit_model(model: str, settings: Settings) -> AsOfFit:
+    """One model as of the run's date: plan, frame, rolling origins, guard, refit (``fit_as_of``)."""
     with open_warehouse(settings, read_only=True) as wh:  # Dask workers in other processes read too
-        cutoffs = rolling_cutoffs(wh, settings, model)
-        if len(cutoffs) < 3:
-            raise NotEnoughData(f"{model}: only {len(cutoffs)} usable cutoffs (need 3: train, validation, test); "
-                                "the history is too short for the label windows")
-        frame = build_training_set(wh, model, cutoffs, settings)
-    try:
-        train, valid, test = time_split(frame, settings, model)
-    except ValueError as exc:
-        raise NotEnoughData(f"{model}: {exc}") from exc
-    for name, part in {"train": train, "validation": valid, "test": test}.items():
-        if part["label"].nunique() < 2:
-            raise NotEnoughData(f"{model}: the {name} window has a single class ({len(part)} rows)")
-    return DataSplits.from_frames(train, valid, test, feature_columns(model))
+        return fit_as_of(wh, model, settings)
 
 
 def log_reference_sample(registered: RegisteredVersion, splits: DataSplits, settings: Settings) -> None:
-    """Keep a sample of the model's most recent data beside it: the drift monitor's reference.
+    """Keep a sample of the model's newest matured windows beside it: the drift monitor's reference.
 
-    The validation and test windows, not the whole training history: a year of history would make
-    an ordinary season look like drift, and these windows are what the model was judged on.
+    The rolling origins' evaluated windows (the newest of them is the test window): rows of the
+    same populations, drawn at the same moments as a scoring day's, and close to the run date; a
+    year of training history would make an ordinary season look like drift.
     """
     if not registered.is_new or registered.run_id is None:
         return
-    recent = pd.concat([splits.X_valid, splits.X_test], ignore_index=True)
+    recent = splits.X_valid
     sample = recent.sample(min(len(recent), settings.training.reference_sample_rows),
                            random_state=settings.training.seed)
     configure(settings)
@@ -82,47 +69,82 @@ def log_reference_sample(registered: RegisteredVersion, splits: DataSplits, sett
 
 @task(name="train-and-register", cache_policy=NO_CACHE)
 def train_and_register(model: str, settings: Settings) -> dict[str, Any]:
-    """One model end to end; a model without enough data is skipped with the reason."""
+    """One model end to end; a model without enough data or signal is skipped with the reason."""
     try:
-        splits = training_splits(model, settings)
+        fit = fit_model(model, settings)
     except NotEnoughData as exc:
         return {"model": model, "skipped": str(exc)}
-    rule = RuleSpec(settings.training.baseline_rules[model])
-    trained = train_model(splits.X_train, splits.y_train, splits.X_valid, splits.y_valid, settings,
-                          valid_time=splits.t_valid)
-    baselines = train_baselines(splits.X_train, splits.y_train, settings, rule)
-    registered = log_training_run(model, settings, trained, baselines, splits, rule,
+    if not fit.registrable:
+        log_refused_run(model, settings, fit.refusal or "not registered", fit.counts, fit.notes)
+        return {"model": model, "skipped": fit.refusal, "counts": fit.counts}
+    assert fit.trained is not None and fit.splits is not None
+    registered = log_training_run(model, settings, fit.trained, fit.baselines, fit.splits, fit.rule,
                                   feature_catalogue=CATALOGUE_PATH)
-    log_reference_sample(registered, splits, settings)
+    log_reference_sample(registered, fit.splits, settings)
+    splits = fit.splits
     return {"model": model, "version": registered.version, "new_version": registered.is_new,
-            "aliases": registered.aliases, "metrics": registered.metrics,
+            "aliases": registered.aliases, "metrics": _metrics_of(fit, settings),
             "rows": {"train": len(splits.X_train), "validation": len(splits.X_valid), "test": len(splits.X_test)},
-            "test_window": str(pd.Timestamp(splits.t_test.iloc[0]).date()) if splits.t_test is not None else None}
+            "test_window": _window(splits.t_test), "as_of": fit.trained.extra_params.get("as_of"),
+            "chosen": fit.tuning.describe() if fit.tuning else None, "notes": fit.notes}
+
+
+def _window(t: pd.Series | None) -> str | None:
+    if t is None or t.empty:
+        return None
+    first, last = pd.Timestamp(t.min()).date(), pd.Timestamp(t.max()).date()
+    return str(last) if first == last else f"{first}..{last}"
+
+
+def _metrics_of(fit: AsOfFit, settings: Settings) -> dict[str, float]:
+    """Test metrics of the fit (what the registry logs; also for a rerun that registered nothing new)."""
+    from tasks.models.evaluation import classification_metrics, prefixed
+    from tasks.models.registry import SCORER_PREFIX
+
+    assert fit.splits is not None and fit.splits.test_scores is not None
+    out: dict[str, float] = {}
+    for scorer, scores in fit.splits.test_scores.items():
+        out.update(prefixed(classification_metrics(fit.splits.y_test, scores, settings.training.top_k),
+                            SCORER_PREFIX[scorer]))
+    return out | (fit.trained.extra_metrics if fit.trained else {})
 
 
 def training_summary(results: list[dict[str, Any]]) -> str:
-    """Markdown: per model, the test-window metrics of the model next to its baselines."""
+    """Markdown: per model, the honest test (newest origin) of the model next to its baselines."""
     lines = ["# Training run", ""]
     for result in results:
         if "skipped" in result:
-            lines += [f"## {result['model']}: skipped", "", result["skipped"], ""]
+            lines += [f"## {result['model']}: not registered", "", result["skipped"], ""]
             continue
         state = "new version" if result["new_version"] else "identical to an existing version (not re-registered)"
+        metrics = result["metrics"]
         lines += [f"## {result['model']}: version {result['version']} ({state}; aliases: "
                   f"{', '.join(result['aliases']) or 'none'})", "",
-                  f"Rows: {result['rows']['train']:,} train, {result['rows']['validation']:,} validation, "
-                  f"{result['rows']['test']:,} test (window {result['test_window']}).", "",
-                  "| scorer | ROC-AUC | PR-AUC | Brier | ECE | precision@k | lift@k |",
+                  f"As of {result['as_of']}: refitted on {result['rows']['train']:,} rows; calibrated on "
+                  f"{result['rows']['validation']:,} out-of-fold rows; tested on {result['rows']['test']:,} rows "
+                  f"(window {result['test_window']}) by a model trained before that window.", ""]
+        if result.get("chosen"):
+            lines += [f"Chosen on the older origins: {result['chosen']}.", ""]
+        lines += ["| scorer | ROC-AUC (95 % interval) | PR-AUC | Brier | ECE | precision@k | lift@k |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        metrics = result["metrics"]
         for prefix, label in SCORERS.items():
             key = "test_" if prefix == "model" else f"{prefix}_test_"
             values = [metrics.get(f"{key}{m}") for m in ("roc_auc", "pr_auc", "brier", "ece",
                                                           "precision_at_k", "lift_at_k")]
             if all(v is None for v in values):
                 continue
-            lines.append(f"| {label} | " + " | ".join("" if v is None else f"{v:.3f}" for v in values) + " |")
-        lines.append("")
+            low, high = metrics.get(f"{key}roc_auc_low"), metrics.get(f"{key}roc_auc_high")
+            cells = ["" if v is None else f"{v:.3f}" for v in values]
+            if low is not None and high is not None:
+                cells[0] += f" ({low:.3f}–{high:.3f})"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        diff = metrics.get("test_model_minus_logreg_roc_auc")
+        if diff is not None:
+            lines += ["", f"Model minus logistic regression, paired on the same rows: ROC-AUC {diff:+.3f} "
+                      f"({metrics.get('test_model_minus_logreg_roc_auc_low', float('nan')):+.3f} to "
+                      f"{metrics.get('test_model_minus_logreg_roc_auc_high', float('nan')):+.3f}), PR-AUC "
+                      f"{metrics.get('test_model_minus_logreg_pr_auc', float('nan')):+.3f}."]
+        lines += ["", *[f"- {note}" for note in result.get("notes", [])], ""]
     return "\n".join(lines)
 
 
@@ -130,7 +152,11 @@ def training_summary(results: list[dict[str, Any]]) -> str:
 def train_flow(models: list[str] | None = None, cutoff: date | None = None,
                return_window_days: int | None = None, review_window_days: int | None = None,
                churn_horizon_days: int | None = None) -> dict[str, Any] | Failed:
-    """Train every requested risk model as of the latest matured cutoff and register challengers."""
+    """Train every requested risk model as of ``cutoff`` (default: the latest data), register challengers.
+
+    A model refused by the minimum-signal guard is reported and not registered; the flow fails only
+    when no model at all could be trained.
+    """
     logger = get_run_logger()
     settings = settings_for_run(get_settings(), cutoff, return_window_days=return_window_days,
                                 review_window_days=review_window_days, churn_horizon_days=churn_horizon_days)

@@ -105,24 +105,42 @@ class LabelSettings(BaseModel):
 
 
 class SplitSettings(BaseModel):
-    n_cutoffs: int = Field(24, description="rolling cutoffs used to build training sets (all splits)")
-    test_cutoffs: int = Field(3, description="latest cutoffs that form the test window")
-    valid_cutoffs: int = Field(4, description="cutoffs of the validation window, a gap before the test")
-    cutoff_step_days: int = 14
-    gap_days: int = Field(
-        30, description="gap between train, validation and test windows (at least the label window)"
-    )
-    latest_cutoff: str | None = Field(
-        None, description="newest cutoff (ISO date); default: the latest with a matured label"
-    )
+    """How training rows are laid out in time: cutoffs, rolling origins with purged gaps, the refit.
+
+    Every training row is (entity, cutoff c) with features as of c and a label decided by
+    c + horizon. Training "as of D" uses only rows with c + horizon <= D. Steps, minimum history
+    and origin spacing left empty (None) are derived from the data's span and the label horizon.
+    """
+
+    as_of: str | None = Field(
+        None, description="train as of this date (ISO): no label closing after it is used; default: the latest data")
+    backtest_origins: int = Field(
+        4, description="rolling origins: the older ones choose hyper-parameters, the newest is the honest test")
+    origin_spacing_days: int | None = Field(
+        None, description="days between origins; default max(evaluation window, 2 cutoff steps, 7)")
+    customer_step_days: int | None = Field(
+        None, description="days between customer-model cutoffs; default 7 on up to two years of data, else 14")
+    order_step_days: int = Field(1, description="days between order-model cutoffs (daily: every moment is seen)")
+    max_cutoffs: int = Field(
+        150, description="most cutoffs per training frame; a longer history widens the step (said in the run)")
+    min_history_days: int | None = Field(
+        None, description="first cutoff this long after the first order; default span/12, at least a step, "
+        "at most 30")
+    order_eval_window_days: int = Field(
+        14, description="order models: each origin evaluates the pooled cutoffs of this many days ending at it")
+    max_training_rows: int = Field(
+        1_000_000, description="more rows: a stable sample of entities is kept (said in the run)")
 
 
 class XGBSettings(BaseModel):
-    max_depth: int = 4
-    learning_rate: float = 0.08
-    n_estimators: int = 400
-    early_stopping_rounds: int = 30
-    min_child_weight: float = 20.0
+    """Booster settings shared by every grid point (the grid sets depth, learning rate, leaf size)."""
+
+    max_depth: int = Field(4, description="used when a booster is fitted outside the grid (train_model)")
+    learning_rate: float = Field(0.08, description="used when a booster is fitted outside the grid")
+    n_estimators: int = Field(400, description="most rounds when a booster is fitted outside the grid")
+    early_stopping_rounds: int = Field(
+        50, description="rounds without improvement of the folds' mean curve before a configuration stops")
+    min_child_weight: float = Field(20.0, description="used when a booster is fitted outside the grid")
     subsample: float = 0.85
     colsample_bytree: float = 0.8
     reg_lambda: float = 1.0
@@ -130,14 +148,46 @@ class XGBSettings(BaseModel):
     max_bin: int = 256
 
 
+class BoosterConfig(BaseModel):
+    """One point of the hyper-parameter grid; the number of rounds is chosen on the folds' curves."""
+
+    max_depth: int = Field(description="1-2 behave like an additive model, 4-6 learn interactions")
+    learning_rate: float
+    min_leaf_share: float = Field(
+        description="min_child_weight as this share of the training rows' total hessian (scales with the data)")
+
+
 class TrainingSettings(BaseModel):
     seed: int = 7
     models: list[str] = ["return", "negative_review", "churn"]
     xgb: XGBSettings = XGBSettings()
-    calibration: Literal["isotonic", "sigmoid"] = "isotonic"
+    grid: list[BoosterConfig] = Field(
+        [BoosterConfig(max_depth=1, learning_rate=0.1, min_leaf_share=0.005),
+         BoosterConfig(max_depth=2, learning_rate=0.05, min_leaf_share=0.005),
+         BoosterConfig(max_depth=4, learning_rate=0.05, min_leaf_share=0.01),
+         BoosterConfig(max_depth=6, learning_rate=0.05, min_leaf_share=0.02)],
+        description="booster configurations compared on the older rolling origins (rounds chosen on their curves)")
+    max_rounds: int = Field(800, description="most boosting rounds a configuration may use")
+    selection_metric: Literal["roc_auc", "pr_auc", "log_loss"] = Field(
+        "roc_auc", description="what the older origins' mean evaluation curve maximises (log loss: minimises)")
+    calibration: Literal["auto", "isotonic", "sigmoid"] = Field(
+        "auto", description="auto: isotonic with isotonic_min_positives positives out of time, else Platt (sigmoid)")
+    isotonic_min_positives: int = Field(
+        500, description="positives in the calibration rows needed before an isotonic map is trusted")
+    calibration_decay: float = Field(
+        0.5, description="weight of each older origin's predictions in the registered model's calibrator, per "
+        "origin back (1: all equal)")
     class_weighting: Literal["balanced", "sqrt", "none"] = Field(
-        "sqrt", description="scale_pos_weight: negatives/positives, its square root, or 1"
+        "none", description="scale_pos_weight: negatives/positives, its square root, or 1 (calibration undoes it)"
     )
+    min_positives: int = Field(
+        30, description="fewer positive labels in the training rows, the calibration rows or the test window: "
+        "the model is not registered")
+    bootstrap_resamples: int = Field(1000, description="resamples of the bootstrap intervals of every test metric")
+    confidence: float = Field(0.95, description="level of the bootstrap intervals")
+    logistic_max_rows: int = Field(
+        300_000, description="the logistic-regression baseline is fitted on a seeded sample this large (said in "
+        "the run)")
     top_k: int = Field(200, description="cases a care team can contact per day; precision/lift@k")
     shap_sample_rows: int = 2_000
     promotion_metric: Literal["pr_auc", "roc_auc", "brier"] = "pr_auc"

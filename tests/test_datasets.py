@@ -7,6 +7,7 @@ day equals the training rows of that cutoff, label aside.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +18,25 @@ from schemas.derived import CUTOFF, LABEL, UNKNOWN, training_set_schema
 from schemas.settings import Settings
 from tasks.data.warehouse import Warehouse
 from tasks.models.datasets import (
+    Fold,
+    LeakageError,
+    NotEnoughData,
+    build_training_frame,
     build_training_set,
+    check_fold,
     feature_columns,
+    origin_folds,
+    plan_cutoffs,
+    refit_rows,
     rolling_cutoffs,
     scoring_frame,
-    split_gap_days,
-    time_split,
 )
 from tasks.models.features import order_features
 from tasks.models.labels import label_horizon_days, latest_matured_cutoff, population
 
 END = pd.Timestamp("2026-06-01")
 DAYS = 430
-S = Settings(split={"n_cutoffs": 4, "test_cutoffs": 1, "valid_cutoffs": 1, "cutoff_step_days": 30, "gap_days": 30})
+S = Settings(split={"customer_step_days": 30, "order_step_days": 30, "origin_spacing_days": 30})
 MODELS = ("return", "negative_review", "churn")
 OPTIONAL = ("returns", "tickets", "reviews", "events")
 
@@ -134,23 +141,51 @@ def wh(tmp_path_factory: pytest.TempPathFactory, frames: dict[str, pd.DataFrame]
 
 @pytest.fixture(scope="module")
 def sets(wh: Warehouse) -> dict[str, pd.DataFrame]:
+    """Rows at the planned cutoffs with the scoring day's populations (what ``scoring_frame`` sees)."""
     return {m: build_training_set(wh, m, rolling_cutoffs(wh, S, m), S) for m in MODELS}
 
 
-def test_rolling_cutoffs_step_back_from_the_latest_matured(wh: Warehouse) -> None:
+@pytest.fixture(scope="module")
+def planned(wh: Warehouse) -> dict[str, pd.DataFrame]:
+    """The training frames as training builds them (order moments widened to the 30-day step)."""
+    return {m: build_training_frame(wh, m, plan_cutoffs(wh, m, S), S) for m in MODELS}
+
+
+def test_cutoffs_step_back_from_the_latest_matured(wh: Warehouse) -> None:
     for model in MODELS:
+        plan = plan_cutoffs(wh, model, S)
         cutoffs = rolling_cutoffs(wh, S, model)
-        gap = pd.Timedelta(days=split_gap_days(model, S))
-        assert cutoffs == sorted(cutoffs) and len(cutoffs) == S.split.n_cutoffs
+        assert cutoffs == list(plan.cutoffs) == sorted(cutoffs) and len(cutoffs) >= 8
         assert cutoffs[-1] == latest_matured_cutoff(wh, model, S)
-        assert cutoffs[-1] - cutoffs[-2] == gap and cutoffs[-2] - cutoffs[-3] == gap
-        assert cutoffs[1] - cutoffs[0] == pd.Timedelta(days=S.split.cutoff_step_days)
+        assert {b - a for a, b in pairwise(cutoffs)} == {pd.Timedelta(days=30)}
+        assert cutoffs[0] >= plan.first_order + pd.Timedelta(days=plan.min_history_days)
+        assert cutoffs[0] - pd.Timedelta(days=30) < plan.first_order + pd.Timedelta(days=plan.min_history_days)
         assert all(c == c.normalize() for c in cutoffs)
-    assert split_gap_days("churn", S) == S.labels.churn_horizon_days  # horizon wider than the gap
-    every = rolling_cutoffs(wh, S)
-    assert every[-1] == min(latest_matured_cutoff(wh, m, S) for m in MODELS)
-    fixed = Settings(split={**S.split.model_dump(), "latest_cutoff": "2026-01-15"})
-    assert rolling_cutoffs(wh, fixed, "return")[-1] == pd.Timestamp("2026-01-15")
+        assert plan.origins[-1] == cutoffs[-1] and len(plan.origins) == S.split.backtest_origins
+
+
+def test_as_of_means_no_label_closes_after_it(wh: Warehouse) -> None:
+    """``train --cutoff D``: the newest training cutoff is D - horizon, whatever the data holds after D."""
+    for model in MODELS:
+        horizon = pd.Timedelta(days=label_horizon_days(model, S.labels))
+        as_of = pd.Timestamp("2026-02-10")
+        plan = plan_cutoffs(wh, model, Settings(split={**S.split.model_dump(), "as_of": str(as_of)}))
+        assert plan.latest == (as_of - horizon).floor("D")
+        assert all(c + horizon <= as_of for c in plan.cutoffs)
+    with pytest.raises(NotEnoughData, match="no cutoff has a matured label"):
+        plan_cutoffs(wh, "churn", Settings(split={**S.split.model_dump(), "as_of": str(END - pd.Timedelta(days=400))}))
+
+
+def test_steps_and_history_derive_from_the_span(wh: Warehouse) -> None:
+    """Defaults: daily order cutoffs, weekly customer cutoffs on ~14 months, a month of history at most."""
+    plain = Settings(split={"max_cutoffs": 1000})
+    churn, ret = plan_cutoffs(wh, "churn", plain), plan_cutoffs(wh, "return", plain)
+    assert churn.step_days == 7 and ret.step_days == 1 and not ret.notes
+    assert churn.min_history_days == 30 and ret.eval_window_days == plain.split.order_eval_window_days
+    # churn on a 90-day horizon trains from ~a month of history up to D - 90
+    assert churn.cutoffs[0] - churn.first_order <= pd.Timedelta(days=37)
+    capped = plan_cutoffs(wh, "return", Settings(split={"max_cutoffs": 50}))
+    assert len(capped.cutoffs) <= 50 and capped.step_days > 1 and any("max_cutoffs" in n for n in capped.notes)
 
 
 def test_training_sets_have_the_contract_columns(sets: dict[str, pd.DataFrame]) -> None:
@@ -166,46 +201,56 @@ def test_training_sets_have_the_contract_columns(sets: dict[str, pd.DataFrame]) 
             assert UNKNOWN in df[col].cat.categories
 
 
-def test_time_split_is_by_time_with_a_gap(sets: dict[str, pd.DataFrame]) -> None:
-    for model, df in sets.items():
-        train, valid, test = time_split(df, S)
-        gap = pd.Timedelta(days=split_gap_days(model, S))
-        horizon = pd.Timedelta(days=label_horizon_days(model, S.labels))
-        assert len(train) + len(valid) + len(test) == len(df)  # rolling cutoffs waste no cutoff
-        assert test[CUTOFF].nunique() == 1 and test[CUTOFF].iloc[0] == df[CUTOFF].max()
-        assert valid[CUTOFF].nunique() == 1
-        assert train[CUTOFF].max() + gap <= valid[CUTOFF].min()
-        assert valid[CUTOFF].max() + gap <= test[CUTOFF].min()
-        # an entity seen in two splits has disjoint label windows
-        key = "customer_id" if model == "churn" else "order_id"
-        for early, late in ((train, valid), (valid, test), (train, test)):
-            both = early.merge(late, on=key, suffixes=("_e", "_l"))[[f"{CUTOFF}_e", f"{CUTOFF}_l"]]
-            assert (both[f"{CUTOFF}_e"] + horizon <= both[f"{CUTOFF}_l"]).all()
+def test_rolling_origins_are_purged(wh: Warehouse, planned: dict[str, pd.DataFrame]) -> None:
+    """No training row's label window reaches past the start of the window its origin evaluates."""
+    for model, df in planned.items():
+        plan = plan_cutoffs(wh, model, S)
+        folds = origin_folds(df, plan)
+        assert [f.origin for f in folds] == list(plan.origins) and folds[-1].origin == df[CUTOFF].max()
+        cutoffs = pd.to_datetime(df[CUTOFF])
+        for fold in folds:
+            assert fold.train.size and fold.evaluate.size
+            assert (cutoffs.iloc[fold.train] + plan.horizon <= fold.window_start).all()
+            judged = cutoffs.iloc[fold.evaluate]
+            assert judged.between(fold.window_start, fold.origin).all()
+            # every row that could be used without a leak is used
+            usable = cutoffs + plan.horizon <= fold.window_start
+            assert int(usable.sum()) == fold.train.size
+        assert refit_rows(df, plan).size == len(df)  # the refit uses every matured cutoff
 
 
-def test_test_and_validation_windows_can_span_several_cutoffs(wh: Warehouse) -> None:
-    wide = Settings(split={"n_cutoffs": 7, "test_cutoffs": 2, "valid_cutoffs": 2, "cutoff_step_days": 14,
-                           "gap_days": 30})
-    cutoffs = rolling_cutoffs(wh, wide, "return")
-    step, gap = pd.Timedelta(days=14), pd.Timedelta(days=split_gap_days("return", wide))
-    assert len(cutoffs) == 7
-    assert cutoffs[-1] - cutoffs[-2] == step and cutoffs[-2] - cutoffs[-3] == gap
-    assert cutoffs[-3] - cutoffs[-4] == step and cutoffs[-4] - cutoffs[-5] == gap
-    train, valid, test = time_split(build_training_set(wh, "return", cutoffs, wide), wide)
-    assert test[CUTOFF].nunique() == 2 and valid[CUTOFF].nunique() == 2
-    assert train[CUTOFF].max() + gap <= valid[CUTOFF].min() and valid[CUTOFF].max() + gap <= test[CUTOFF].min()
+def test_a_planted_leak_is_refused(wh: Warehouse, sets: dict[str, pd.DataFrame]) -> None:
+    df = sets["churn"]
+    plan = plan_cutoffs(wh, "churn", S)
+    fold = origin_folds(df, plan)[-1]
+    cutoffs = pd.to_datetime(df[CUTOFF]).to_numpy()
+    late = np.flatnonzero(cutoffs == np.datetime64(fold.origin - pd.Timedelta(days=30)))
+    assert late.size  # a cutoff 30 days before the test: its 90-day label closes after the test cutoff
+    leaky = Fold(fold.origin, fold.window_start, np.r_[fold.train, late], fold.evaluate)
+    with pytest.raises(LeakageError, match="close after the evaluated window"):
+        check_fold(df, leaky, plan.horizon)
+    early = plan_cutoffs(wh, "churn", Settings(split={**S.split.model_dump(), "as_of": str(plan.latest)}))
+    with pytest.raises(LeakageError, match="after the as-of date"):
+        refit_rows(df, early)  # the frame holds labels the earlier as-of date may not see
 
 
-def test_time_split_drops_cutoffs_inside_the_gap(wh: Warehouse) -> None:
-    latest = latest_matured_cutoff(wh, "churn", S)
-    cutoffs = [latest - pd.Timedelta(days=30 * k) for k in range(7)]  # monthly, churn needs 90 days
-    df = build_training_set(wh, "churn", cutoffs, S)
-    train, valid, test = time_split(df, S)
-    assert valid[CUTOFF].iloc[0] == latest - pd.Timedelta(days=90)
-    assert train[CUTOFF].max() == latest - pd.Timedelta(days=180)
-    assert len(train) + len(valid) + len(test) < len(df)
-    with pytest.raises(ValueError, match="no cutoff"):
-        time_split(df[df[CUTOFF] > latest - pd.Timedelta(days=90)], S)
+def test_training_frame_is_built_once_and_capped_by_customer(
+    wh: Warehouse, sets: dict[str, pd.DataFrame], planned: dict[str, pd.DataFrame]
+) -> None:
+    plan = plan_cutoffs(wh, "return", S)
+    cache: dict = {}
+    full = build_training_frame(wh, "return", plan, S, cache)
+    assert len(full) == len(planned["return"]) and len(cache) == len(plan.cutoffs)
+    assert len(full) > len(sets["return"])  # the moments between 30-day cutoffs are kept
+    assert any("moments of the 29 days" in n for n in full.attrs["notes"])
+    again = build_training_frame(wh, "return", plan, S, cache)
+    pd.testing.assert_frame_equal(full, again)
+    small = Settings(split={**S.split.model_dump(), "max_training_rows": len(full) // 2})
+    capped = build_training_frame(wh, "return", plan, small)
+    assert 0 < len(capped) < len(full) and any("stable" in n for n in capped.attrs["notes"])
+    kept = set(capped["customer_id"])
+    assert not (set(full["customer_id"]) - kept) & kept  # whole customers are kept or dropped
+    assert full[full["customer_id"].isin(kept)].shape[0] == len(capped)
 
 
 def test_immature_cutoffs_are_refused(wh: Warehouse) -> None:
@@ -224,7 +269,7 @@ def test_training_rows_equal_the_scoring_frame_of_that_day(
         seen = scoring_frame(past, model, c, S)
         past.close()
         train_rows = sets[model][sets[model][CUTOFF] == c].drop(columns=LABEL).reset_index(drop=True)
-        assert len(seen) >= 4
+        assert len(seen) >= (4 if model == "churn" else 1)  # order models: the day's moments only
         for frame in (seen, train_rows):  # levels differ (other cutoffs); values must not
             for col in frame.select_dtypes("category"):
                 frame[col] = frame[col].astype(str)
@@ -276,11 +321,13 @@ def test_synthetic_shop_end_to_end(tmp_path: Path) -> None:
 
     wh = warehouse("w.duckdb")
     settings = Settings()
-    sets = {m: build_training_set(wh, m, rolling_cutoffs(wh, settings, m), settings) for m in MODELS}
+    plans = {m: plan_cutoffs(wh, m, settings) for m in MODELS}
+    sets = {m: build_training_frame(wh, m, plans[m], settings) for m in MODELS}
     wh.close()
     for model, df in sets.items():
-        train, valid, test = time_split(df, settings)
-        assert len(train) and len(valid) and len(test), model
+        folds = origin_folds(df, plans[model])  # checked for leaks as they are cut
+        assert len(folds) == settings.split.backtest_origins, model
+        assert all(f.train.size and f.evaluate.size for f in folds), model
     assert sets["churn"][LABEL].nunique() == 2 and sets["return"][LABEL].nunique() == 2
     c = sets["return"][CUTOFF].max()
     past = warehouse("past.duckdb")

@@ -1,17 +1,17 @@
-"""Model behaviour on the synthetic shop: each model against its baselines on the same test window,
-and the planted drivers among what the model relies on. Directions and relations, not exact numbers."""
+"""Model behaviour on the synthetic shop: each model against its baselines on the same test window
+(the newest rolling origin, scored by models trained before it), and the planted drivers among what
+the model relies on. Directions and relations, not exact numbers."""
 
 from __future__ import annotations
 
 import pytest
 
-from flows.train import training_splits
+from flows.train import fit_model
 from schemas.settings import Settings
 from tasks.data.ingest import ingest_batch
 from tasks.data.synthetic import generate_shop
 from tasks.data.warehouse import Warehouse
 from tasks.models.evaluation import classification_metrics
-from tasks.models.training import RuleSpec, score_window, train_baselines, train_model
 
 CUSTOMERS = 12_000  # big enough for a test window with >100 positives per order model
 PLANTED_DRIVERS = {
@@ -40,12 +40,9 @@ def settings_for_shop(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 def evaluated(settings_for_shop: Settings) -> dict[str, dict]:
     out = {}
     for model in ("return", "negative_review", "churn"):
-        splits = training_splits(model, settings_for_shop)
-        trained = train_model(splits.X_train, splits.y_train, splits.X_valid, splits.y_valid, settings_for_shop,
-                              valid_time=splits.t_valid)
-        baselines = train_baselines(splits.X_train, splits.y_train, settings_for_shop,
-                                    RuleSpec(settings_for_shop.training.baseline_rules[model]))
-        scores = score_window(trained, baselines, splits.X_test)
+        fit = fit_model(model, settings_for_shop)
+        assert fit.registrable, fit.refusal
+        splits, trained, scores = fit.splits, fit.trained, fit.splits.test_scores
         metrics = {name: classification_metrics(splits.y_test, p, 200) for name, p in scores.items()}
         drivers = (trained.contributions(splits.X_test).drop(columns="bias").abs().mean()
                    .sort_values(ascending=False))

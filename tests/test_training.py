@@ -89,7 +89,29 @@ def test_ece_zero_when_bins_are_calibrated_and_positive_otherwise():
     y = np.array([1, 0, 0, 0, 0] * 4 + [1, 1, 1, 1, 0] * 4)
     p = np.array([0.2] * 20 + [0.8] * 20)
     assert expected_calibration_error(y, p, n_bins=2) == pytest.approx(0.0)
-    assert expected_calibration_error(y, np.full(40, 0.5), n_bins=2) == pytest.approx(0.3)
+    # tied scores share a bin (as sklearn's calibration_curve bins them), whatever the row order
+    assert expected_calibration_error(y, np.full(40, 0.5), n_bins=2) == pytest.approx(0.0)
+    assert expected_calibration_error(y, np.full(40, 0.7), n_bins=2) == pytest.approx(0.2)
+    assert expected_calibration_error(y, np.r_[np.full(20, 0.5), np.full(20, 0.9)], n_bins=2) == pytest.approx(0.2)
+
+
+def test_bootstrap_matches_sklearn_on_all_rows_and_pairs_the_difference():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from tasks.models.evaluation import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+    y = rng.random(600) < 0.2
+    good = np.round(y * 0.3 + rng.random(600), 2)  # ties, as calibrated scores have
+    weak = good + rng.normal(0, 0.6, 600)
+    table = bootstrap_intervals(y, {"model": good, "baseline_logreg": weak}, top_k=50, resamples=300, seed=1)
+    row = table.set_index(["scorer", "metric"])
+    assert row.loc[("model", "roc_auc"), "value"] == pytest.approx(roc_auc_score(y, good))
+    assert row.loc[("model", "pr_auc"), "value"] == pytest.approx(average_precision_score(y, good))
+    diff = row.loc[("model-baseline_logreg", "roc_auc")]
+    assert 0 < diff["low"] < diff["value"] < diff["high"]  # the better scorer wins on paired resamples
+    again = bootstrap_intervals(y, {"model": good, "baseline_logreg": weak}, top_k=50, resamples=300, seed=1)
+    pd.testing.assert_frame_equal(table, again)  # seeded
 
 
 def test_single_class_window_gives_nan_and_flag_not_an_error():

@@ -1,18 +1,27 @@
-"""Training sets over rolling cutoffs, split by time, and the matching scoring frame.
+"""Training frames over rolling cutoffs, planned *as of* a date, and the rolling-origin folds on them.
 
-A training row is (entity, cutoff): the population of the model at that cutoff, its features as
-of the cutoff and its label from after it. Splits are by cutoff date, never random: the test
-window is the latest ``split.test_cutoffs`` cutoffs, validation the ``split.valid_cutoffs``
-latest ones at least a *gap* before the test window, training every cutoff at least a gap before
-validation. The gap is the larger of ``split.gap_days`` and the
-model's label horizon, so no label window of an earlier split reaches into a later split's cutoff
-(an entity that appears in two splits is scored on disjoint stretches of time).
+A training row is (entity, cutoff c): the model's population at c, its features as of c and its
+label from after c, decided by c + horizon (``label_horizon_days``). Training **as of D** uses only
+rows with c + horizon <= D, so nothing whose label closes after D is read; ``aftersales train
+--cutoff D`` followed by ``aftersales score --date D`` is therefore exactly a backtest at D.
+
+The plan (``plan_cutoffs``) derives everything from the data's span and the label horizon: a step
+(daily for order models, weekly or every 14 days for customers), a minimum history before the
+first cutoff, and K rolling origins e_1 < ... < e_K, the newest being the latest matured cutoff.
+Each origin evaluates a window of cutoffs ending at it (one cutoff for customer models, the pooled
+cutoffs of ``split.order_eval_window_days`` for order models, whose daily populations are small)
+and trains on rows whose labels closed before the window starts (*purged*: c + horizon <= start).
+The frame is built once for every cutoff; folds are index slices of it (``origin_folds``).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
@@ -31,13 +40,25 @@ from tasks.models.features import (
 )
 from tasks.models.labels import (
     MODELS,
+    data_end,
     entity_key,
     key_columns,
     label_horizon_days,
     labels,
-    latest_matured_cutoff,
     population,
 )
+
+DAY = pd.Timedelta(days=1)
+SAMPLE_KEY = "customer_id"  # rows are capped by customer, so one customer's rows stay together
+FrameCache = MutableMapping[tuple[str, pd.Timestamp], pd.DataFrame]
+
+
+class NotEnoughData(RuntimeError):
+    """The warehouse cannot (yet) give this model a training frame and an honest test; says why."""
+
+
+class LeakageError(AssertionError):
+    """A fold would train on a label that closes after its evaluated cutoffs."""
 
 
 def feature_columns(model: ModelName) -> list[str]:
@@ -49,45 +70,128 @@ def categorical_columns(model: ModelName) -> list[str]:
     return categorical_features(MODEL_ENTITY[model])
 
 
-def split_gap_days(model: ModelName | None, settings: Settings) -> int:
-    """Days between consecutive splits: the configured gap, widened to cover the label window."""
-    models = [model] if model else list(settings.training.models)
-    horizons = [label_horizon_days(m, settings.labels) for m in models]
-    return max([settings.split.gap_days, *horizons])
+# ---------------------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class CutoffPlan:
+    """Which cutoffs a model trains and is judged on as of a date, and why (``notes``)."""
+
+    model: ModelName
+    as_of: pd.Timestamp
+    first_order: pd.Timestamp
+    data_end: pd.Timestamp
+    horizon_days: int
+    step_days: int
+    min_history_days: int
+    eval_window_days: int
+    spacing_days: int
+    cutoffs: tuple[pd.Timestamp, ...]
+    origins: tuple[pd.Timestamp, ...]
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def horizon(self) -> pd.Timedelta:
+        return pd.Timedelta(days=self.horizon_days)
+
+    @property
+    def latest(self) -> pd.Timestamp:
+        """The newest cutoff: the latest whose label has matured by the as-of date."""
+        return self.cutoffs[-1]
+
+    def window(self, origin: pd.Timestamp) -> list[pd.Timestamp]:
+        """The cutoffs an origin evaluates: those in (origin - window, origin]."""
+        start = origin - pd.Timedelta(days=self.eval_window_days)
+        return [c for c in self.cutoffs if start < c <= origin]
+
+    def train_cutoffs(self, origin: pd.Timestamp) -> list[pd.Timestamp]:
+        """Cutoffs whose labels closed before the origin's window starts (the purge)."""
+        first = self.window(origin)[0]
+        return [c for c in self.cutoffs if c + self.horizon <= first]
+
+    def describe(self) -> str:
+        origins = ", ".join(f"{o:%Y-%m-%d}" for o in self.origins)
+        return (f"as of {self.as_of:%Y-%m-%d}: {len(self.cutoffs)} cutoffs every {self.step_days} days "
+                f"{self.cutoffs[0]:%Y-%m-%d} .. {self.latest:%Y-%m-%d} (first after {self.min_history_days} days "
+                f"of history, the newest {self.horizon_days} days before the as-of date); origins {origins}, "
+                f"each evaluating {self.eval_window_days} day(s)")
+
+
+def _derived_step(model: ModelName, span_days: int, settings: Settings) -> int:
+    if MODEL_ENTITY[model] == "order":
+        return max(1, settings.split.order_step_days)
+    if settings.split.customer_step_days:
+        return settings.split.customer_step_days
+    return 7 if span_days <= 730 else 14
+
+
+def plan_cutoffs(wh: Warehouse, model: ModelName, settings: Settings | None = None) -> CutoffPlan:
+    """The cutoffs and origins of ``model`` as of ``split.as_of`` (default: the end of its data).
+
+    Raises ``NotEnoughData`` with the reason in words when the history cannot hold one cutoff with
+    its minimum history and matured label.
+    """
+    settings = settings or get_settings()
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}")
+    cfg = settings.split
+    horizon = label_horizon_days(model, settings.labels)
+    end = data_end(wh, model)
+    first_value = wh.scalar(f'SELECT min("{Orders.ordered_at}") FROM orders')
+    if end is None or first_value is None:
+        raise NotEnoughData(f"{model}: the warehouse holds no orders yet")
+    first = as_timestamp(first_value)
+    as_of = as_timestamp(cfg.as_of) if cfg.as_of else as_timestamp(end)
+    notes = []
+    known = min(as_of, as_timestamp(end))
+    if as_of > known:
+        notes.append(f"the data ends {known:%Y-%m-%d %H:%M}, before the as-of date: labels mature only up to there")
+    latest = (known - pd.Timedelta(days=horizon)).floor("D")
+    span = max(0, (known - first).days)
+    step = _derived_step(model, span, settings)
+    min_history = cfg.min_history_days if cfg.min_history_days is not None else int(np.clip(span // 12, step, 30))
+    start = (first + pd.Timedelta(days=min_history)).ceil("D")
+    if latest < start:
+        raise NotEnoughData(
+            f"{model}: the data from {first:%Y-%m-%d} to {known:%Y-%m-%d} ({span} days) is shorter than "
+            f"{min_history} days of history plus the {horizon}-day label window; no cutoff has a matured label")
+    n_days = (latest - start).days
+    if n_days // step + 1 > cfg.max_cutoffs:
+        wider = math.ceil(n_days / max(1, cfg.max_cutoffs - 1))
+        notes.append(f"{n_days // step + 1} cutoffs every {step} days exceed split.max_cutoffs={cfg.max_cutoffs}: "
+                     f"one every {wider} days instead")
+        step = wider
+    cutoffs = sorted(latest - k * pd.Timedelta(days=step) for k in range(n_days // step + 1))
+    window = max(cfg.order_eval_window_days, step) if MODEL_ENTITY[model] == "order" else 1
+    spacing = cfg.origin_spacing_days or max(window, 2 * step, 7)
+    spacing = math.ceil(spacing / step) * step
+    plan = CutoffPlan(model, as_of, first, as_timestamp(end), horizon, step, min_history, window, spacing,
+                      tuple(cutoffs), (), tuple(notes))
+    origins = [latest - k * pd.Timedelta(days=spacing) for k in range(max(1, cfg.backtest_origins))]
+    usable = sorted(o for o in origins if o >= cutoffs[0] and plan.train_cutoffs(o))
+    dropped = len(origins) - len(usable)
+    if dropped:
+        notes.append(f"{dropped} of {len(origins)} origins dropped: no matured training cutoff before their window")
+    return CutoffPlan(model, as_of, first, as_timestamp(end), horizon, step, min_history, window, spacing,
+                      tuple(cutoffs), tuple(usable), tuple(notes))
 
 
 def rolling_cutoffs(
     wh: Warehouse, settings: Settings | None = None, model: ModelName | None = None
 ) -> list[pd.Timestamp]:
-    """Cutoffs for a training set, oldest first: test, validation a gap earlier, then training ones.
+    """Every training cutoff of ``model`` as of ``split.as_of``, oldest first (empty if none).
 
-    The newest is ``split.latest_cutoff`` or else the latest midnight whose labels have matured
-    (for every configured model when ``model`` is None). The test window steps back from it by
-    ``cutoff_step_days``; validation starts one gap before the test window; the remaining
-    cutoffs step back from one gap before validation. Cutoffs before the first order are
-    dropped. Cutoffs in between would be discarded by ``time_split`` anyway, so they are not built.
+    The last one is the latest cutoff whose label has matured (what promotion compares on).
     """
-    settings = settings or get_settings()
-    models = [model] if model else list(settings.training.models)
-    if settings.split.latest_cutoff:
-        latest = as_timestamp(settings.split.latest_cutoff).floor("D")
-    else:
-        matured = [latest_matured_cutoff(wh, m, settings) for m in models]
-        if any(m is None for m in matured):
-            return []
-        latest = min(m for m in matured if m is not None)
-    gap = pd.Timedelta(days=split_gap_days(model, settings))
-    step = pd.Timedelta(days=settings.split.cutoff_step_days)
-    n_test, n_valid = max(1, settings.split.test_cutoffs), max(1, settings.split.valid_cutoffs)
-    n_train = max(1, settings.split.n_cutoffs - n_test - n_valid)
-    test = [latest - k * step for k in range(n_test)]
-    valid = [test[-1] - gap - k * step for k in range(n_valid)]
-    train = [valid[-1] - gap - k * step for k in range(n_train)]
-    cutoffs = test + valid + train
-    first = wh.scalar(f'SELECT min("{Orders.ordered_at}") FROM orders')
-    if first is None:
+    if model is None:
+        raise ValueError("rolling_cutoffs needs the model: each has its own label horizon")
+    try:
+        return list(plan_cutoffs(wh, model, settings).cutoffs)
+    except NotEnoughData:
         return []
-    return sorted(c for c in cutoffs if c > pd.Timestamp(first))
+
+
+# --------------------------------------------------------------------------------------- frames
 
 
 def _features(wh: Warehouse, model: ModelName, cutoff: pd.Timestamp, ids: pd.DataFrame,
@@ -111,23 +215,81 @@ def _assemble(frames: list[pd.DataFrame], model: ModelName, schema: pa.DataFrame
 
 
 def _frame_at(wh: Warehouse, model: ModelName, cutoff: pd.Timestamp, settings: Settings,
-              with_label: bool) -> pd.DataFrame:
-    """Population, features and (optionally) label of one cutoff."""
-    rows = labels(wh, model, cutoff, settings) if with_label else population(wh, model, cutoff, settings)
+              with_label: bool, rows: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Population (or the given ``rows`` of it), features and (optionally) label of one cutoff."""
+    if rows is None:
+        rows = labels(wh, model, cutoff, settings) if with_label else population(wh, model, cutoff, settings)
     key = entity_key(model)
+    if rows.empty:
+        return pd.DataFrame()
     feats = _features(wh, model, cutoff, rows[[key]], settings)
     out = feats.merge(rows[[key, LABEL]] if with_label else rows[[key]], on=key, how="inner", validate="1:1")
     out.insert(len(key_columns(model)), CUTOFF, cutoff)
     return out
 
 
+def stable_share(ids: pd.Series, seed: int) -> np.ndarray:
+    """A number in [0, 1) per id, fixed by the id and the seed alone (not by which rows exist)."""
+    hashed = pd.util.hash_array(ids.astype(str).to_numpy(dtype=object), hash_key=f"aftersales{seed:06d}"[:16])
+    return hashed.astype(np.float64) / 2.0**64
+
+
+def frame_settings(model: ModelName, plan: CutoffPlan, settings: Settings) -> tuple[Settings, str | None]:
+    """Order cutoffs further apart than ``labels.moment_window_days``: widen the moment window to the
+    step (below the label windows), so each order is still seen once at each of its moments."""
+    labels_cfg = settings.labels
+    if MODEL_ENTITY[model] != "order" or plan.step_days <= labels_cfg.moment_window_days:
+        return settings, None
+    shortest = min(labels_cfg.return_window_days, labels_cfg.review_window_days)
+    window = float(min(plan.step_days, shortest - 1))
+    data = settings.model_dump()
+    data["labels"]["moment_window_days"] = window
+    return Settings(**data), (f"order cutoffs every {plan.step_days} days: training rows take the moments of the "
+                              f"{window:g} days before each cutoff")
+
+
+def build_training_frame(
+    wh: Warehouse, model: ModelName, plan: CutoffPlan, settings: Settings | None = None,
+    cache: FrameCache | None = None,
+) -> pd.DataFrame:
+    """Every cutoff of the plan in one frame: keys, ``cutoff``, features, ``label``.
+
+    Populations and labels come first (cheap); beyond ``split.max_training_rows`` a stable share of
+    customers is kept (the same customers whatever else the data holds); features are computed for
+    the kept rows only. ``cache`` keeps finished cutoffs across calls (a backtest over many dates).
+    Notes for the run are in ``frame.attrs["notes"]``.
+    """
+    settings, widened = frame_settings(model, plan, settings or get_settings())
+    cache = cache if cache is not None else {}
+    rows = {c: labels(wh, model, c, settings) for c in plan.cutoffs}
+    total = sum(len(r) for r in rows.values())
+    notes: list[str] = [widened] if widened else []
+    share = 1.0
+    if total > settings.split.max_training_rows:
+        share = settings.split.max_training_rows / total
+        notes.append(f"{total:,} training rows exceed split.max_training_rows={settings.split.max_training_rows:,}: "
+                     f"a stable {share:.0%} of customers is kept")
+    frames = []
+    for cutoff, labelled in rows.items():
+        if share < 1.0 and len(labelled):
+            keep_ids = labelled[SAMPLE_KEY] if SAMPLE_KEY in labelled else labelled[entity_key(model)]
+            labelled = labelled[stable_share(keep_ids, settings.training.seed) < share]
+        key = (model, cutoff) if share == 1.0 else (f"{model}@{share:.6f}", cutoff)
+        if key not in cache:
+            cache[key] = _frame_at(wh, model, cutoff, settings, with_label=True, rows=labelled)
+        if len(cache[key]):
+            frames.append(cache[key])
+    out = _assemble(frames, model, training_set_schema(model))
+    out.attrs.update(model=model, notes=notes, rows_before_sampling=total)
+    return out
+
+
 def build_training_set(
     wh: Warehouse, model: ModelName, cutoffs: list[pd.Timestamp], settings: Settings | None = None
 ) -> pd.DataFrame:
-    """Rows of (entity, cutoff): keys, ``cutoff``, ``feature_columns(model)``, ``label``.
+    """Rows of (entity, cutoff) at the given cutoffs: keys, ``cutoff``, ``feature_columns(model)``, ``label``.
 
-    Raises if any cutoff's labels have not matured. ``df.attrs["model"]`` records the model so
-    ``time_split`` can size the gap.
+    Raises if any cutoff's labels have not matured.
     """
     settings = settings or get_settings()
     if model not in MODELS:
@@ -148,45 +310,69 @@ def scoring_frame(wh: Warehouse, model: ModelName, as_of: Any, settings: Setting
     return out
 
 
-def time_split(
-    df: pd.DataFrame, settings: Settings | None = None, model: ModelName | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(train, valid, test) by cutoff date with a gap; rows of cutoffs inside a gap are dropped.
-
-    ``model`` (default ``df.attrs["model"]``) widens the gap to its label horizon.
-    """
+def labelled_frame(wh: Warehouse, model: ModelName, as_of: Any, settings: Settings | None = None) -> pd.DataFrame:
+    """The population at a date with features as of it and the label from after it (a backtest's rows)."""
     settings = settings or get_settings()
-    model = model or df.attrs.get("model")
-    gap = pd.Timedelta(days=split_gap_days(model, settings) if model else settings.split.gap_days)
-    cutoffs = sorted(pd.to_datetime(df[CUTOFF]).unique())
-    if not cutoffs:
-        raise ValueError("empty training set")
-    test_cs = cutoffs[-max(1, settings.split.test_cutoffs):]
-    earlier = [c for c in cutoffs if c <= test_cs[0] - gap]
-    if not earlier:
-        raise ValueError(f"no cutoff at least {gap.days} days before the test window {test_cs[0]:%Y-%m-%d}")
-    valid_cs = earlier[-max(1, settings.split.valid_cutoffs):]
-    train_cs = [c for c in cutoffs if c <= valid_cs[0] - gap]
-    if not train_cs:
-        raise ValueError(f"no cutoff at least {gap.days} days before the validation window {valid_cs[0]:%Y-%m-%d}")
-    parts = (df[df[CUTOFF].isin(train_cs)], df[df[CUTOFF].isin(valid_cs)], df[df[CUTOFF].isin(test_cs)])
-    train, valid, test = (p.reset_index(drop=True) for p in parts)
-    for part in (train, valid, test):
-        part.attrs = dict(df.attrs)
-    horizon = pd.Timedelta(days=label_horizon_days(model, settings.labels)) if model else pd.Timedelta(0)
-    assert_time_ordered(train, valid, test, gap, horizon)
-    return train, valid, test
+    frame = _frame_at(wh, model, as_timestamp(as_of), settings, with_label=True)
+    out = _assemble([frame] if len(frame) else [], model, training_set_schema(model))
+    out.attrs["model"] = model
+    return out
 
 
-def assert_time_ordered(train: pd.DataFrame, valid: pd.DataFrame, test: pd.DataFrame,
-                        gap: pd.Timedelta, horizon: pd.Timedelta = pd.Timedelta(0)) -> None:
-    """Each split ends a gap before the next begins, and no label window crosses into a later split."""
-    for earlier, later, name in ((train, valid, "train/valid"), (valid, test, "valid/test"),
-                                 (train, test, "train/test")):
-        if earlier.empty or later.empty:
-            continue
-        last, first = earlier[CUTOFF].max(), later[CUTOFF].min()
-        if last + gap > first:
-            raise AssertionError(f"{name}: {last:%Y-%m-%d} + {gap.days}d gap overlaps {first:%Y-%m-%d}")
-        if last + horizon > first:
-            raise AssertionError(f"{name}: label windows of {last:%Y-%m-%d} reach past {first:%Y-%m-%d}")
+# ---------------------------------------------------------------------------------------- folds
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One rolling origin: positions of its training rows and of its evaluated rows in the frame."""
+
+    origin: pd.Timestamp
+    window_start: pd.Timestamp
+    train: np.ndarray
+    evaluate: np.ndarray
+
+    def describe(self) -> str:
+        span = (f"{self.window_start:%Y-%m-%d}..{self.origin:%Y-%m-%d}" if self.window_start != self.origin
+                else f"{self.origin:%Y-%m-%d}")
+        return f"origin {span}: {self.train.size:,} training rows, {self.evaluate.size:,} evaluated"
+
+
+def check_fold(frame: pd.DataFrame, fold: Fold, horizon: pd.Timedelta) -> None:
+    """Refuse a fold whose training rows' label windows reach into its evaluated window.
+
+    Also refuses training rows at or after the window and evaluated rows outside it.
+    """
+    cutoffs = pd.to_datetime(frame[CUTOFF])
+    trained = cutoffs.iloc[fold.train]
+    if len(trained) and (late := trained[trained + horizon > fold.window_start]).size:
+        raise LeakageError(
+            f"origin {fold.origin:%Y-%m-%d}: {late.size} training rows (cutoffs {late.min():%Y-%m-%d}.."
+            f"{late.max():%Y-%m-%d}) have labels that close after the evaluated window starts "
+            f"{fold.window_start:%Y-%m-%d} ({horizon.days}-day horizon)")
+    judged = cutoffs.iloc[fold.evaluate]
+    if len(judged) and ((judged < fold.window_start) | (judged > fold.origin)).any():
+        raise LeakageError(f"origin {fold.origin:%Y-%m-%d}: evaluated rows outside its window")
+
+
+def origin_folds(frame: pd.DataFrame, plan: CutoffPlan) -> list[Fold]:
+    """One fold per origin of the plan, oldest first, each checked by ``check_fold``."""
+    cutoffs = pd.to_datetime(frame[CUTOFF]).to_numpy()
+    folds = []
+    for origin in plan.origins:
+        window = plan.window(origin)
+        train = np.flatnonzero(np.isin(cutoffs, np.array(plan.train_cutoffs(origin), dtype="datetime64[ns]")))
+        evaluate = np.flatnonzero(np.isin(cutoffs, np.array(window, dtype="datetime64[ns]")))
+        fold = Fold(origin, window[0], train, evaluate)
+        check_fold(frame, fold, plan.horizon)
+        folds.append(fold)
+    return folds
+
+
+def refit_rows(frame: pd.DataFrame, plan: CutoffPlan) -> np.ndarray:
+    """Positions of the rows the registered model is refitted on: every cutoff with a label matured
+    by the as-of date (all of the plan's cutoffs; checked, since a cache could hold others)."""
+    cutoffs = pd.to_datetime(frame[CUTOFF])
+    late = cutoffs + plan.horizon > plan.as_of
+    if late.any():
+        raise LeakageError(f"{int(late.sum())} rows have labels closing after the as-of date {plan.as_of:%Y-%m-%d}")
+    return np.arange(len(frame))

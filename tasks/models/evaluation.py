@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import average_precision_score, log_loss, precision_recall_curve, roc_auc_score
 
 ECE_BINS = 10
-"""Equal-frequency bins for ECE and the reliability curve.
+"""Equal-frequency bins for ECE and the reliability curve (``calibration_curve(strategy="quantile")``).
 
 Equal-frequency (not equal-width): risk scores pile up near 0, so equal-width bins leave most bins
 nearly empty and the ECE is then decided by a handful of rows. Ten bins of equal support keep the
@@ -27,7 +28,8 @@ per-bin rate estimate stable on test windows of a few thousand rows.
 """
 
 LOWER_IS_BETTER = frozenset({"brier", "ece", "log_loss"})
-_EPS = 1e-15
+INTERVAL_METRICS = ("roc_auc", "pr_auc", "brier", "ece", "precision_at_k", "lift_at_k")
+PAIRED_METRICS = ("roc_auc", "pr_auc")
 
 
 def higher_is_better(metric: str) -> bool:
@@ -62,20 +64,22 @@ def precision_recall_at_k(y: Any, p: Any, k: int) -> tuple[float, float]:
     return hits / top.size, (hits / positives if positives > 0 else math.nan)
 
 
-def equal_frequency_bins(p: np.ndarray, n_bins: int = ECE_BINS) -> list[np.ndarray]:
-    """Row indices per bin after sorting by score; bins differ in size by at most one row."""
-    order = np.argsort(p, kind="stable")
-    return [b for b in np.array_split(order, min(n_bins, max(p.size, 1))) if b.size]
+def calibration_bins(p: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Bin of each row, exactly as ``sklearn.calibration.calibration_curve(strategy="quantile")`` bins."""
+    edges = np.percentile(p, np.linspace(0, 1, n_bins + 1) * 100)
+    return np.searchsorted(edges[1:-1], p)
 
 
 def reliability_table(y: Any, p: Any, n_bins: int = ECE_BINS) -> pd.DataFrame:
     """Mean predicted vs observed rate per equal-frequency bin (the data of a reliability curve)."""
     y_arr, p_arr = _as_arrays(y, p)
-    rows = [
-        {"bin": i, "n": b.size, "mean_predicted": p_arr[b].mean(), "observed_rate": y_arr[b].mean()}
-        for i, b in enumerate(equal_frequency_bins(p_arr, n_bins))
-    ]
-    return pd.DataFrame(rows, columns=["bin", "n", "mean_predicted", "observed_rate"])
+    if y_arr.size == 0:
+        return pd.DataFrame(columns=["bin", "n", "mean_predicted", "observed_rate"])
+    observed, predicted = calibration_curve(y_arr, np.clip(p_arr, 0.0, 1.0), n_bins=n_bins, strategy="quantile")
+    counts = np.bincount(calibration_bins(np.clip(p_arr, 0.0, 1.0), n_bins), minlength=n_bins)
+    counts = counts[counts > 0]
+    return pd.DataFrame({"bin": np.arange(counts.size), "n": counts, "mean_predicted": predicted,
+                         "observed_rate": observed})
 
 
 def expected_calibration_error(y: Any, p: Any, n_bins: int = ECE_BINS) -> float:
@@ -85,11 +89,6 @@ def expected_calibration_error(y: Any, p: Any, n_bins: int = ECE_BINS) -> float:
         return math.nan
     gap = (table["observed_rate"] - table["mean_predicted"]).abs()
     return float((gap * table["n"]).sum() / table["n"].sum())
-
-
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
-    q = np.clip(p, _EPS, 1 - _EPS)
-    return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
 
 def classification_metrics(y: Any, p: Any, top_k: int, n_bins: int = ECE_BINS) -> dict[str, float]:
@@ -104,12 +103,13 @@ def classification_metrics(y: Any, p: Any, top_k: int, n_bins: int = ECE_BINS) -
     base_rate = positives / n if n else math.nan
     single_class = n == 0 or positives in (0.0, float(n))
     precision_k, recall_k = precision_recall_at_k(y_arr, p_arr, top_k) if n else (math.nan, math.nan)
+    probabilities = np.clip(p_arr, 0.0, 1.0)
     return {
         "roc_auc": math.nan if single_class else float(roc_auc_score(y_arr, p_arr)),
         "pr_auc": math.nan if single_class else float(average_precision_score(y_arr, p_arr)),
         "brier": float(np.mean((p_arr - y_arr) ** 2)) if n else math.nan,
         "ece": expected_calibration_error(y_arr, p_arr, n_bins) if n else math.nan,
-        "log_loss": _log_loss(y_arr, p_arr) if n else math.nan,
+        "log_loss": float(log_loss(y_arr, probabilities, labels=[0, 1])) if n else math.nan,
         "precision_at_k": precision_k,
         "recall_at_k": recall_k,
         "lift_at_k": precision_k / base_rate if n and base_rate > 0 else math.nan,
@@ -118,6 +118,133 @@ def classification_metrics(y: Any, p: Any, top_k: int, n_bins: int = ECE_BINS) -
         "k": float(min(top_k, n)),
         "single_class": float(single_class),
     }
+
+
+# ------------------------------------------------------------------------------------ bootstrap
+
+
+def bootstrap_weights(n: int, resamples: int, seed: int, clusters: Any = None) -> np.ndarray:
+    """(resamples, n) counts of each row in each resample: rows drawn with replacement, or whole
+    clusters (e.g. every row of one customer) when ``clusters`` labels the rows."""
+    rng = np.random.default_rng(seed)
+    if clusters is None:
+        draws = rng.integers(0, n, size=(resamples, n))
+        offsets = (np.arange(resamples)[:, None] * n + draws).ravel()
+        return np.bincount(offsets, minlength=resamples * n).reshape(resamples, n).astype(float)
+    codes, uniques = pd.factorize(pd.Series(np.asarray(clusters)), sort=True)
+    m = len(uniques)
+    draws = rng.integers(0, m, size=(resamples, m))
+    offsets = (np.arange(resamples)[:, None] * m + draws).ravel()
+    per_cluster = np.bincount(offsets, minlength=resamples * m).reshape(resamples, m).astype(float)
+    return per_cluster[:, codes]
+
+
+def weighted_metrics(y: np.ndarray, p: np.ndarray, weights: np.ndarray, top_k: int,
+                     bins: np.ndarray) -> dict[str, np.ndarray]:
+    """The interval metrics of each row of ``weights`` (one resample each), all resamples at once.
+
+    Ties are grouped like scikit-learn groups them (ROC-AUC counts a tie as half, average precision
+    steps at each distinct score), so all-ones weights reproduce ``roc_auc_score`` and
+    ``average_precision_score``; top k follows the stable row order of ``top_k_order``.
+    """
+    order = np.argsort(-p, kind="stable")
+    ys, ps, w = y[order], p[order], weights[:, order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    pos = np.add.reduceat(w * ys, starts, axis=1)
+    neg = np.add.reduceat(w * (1 - ys), starts, axis=1)
+    tp, fp = np.cumsum(pos, axis=1), np.cumsum(neg, axis=1)
+    n_pos, n_neg = tp[:, -1], fp[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        roc = (pos * (n_neg[:, None] - fp + 0.5 * neg)).sum(axis=1) / (n_pos * n_neg)
+        ap = (pos * (tp / np.maximum(tp + fp, 1e-300))).sum(axis=1) / n_pos
+        total = w.sum(axis=1)
+        k = np.minimum(float(top_k), total)
+        before = np.cumsum(w, axis=1) - w
+        taken = np.clip(k[:, None] - before, 0.0, w)
+        precision = (taken * ys).sum(axis=1) / k
+        lift = precision / (n_pos / total)
+        brier = (w * (ps - ys) ** 2).sum(axis=1) / total
+        by_bin = np.argsort(bins, kind="stable")
+        bin_starts = np.flatnonzero(np.r_[True, np.diff(bins[by_bin]) != 0])
+        residual = weights[:, by_bin] * (y[by_bin] - p[by_bin])
+        ece = np.abs(np.add.reduceat(residual, bin_starts, axis=1)).sum(axis=1) / total
+    single = (n_pos == 0) | (n_neg == 0)
+    roc[single], ap[single] = np.nan, np.nan
+    return {"roc_auc": roc, "pr_auc": ap, "brier": brier, "ece": ece, "precision_at_k": precision,
+            "lift_at_k": lift}
+
+
+def bootstrap_intervals(
+    y: Any,
+    scores: Mapping[str, Any],
+    top_k: int,
+    resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    clusters: Any = None,
+    pairs: Sequence[tuple[str, str]] = (("model", "baseline_logreg"),),
+    n_bins: int = ECE_BINS,
+) -> pd.DataFrame:
+    """Percentile bootstrap intervals of every scorer's metrics on the same resampled rows.
+
+    One set of resamples serves every scorer, so ``pairs`` (e.g. model vs logistic regression) get a
+    *paired* interval of their difference in ROC-AUC and PR-AUC: the noise the two share cancels.
+    Rows: ``scorer`` (or ``a-b``), ``metric``, ``value`` (on all rows), ``low``, ``high``, ``resamples``.
+    Resamples are processed in chunks so memory stays bounded on large windows.
+    """
+    y_arr = np.asarray(y, dtype=float).ravel()
+    arrays = {name: _as_arrays(y_arr, p)[1] for name, p in scores.items()}
+    n = y_arr.size
+    alpha = (1 - confidence) / 2
+    ones = np.ones((1, n))
+    bins = {name: calibration_bins(np.clip(p, 0, 1), n_bins) for name, p in arrays.items()}
+    point = {name: {m: float(v[0]) for m, v in weighted_metrics(y_arr, p, ones, top_k, bins[name]).items()}
+             for name, p in arrays.items()}
+    draws: dict[str, dict[str, list[np.ndarray]]] = {name: {m: [] for m in INTERVAL_METRICS} for name in arrays}
+    chunk = max(1, min(resamples, 5_000_000 // max(n, 1)))
+    done = 0
+    while n and done < resamples:
+        size = min(chunk, resamples - done)
+        weights = bootstrap_weights(n, size, seed + done, clusters)
+        for name, p in arrays.items():
+            for metric, values in weighted_metrics(y_arr, p, weights, top_k, bins[name]).items():
+                draws[name][metric].append(values)
+        done += size
+    rows = []
+
+    def interval(values: np.ndarray) -> tuple[float, float]:
+        values = values[np.isfinite(values)]
+        if values.size < max(10, resamples // 2):
+            return math.nan, math.nan
+        low, high = np.quantile(values, [alpha, 1 - alpha])
+        return float(low), float(high)
+
+    for name in arrays:
+        for metric in INTERVAL_METRICS:
+            values = np.concatenate(draws[name][metric]) if draws[name][metric] else np.array([])
+            rows.append({"scorer": name, "metric": metric, "value": point[name][metric], **dict(
+                zip(("low", "high"), interval(values), strict=True)), "resamples": int(values.size)})
+    for a, b in pairs:
+        if a not in arrays or b not in arrays:
+            continue
+        for metric in PAIRED_METRICS:
+            diff = (np.concatenate(draws[a][metric]) - np.concatenate(draws[b][metric])) if n else np.array([])
+            rows.append({"scorer": f"{a}-{b}", "metric": metric, "value": point[a][metric] - point[b][metric],
+                         **dict(zip(("low", "high"), interval(diff), strict=True)), "resamples": int(diff.size)})
+    return pd.DataFrame(rows, columns=["scorer", "metric", "value", "low", "high", "resamples"])
+
+
+def interval_metrics(table: pd.DataFrame, prefixes: Mapping[str, str]) -> dict[str, float]:
+    """``bootstrap_intervals`` rows as flat MLflow metrics: ``<prefix><metric>_low`` / ``_high``."""
+    out: dict[str, float] = {}
+    for row in table.itertuples(index=False):
+        prefix = prefixes.get(row.scorer, f"{row.scorer.replace('-', '_minus_')}_")
+        if row.scorer in prefixes:
+            out.update({f"{prefix}{row.metric}_low": row.low, f"{prefix}{row.metric}_high": row.high})
+        else:
+            out.update({f"{prefix}{row.metric}": row.value, f"{prefix}{row.metric}_low": row.low,
+                        f"{prefix}{row.metric}_high": row.high})
+    return {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
 
 
 def evaluate_scores(
@@ -245,10 +372,13 @@ def sample_rows(n: int, size: int, seed: int) -> np.ndarray:
 __all__: Sequence[str] = [
     "ECE_BINS",
     "LOWER_IS_BETTER",
+    "bootstrap_intervals",
+    "bootstrap_weights",
     "classification_metrics",
     "evaluate_scores",
     "expected_calibration_error",
     "higher_is_better",
+    "interval_metrics",
     "plot_calibration",
     "plot_feature_importance",
     "plot_pr_curves",

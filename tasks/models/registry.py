@@ -645,6 +645,7 @@ def _log_params(model: str, trained: TrainedModel, splits: DataSplits, rule: Rul
             "n_calibration": trained.n_calibration,
             "n_test": len(splits.y_test),
             "baseline_rule": rule.describe() if rule else "none",
+            **trained.extra_params,
         }
     )
     mlflow.log_params(params)
@@ -745,7 +746,9 @@ def log_training_run(
             )
         changed = _what_changed(client, name, data_hash, code, config_hash)
         experiment_id = ensure_experiment(client, settings, model)
-        scores = score_window(trained, baselines, splits.X_test)
+        # after a rolling-origin fit the test rows are inside the refit: use its out-of-time scores
+        scores = splits.test_scores if splits.test_scores is not None else score_window(trained, baselines,
+                                                                                         splits.X_test)
         results = evaluate_scores(splits.y_test, scores, settings.training.top_k)
         metrics: dict[str, float] = {}
         for scorer, values in results.items():
@@ -766,9 +769,11 @@ def log_training_run(
         with mlflow.start_run(experiment_id=experiment_id, run_name=run_name, nested=nested) as run:
             mlflow.set_tags(run_tags)
             _log_params(model, trained, splits, rule)
-            mlflow.log_metrics({**prefixed(results["model"], SCORER_PREFIX["model"]),
+            mlflow.log_metrics({**prefixed(results["model"], SCORER_PREFIX["model"]), **trained.extra_metrics,
                                 "fit_seconds": trained.fit_seconds})
             mlflow.log_dict(results, "metrics/test_metrics.json")
+            if trained.notes:
+                mlflow.log_text("\n".join(trained.notes), "notes.txt")
             _log_datasets(model, splits)
             _log_plots(model, trained, splits, scores, settings)
             describe, label_rates = data_profile(splits)
@@ -839,6 +844,23 @@ def log_training_run(
         code_version=code,
         metrics=metrics,
     )
+
+
+def log_refused_run(model: str, settings: Settings, reason: str, counts: Mapping[str, tuple[int, int]],
+                    notes: list[str] | None = None) -> str:
+    """Record a training run the minimum-signal guard refused: an MLflow run with the reason, the
+    rows and positives of each set, and no model; nothing is registered, no alias moves."""
+    client = configure(settings)
+    experiment_id = ensure_experiment(client, settings, model)
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"refused-{model}-{datetime.now(UTC):%Y%m%dT%H%M%S}",
+                          nested=nested) as run:
+        mlflow.set_tags({MODEL_TAG: model, "registered": "false", "not_registered_reason": reason[:5000]})
+        mlflow.log_metrics({f"{name.replace(' ', '_')}_{what}": float(value)
+                            for name, (rows, positives) in counts.items()
+                            for what, value in (("rows", rows), ("positives", positives))})
+        mlflow.log_text("\n".join([reason, *(notes or [])]), "not_registered.txt")
+        return run.info.run_id
 
 
 # ------------------------------------------------------------------------------------ promotion
@@ -1320,6 +1342,7 @@ __all__ = [
     "code_version",
     "detect_manual_moves",
     "list_models",
+    "log_refused_run",
     "log_training_run",
     "promote",
     "resolve_alias",

@@ -1,9 +1,16 @@
 """Train the risk model (XGBoost + calibration) and its two baselines on plain ``X``/``y``.
 
-Inputs are a feature DataFrame (numeric columns and pandas ``category`` columns) and a 0/1 label
-Series; nothing here knows how the training sets were built. The result is one object,
-``AftersalesModel``, that the registry logs as an MLflow pyfunc and the scoring step loads back:
-it returns calibrated probabilities and, on request, the booster's per-feature contributions.
+Inputs are a feature DataFrame (numeric columns and pandas ``category`` columns), a 0/1 label
+Series and, for the rolling-origin steps, folds given as row positions; nothing here knows how the
+training sets or folds were built. The result is one object, ``AftersalesModel``, that the registry
+logs as an MLflow pyfunc and the scoring step loads back: it returns calibrated probabilities and,
+on request, the booster's per-feature contributions.
+
+The steps of a fit (``tasks.models.backtest.fit_as_of`` runs them in order): ``tune_booster``
+compares the configurations of ``training.grid`` on the older origins with ``xgboost.cv`` (folds
+given, rounds chosen on the folds' mean evaluation curve); ``out_of_fold`` scores every origin with a
+model trained on its purged rows; ``fit_calibrator`` maps those out-of-time scores to rates; the
+refit uses every matured row with the chosen configuration and rounds.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -22,6 +30,7 @@ import xgboost as xgb
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sklearn.compose import ColumnTransformer
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.impute import SimpleImputer
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
@@ -29,18 +38,17 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from schemas.derived import CUTOFF, LABEL
-from schemas.settings import Settings
+from schemas.settings import BoosterConfig, Settings
 from tasks.models.features import map_unseen_levels
 
 CALIBRATION_SHARE = 0.5
-"""Share of the validation rows (its latest cutoffs) kept apart to fit the calibrator.
-
-Kept here until ``TrainingSettings`` grows a field for it; pass ``calibration_share=`` to override.
-"""
+"""``train_model`` only: share of the validation rows (its latest cutoffs) kept apart to fit the calibrator."""
 
 MISSING_CATEGORY = "__missing__"
 ISOTONIC_TIE_BREAK = 1e-9
-EARLY_STOPPING_METRIC = {"pr_auc": "aucpr", "roc_auc": "auc", "brier": "logloss"}
+EARLY_STOPPING_METRIC = {"pr_auc": "aucpr", "roc_auc": "auc", "brier": "logloss", "log_loss": "logloss"}
+CONSTANT_TOLERANCE = 1e-6
+"""Probabilities spread less than this over a population are one constant: no ranking at all."""
 Output = Literal["probability", "raw_probability", "margin", "contributions"]
 OUTPUTS: tuple[str, ...] = ("probability", "raw_probability", "margin", "contributions")
 
@@ -113,44 +121,106 @@ def to_model_input(X: pd.DataFrame, features: list[str], categories: Mapping[str
 
 
 class Calibrator:
-    """Maps raw booster probabilities to calibrated ones.
+    """Maps raw scores to calibrated probabilities.
 
-    ``isotonic``: monotone step function (needs a few thousand rows to be smooth);
+    ``isotonic``: monotone step function (needs many positives to be smooth and trustworthy);
     ``sigmoid``: Platt scaling, a logistic regression on the raw log-odds (robust on small sets);
     ``identity``: used only when the calibration rows hold a single class.
+    ``scale="score"`` calibrates a score that is not a probability (the one-line rule): Platt then
+    reads the standardised score instead of its log-odds, so the rule's ranking is kept exactly.
     """
 
-    def __init__(self, method: Literal["isotonic", "sigmoid", "identity"]):
+    def __init__(self, method: Literal["isotonic", "sigmoid", "identity"],
+                 scale: Literal["probability", "score"] = "probability"):
         self.method = method
+        self.scale = scale
         self._model: Any = None
         self.bounds = (0.0, 1.0)
+        self._centre, self._spread = 0.0, 1.0
 
-    def fit(self, p_raw: np.ndarray, y: np.ndarray) -> Calibrator:
+    def _platt_input(self, raw: np.ndarray) -> np.ndarray:
+        if self.scale == "probability":
+            return _logit(raw).reshape(-1, 1)
+        return ((raw - self._centre) / self._spread).reshape(-1, 1)
+
+    def fit(self, p_raw: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> Calibrator:
         p_raw, y = np.asarray(p_raw, dtype=float), np.asarray(y, dtype=float)
         # never exactly 0 or 1: a step fitted on n rows cannot justify more than ~1/(2n) certainty,
         # and a hard 0 for a row that then turns positive makes log-loss explode
         self.bounds = (0.5 / max(y.size, 1), 1 - 0.5 / max(y.size, 1))
+        if self.scale == "score":
+            self._centre = float(np.mean(p_raw)) if p_raw.size else 0.0
+            self._spread = float(np.std(p_raw)) or 1.0
         if self.method == "isotonic":
-            self._model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(p_raw, y)
+            self._model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+                p_raw, y, sample_weight=sample_weight)
         elif self.method == "sigmoid":
-            self._model = LogisticRegression(C=1e6).fit(_logit(p_raw).reshape(-1, 1), y)
+            self._model = LogisticRegression(C=1e6).fit(self._platt_input(p_raw), y, sample_weight=sample_weight)
         return self
+
+    @property
+    def slope(self) -> float:
+        """Platt's slope: > 0 when a higher raw score means a higher rate (NaN for other methods)."""
+        return float(self._model.coef_[0, 0]) if self.method == "sigmoid" else float("nan")
+
+    def describe(self) -> str:
+        if self.method == "sigmoid":
+            return f"sigmoid (Platt, slope {self.slope:.3g})"
+        return self.method
+
+    def stepped(self, p_raw: np.ndarray) -> np.ndarray:
+        """The calibrated values without the isotonic tie-break (what a collapse check must look at)."""
+        p_raw = np.asarray(p_raw, dtype=float)
+        if self.method == "isotonic":
+            return np.clip(np.asarray(self._model.predict(p_raw), dtype=float), *self.bounds)
+        return self.transform(p_raw)
 
     def transform(self, p_raw: np.ndarray) -> np.ndarray:
         p_raw = np.asarray(p_raw, dtype=float)
         if self.method == "isotonic":
             # Isotonic steps tie many rows; a negligible share of the raw score breaks the ties in
             # the booster's order, so ranking metrics (AUC, AP, top-k) equal the booster's own.
-            stepped = np.clip(np.asarray(self._model.predict(p_raw), dtype=float), *self.bounds)
-            return stepped + ISOTONIC_TIE_BREAK * p_raw
+            tie_break = p_raw if self.scale == "probability" else 0.5 + np.arctan(p_raw) / np.pi
+            return self.stepped(p_raw) + ISOTONIC_TIE_BREAK * tie_break
         if self.method == "sigmoid":
-            return self._model.predict_proba(_logit(p_raw).reshape(-1, 1))[:, 1]
+            return self._model.predict_proba(self._platt_input(p_raw))[:, 1]
         return p_raw
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(p, 1e-7, 1 - 1e-7)
     return np.log(q / (1 - q))
+
+
+def is_constant(p: np.ndarray, tolerance: float = CONSTANT_TOLERANCE) -> bool:
+    """True when probabilities do not rank anything: their spread is below ``tolerance``."""
+    p = np.asarray(p, dtype=float)
+    return p.size == 0 or float(np.ptp(p)) < tolerance
+
+
+def calibration_method(positives: float, settings: Settings) -> Literal["isotonic", "sigmoid"]:
+    """Platt when positives are few, isotonic only with ``isotonic_min_positives`` of them (or as set)."""
+    chosen = settings.training.calibration
+    if chosen != "auto":
+        return chosen
+    return "isotonic" if positives >= settings.training.isotonic_min_positives else "sigmoid"
+
+
+def fit_calibrator(p_raw: np.ndarray, y: np.ndarray, settings: Settings, weights: np.ndarray | None = None,
+                   scale: Literal["probability", "score"] = "probability") -> Calibrator:
+    """The calibrator for out-of-time scores, never one that collapses distinct scores into one value.
+
+    An isotonic map that turns the spread of raw scores into a single step (a handful of positives
+    can do that) is replaced by Platt scaling, which is strictly monotone when its slope is positive.
+    """
+    y = np.asarray(y, dtype=float)
+    if not _two_classes(y):
+        return Calibrator("identity", scale)
+    method = calibration_method(float(np.sum(y if weights is None else y * (weights > 0))), settings)
+    calibrator = Calibrator(method, scale).fit(p_raw, y, weights)
+    if method == "isotonic" and is_constant(calibrator.stepped(p_raw)) and not is_constant(p_raw):
+        calibrator = Calibrator("sigmoid", scale).fit(p_raw, y, weights)
+    return calibrator
 
 
 # --------------------------------------------------------------------------------- pyfunc model
@@ -228,7 +298,11 @@ class DataSplits:
     """Train/validation/test rows as plain X/y, with the cutoff of each row when known.
 
     The cutoffs only describe the windows (run tags, label rate per cutoff) and order the
-    validation split; they are never features.
+    validation split; they are never features. After a rolling-origin fit (``fit_as_of``):
+    ``train`` = the rows the registered model was refitted on (every matured cutoff), ``valid`` =
+    the origins' evaluated rows whose out-of-fold scores fitted its calibrator, ``test`` = the
+    newest origin's rows, and ``test_scores`` = the honest out-of-time scores of model and
+    baselines on them (the registered model has seen those rows, so it must not be re-scored there).
     """
 
     X_train: pd.DataFrame
@@ -240,6 +314,7 @@ class DataSplits:
     t_train: pd.Series | None = None
     t_valid: pd.Series | None = None
     t_test: pd.Series | None = None
+    test_scores: dict[str, np.ndarray] | None = None
 
     @classmethod
     def from_frames(
@@ -302,11 +377,13 @@ class TrainedModel:
     n_train: int
     n_early_stopping: int
     n_calibration: int
-    validation_split: Literal["time", "random", "shared"]
+    validation_split: str  # time | random | shared (train_model), rolling-origin (fit_as_of)
     calibration_method: str
     calibration_share: float
     fit_seconds: float
     notes: list[str] = field(default_factory=list)
+    extra_params: dict[str, Any] = field(default_factory=dict)  # chosen configuration, plan, folds
+    extra_metrics: dict[str, float] = field(default_factory=dict)  # intervals, tuning curves' best scores
 
     @property
     def features(self) -> list[str]:
@@ -453,8 +530,8 @@ def train_model(
     del dtrain, des
 
     uncalibrated = AftersalesModel(booster, Calibrator("identity"), features, categories, cfg.nthread)
-    method = settings.training.calibration
-    calibrator = Calibrator(method).fit(uncalibrated.raw_proba(X_cal), y_cal)
+    calibrator = fit_calibrator(uncalibrated.raw_proba(X_cal), y_cal, settings)
+    method = calibrator.describe()
     model = AftersalesModel(booster, calibrator, features, categories, cfg.nthread)
     return TrainedModel(
         model=model,
@@ -472,6 +549,146 @@ def train_model(
     )
 
 
+# ------------------------------------------------------------------------- rolling-origin fitting
+
+
+Folds = list[tuple[np.ndarray, np.ndarray]]
+"""Rolling origins as (training row positions, evaluated row positions) into one X/y."""
+
+SELECTION = {"roc_auc": ("auc", True), "pr_auc": ("aucpr", True), "log_loss": ("logloss", False)}
+
+
+def min_child_weight(y: np.ndarray, scale_pos_weight: float, share: float) -> float:
+    """``share`` of the rows' total hessian at the start of boosting: a leaf must hold that much
+    information, whatever the number of rows or the base rate (floored at half a row's worth)."""
+    y = np.asarray(y, dtype=float)
+    positives = float(y.sum())
+    weight = (y.size - positives) + positives * scale_pos_weight
+    rate = positives * scale_pos_weight / weight if weight else 0.5
+    return max(0.5, share * weight * rate * (1 - rate))
+
+
+def booster_params(settings: Settings, config: BoosterConfig, scale_pos_weight: float,
+                   child_weight: float) -> dict[str, Any]:
+    """Booster parameters of one grid point; shared parts and the seed come from ``training.xgb``."""
+    cfg = settings.training.xgb
+    metric, _ = SELECTION[settings.training.selection_metric]
+    return {
+        "objective": "binary:logistic",
+        "eval_metric": metric,
+        "tree_method": "hist",
+        "max_depth": config.max_depth,
+        "learning_rate": config.learning_rate,
+        "min_child_weight": child_weight,
+        "subsample": cfg.subsample,
+        "colsample_bytree": cfg.colsample_bytree,
+        "reg_lambda": cfg.reg_lambda,
+        "max_bin": cfg.max_bin,
+        "nthread": cfg.nthread,
+        "seed": settings.training.seed,
+        "scale_pos_weight": scale_pos_weight,
+    }
+
+
+@dataclass
+class Tuning:
+    """The grid compared on the older origins: the chosen configuration, its rounds and every score.
+
+    ``boosters`` are the chosen configuration's fold models cut at the chosen rounds: the older
+    origins' out-of-fold scores come from them without fitting again.
+    """
+
+    config: BoosterConfig
+    rounds: int
+    params: dict[str, Any]
+    table: pd.DataFrame  # one row per configuration: depth, learning rate, leaf share, rounds, score, std
+    metric: str
+    boosters: list[xgb.Booster] = field(default_factory=list)
+
+    def describe(self) -> str:
+        row = self.table.loc[self.table["chosen"]].iloc[0]
+        return (f"depth {self.config.max_depth}, learning rate {self.config.learning_rate:g}, "
+                f"{self.rounds} rounds (mean {self.metric} {row['score']:.4f} over {int(row['folds'])} origin(s))")
+
+
+class FoldMatrix:
+    """The features of the whole frame as one XGBoost matrix, built once; folds are slices of it."""
+
+    def __init__(self, X: pd.DataFrame, y: pd.Series | np.ndarray, settings: Settings):
+        self.features = list(X.columns)
+        self.categories = category_levels(X)
+        self.y = np.asarray(y, dtype=float)
+        self.nthread = settings.training.xgb.nthread
+        self.matrix = xgb.DMatrix(prepare_features(X, self.features, self.categories), label=self.y,
+                                  enable_categorical=True, nthread=self.nthread)
+
+    def rows(self, positions: np.ndarray) -> xgb.DMatrix:
+        return self.matrix.slice(np.asarray(positions, dtype=np.int64))
+
+
+def _fold_curves(params: dict[str, Any], folds: list[tuple[xgb.DMatrix, xgb.DMatrix]], max_rounds: int,
+                 patience: int, maximize: bool) -> tuple[np.ndarray, list[xgb.Booster]]:
+    """Boost every fold in lockstep, scoring only the evaluated rows each round (``xgboost.cv`` also
+    scores the training rows every round, which costs more than the boosting on small windows);
+    stop when the mean over folds has not improved for ``patience`` rounds."""
+    boosters = [xgb.Booster(params, [train, evaluate]) for train, evaluate in folds]
+    curve: list[float] = []
+    best = 0
+    for round_ in range(max_rounds):
+        scores = []
+        for booster, (train, evaluate) in zip(boosters, folds, strict=True):
+            booster.update(train, round_)
+            scores.append(float(booster.eval(evaluate, "eval", round_).rsplit(":", 1)[1]))
+        curve.append(float(np.mean(scores)))
+        if (curve[-1] > curve[best]) if maximize else (curve[-1] < curve[best]):
+            best = round_
+        if round_ - best >= patience:
+            break
+    return np.asarray(curve[: best + 1]), [b[: best + 1] for b in boosters]
+
+
+def tune_booster(data: FoldMatrix, folds: Folds, settings: Settings, scale_pos_weight: float) -> Tuning:
+    """Every configuration of ``training.grid`` on the same folds; the rounds of each stop where the
+    folds' *mean* evaluation curve stops improving; the best mean score wins (the configuration
+    listed first on a tie, so list simpler ones first)."""
+    _, maximize = SELECTION[settings.training.selection_metric]
+    matrices = [(data.rows(train), data.rows(evaluate)) for train, evaluate in folds]
+    rows, best = [], None
+    for config in settings.training.grid:
+        params = booster_params(settings, config, scale_pos_weight,
+                                min_child_weight(data.y, scale_pos_weight, config.min_leaf_share))
+        curve, boosters = _fold_curves(params, matrices, settings.training.max_rounds,
+                                       settings.training.xgb.early_stopping_rounds, maximize)
+        score = float(curve[-1])
+        rows.append({"max_depth": config.max_depth, "learning_rate": config.learning_rate,
+                     "min_leaf_share": config.min_leaf_share, "min_child_weight": params["min_child_weight"],
+                     "rounds": len(curve), "score": score, "folds": len(folds)})
+        if best is None or (score > best[0] + 1e-9 if maximize else score < best[0] - 1e-9):
+            best = (score, config, len(curve), params, boosters)
+    assert best is not None, "training.grid is empty"
+    table = pd.DataFrame(rows)
+    table["chosen"] = [(r["max_depth"], r["learning_rate"], r["min_leaf_share"]) ==
+                       (best[1].max_depth, best[1].learning_rate, best[1].min_leaf_share) for r in rows]
+    return Tuning(config=best[1], rounds=best[2], params=best[3], table=table,
+                  metric=settings.training.selection_metric, boosters=best[4])
+
+
+def fit_booster(data: FoldMatrix, positions: np.ndarray | None, params: dict[str, Any], rounds: int) -> xgb.Booster:
+    """A booster on the given rows (all when None) with a fixed number of rounds (no early stopping:
+    the rounds were chosen out of time)."""
+    matrix = data.matrix if positions is None else data.rows(positions)
+    return xgb.train(params, matrix, num_boost_round=max(1, rounds), verbose_eval=False)
+
+
+def raw_scores(booster: xgb.Booster, data: FoldMatrix, positions: np.ndarray) -> np.ndarray:
+    return np.asarray(booster.predict(data.rows(positions)), dtype=float)
+
+
+def origin_weights(origin_index: np.ndarray, n_origins: int, decay: float) -> np.ndarray:
+    """Calibration weight of each row by its origin: the newest 1, each older one ``decay`` times less."""
+    return np.power(float(decay), (n_origins - 1) - np.asarray(origin_index, dtype=float))
+
+
 # ------------------------------------------------------------------------------------ baselines
 
 
@@ -487,32 +704,35 @@ class RuleSpec:
 
 
 class RuleModel:
-    """Score = the rule column (sign by direction); an isotonic map on train turns it into a rate.
+    """Score = the rule column (sign by direction); a calibrator turns it into a rate.
 
-    The monotone map keeps the rule's ranking untouched (so AUC/precision@k are the rule's own)
-    while making Brier/ECE comparable with the model. Missing values get the train median.
+    Missing values get the training median. Platt on the standardised score (or isotonic with its
+    tie-break) keeps the rule's ranking, so AUC/precision@k are the rule's own while Brier/ECE are
+    comparable with the model.
     """
 
     def __init__(self, spec: RuleSpec):
         self.spec = spec
         self.fill_value = 0.0
-        self._iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+        self.calibrator = Calibrator("identity", scale="score")
 
-    def _score(self, X: pd.DataFrame) -> np.ndarray:
+    def score(self, X: pd.DataFrame) -> np.ndarray:
         values = pd.to_numeric(X[self.spec.column], errors="coerce").astype("float64")
         values = values.fillna(self.fill_value).to_numpy()
         return values if self.spec.higher_is_riskier else -values
 
-    def fit(self, X: pd.DataFrame, y: pd.Series) -> RuleModel:
+    def fit(self, X: pd.DataFrame, y: pd.Series | None = None) -> RuleModel:
+        """Learn the fill value; with ``y``, also a calibrator on these same rows (in-sample)."""
         if self.spec.column not in X.columns:
             raise KeyError(f"rule column {self.spec.column!r} is not a feature")
         median = pd.to_numeric(X[self.spec.column], errors="coerce").median()
         self.fill_value = 0.0 if pd.isna(median) else float(median)
-        self._iso.fit(self._score(X), np.asarray(y, dtype=float))
+        if y is not None:
+            self.calibrator = Calibrator("isotonic", scale="score").fit(self.score(X), np.asarray(y, dtype=float))
         return self
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self._iso.predict(self._score(X)), dtype=float)
+        return np.clip(self.calibrator.transform(self.score(X)), 0.0, 1.0)
 
 
 def _categories_as_text(frame: pd.DataFrame) -> pd.DataFrame:
@@ -520,7 +740,8 @@ def _categories_as_text(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def logistic_pipeline(X: pd.DataFrame, seed: int) -> Pipeline:
-    """Impute + scale numerics, one-hot categories, balanced logistic regression."""
+    """Impute + scale numerics, one-hot categories, a plain logistic regression (no class weights:
+    its probabilities stay rates, and it is the yardstick a user would fit first)."""
     categorical = categorical_columns(X)
     numeric = [c for c in X.columns if c not in categorical]
     encoder = ColumnTransformer(
@@ -540,8 +761,23 @@ def logistic_pipeline(X: pd.DataFrame, seed: int) -> Pipeline:
             ),
         ]
     )
-    classifier = LogisticRegression(class_weight="balanced", max_iter=500, random_state=seed)
+    classifier = LogisticRegression(max_iter=1000, random_state=seed)
     return Pipeline([("encode", encoder), ("classify", classifier)])
+
+
+def fit_logistic(X: pd.DataFrame, y: pd.Series | np.ndarray, settings: Settings) -> tuple[Pipeline, str | None]:
+    """The logistic baseline, on a seeded sample of ``training.logistic_max_rows`` rows when larger
+    (the note says so); a training set with one class gets none (None, reason)."""
+    y = np.asarray(y, dtype=int)
+    note = None
+    if y.size > settings.training.logistic_max_rows:
+        keep = np.sort(np.random.default_rng(settings.training.seed).choice(
+            y.size, settings.training.logistic_max_rows, replace=False))
+        X, y = X.iloc[keep], y[keep]
+        note = f"logistic regression fitted on a seeded sample of {y.size:,} rows"
+    with warnings.catch_warnings():  # a few thousand rows may stop a little short of full convergence
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        return logistic_pipeline(X, settings.training.seed).fit(X, y), note
 
 
 @dataclass
@@ -550,17 +786,30 @@ class Baselines:
 
     logreg: Pipeline
     rule: RuleModel
+    logreg_calibrator: Calibrator = field(default_factory=lambda: Calibrator("identity"))
 
-    def predict(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+    def raw(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        """Uncalibrated scores: the logistic regression's own probability and the rule's column."""
         return {
             "baseline_logreg": self.logreg.predict_proba(X[list(self.logreg.feature_names_in_)])[:, 1],
-            "baseline_rule": self.rule.predict_proba(X),
+            "baseline_rule": self.rule.score(X),
+        }
+
+    def predict(self, X: pd.DataFrame) -> dict[str, np.ndarray]:
+        raw = self.raw(X)
+        return {
+            "baseline_logreg": self.logreg_calibrator.transform(raw["baseline_logreg"]),
+            "baseline_rule": np.clip(self.rule.calibrator.transform(raw["baseline_rule"]), 0.0, 1.0),
         }
 
 
 def train_baselines(X_train: pd.DataFrame, y_train: pd.Series, settings: Settings, rule: RuleSpec) -> Baselines:
-    """Fit the logistic-regression and one-line-rule baselines on the model's training rows."""
-    logreg = logistic_pipeline(X_train, settings.training.seed).fit(X_train, np.asarray(y_train, dtype=int))
+    """Fit the logistic-regression and one-line-rule baselines on the model's training rows.
+
+    Calibration in-sample (the rule's isotonic map; the plain logistic regression is left as is);
+    ``fit_as_of`` replaces both with calibrators fitted out of time, like the model's.
+    """
+    logreg, _ = fit_logistic(X_train, y_train, settings)
     return Baselines(logreg=logreg, rule=RuleModel(rule).fit(X_train, y_train))
 
 
@@ -573,9 +822,15 @@ def score_window(trained: TrainedModel, baselines: Baselines | None, X_test: pd.
 
 
 def training_config_hash(settings: Settings, rule: RuleSpec | None, calibration_share: float) -> str:
-    """Hash of the settings that change the fitted model (seed, booster, calibration, rule, split)."""
+    """Hash of the settings that change the fitted model (seed, booster grid, calibration, rule, split).
+
+    ``split.as_of`` is left out: it changes the data, which the data hash covers.
+    """
     # an allow-list: settings added later (plots, samples, other models' rules) must not split reruns
-    relevant = settings.training.model_dump(mode="json", include={"seed", "xgb", "calibration"})
+    relevant = settings.training.model_dump(mode="json", include={
+        "seed", "xgb", "grid", "max_rounds", "selection_metric", "calibration", "isotonic_min_positives",
+        "calibration_decay", "class_weighting", "logistic_max_rows"})
+    relevant["split"] = settings.split.model_dump(mode="json", exclude={"as_of"})
     relevant["rule"] = None if rule is None else [rule.column, rule.higher_is_riskier]
     relevant["calibration_share"] = calibration_share
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,198 @@
+"""Training as of a date and the backtest built on it, on a small random shop (real DuckDB, MLflow, Prefect).
+
+What could go wrong and is checked here: the registered model is refitted on older data than the
+data allows; ``train --cutoff T`` reads something after T; the minimum-signal guard lets a
+5-positive model through or moves an alias; the backtest CSV holds other rows than the population
+at D; a date whose labels have not matured is judged anyway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_datasets import END, load, random_shop  # tests/ is on sys.path
+
+from schemas.derived import CUTOFF, LABEL
+from schemas.settings import Settings
+from tasks.models.backtest import NotMatured, check_matured, fit_as_of, guard_message, settings_as_of
+from tasks.models.datasets import build_training_frame, feature_columns, plan_cutoffs
+from tasks.models.labels import labels
+
+FAST = {
+    "split": {"customer_step_days": 28, "order_step_days": 14, "order_eval_window_days": 28},
+    "training": {"bootstrap_resamples": 200, "max_rounds": 60, "min_positives": 5,
+                 "grid": [{"max_depth": 1, "learning_rate": 0.2, "min_leaf_share": 0.01},
+                          {"max_depth": 3, "learning_rate": 0.2, "min_leaf_share": 0.02}]},
+}
+S = Settings(**FAST)
+T = END - pd.Timedelta(days=75)
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, pd.DataFrame]:
+    return random_shop(customers=150, seed=3)
+
+
+@pytest.fixture(scope="module")
+def wh(tmp_path_factory: pytest.TempPathFactory, frames: dict[str, pd.DataFrame]):
+    w = load(tmp_path_factory.mktemp("bt") / "w.duckdb", frames)
+    yield w
+    w.close()
+
+
+def test_the_registered_model_is_refitted_on_every_matured_cutoff(wh) -> None:
+    fit = fit_as_of(wh, "return", S)
+    assert fit.registrable, fit.refusal
+    plan = fit.plan
+    assert fit.splits is not None and fit.trained is not None
+    assert fit.splits.t_train.max() == plan.latest  # as new as the data allows
+    assert set(fit.splits.t_train) == set(plan.cutoffs)
+    frame = build_training_frame(wh, "return", plan, S)
+    assert fit.trained.n_train == len(frame) == len(fit.splits.X_train)
+    newest = plan.window(plan.origins[-1])
+    assert set(fit.splits.t_test) <= set(newest) and plan.origins[-1] == plan.latest
+    table = fit.intervals
+    assert table is not None
+    paired = table[(table["scorer"] == "model-baseline_logreg") & (table["metric"] == "roc_auc")].iloc[0]
+    assert paired["low"] <= paired["value"] <= paired["high"]
+    for scorer in ("model", "baseline_logreg", "baseline_rule"):
+        row = table[(table["scorer"] == scorer) & (table["metric"] == "brier")].iloc[0]
+        assert row["low"] <= row["value"] <= row["high"], scorer
+    # the test metrics come from a model trained before the test window: they differ from the refit's
+    refit_scores = fit.trained.predict_proba(fit.splits.X_test)
+    assert not np.allclose(refit_scores, fit.splits.test_scores["model"])
+
+
+def after(frames: dict[str, pd.DataFrame], day: pd.Timestamp) -> dict[str, pd.DataFrame]:
+    """Another shop's rows dated after ``day`` (new customers, orders, returns, reviews, tickets, events)."""
+    other = random_shop(customers=60, seed=99)
+    ids = ("customer_id", "order_id", "return_id", "review_id", "ticket_id", "event_id", "session_id")
+    for frame in other.values():
+        for col in ids:
+            if col in frame:
+                frame[col] = "x" + frame[col].astype(str)
+    clocks = {"orders": "ordered_at", "returns": "requested_at", "reviews": "created_at", "tickets": "opened_at",
+              "events": "occurred_at"}
+    out = {name: other[name][other[name][col] > day] for name, col in clocks.items()}
+    out["order_items"] = other["order_items"][other["order_items"]["order_id"].isin(out["orders"]["order_id"])]
+    customers = other["customers"][other["customers"]["customer_id"].isin(out["orders"]["customer_id"])].copy()
+    customers["signup_at"] = customers["signup_at"].clip(lower=day + pd.Timedelta(hours=1))
+    out["customers"] = customers
+    # and late news about old orders: a return and a bad review after the day
+    old = frames["orders"][(frames["orders"]["delivered_at"] < day)
+                           & ~frames["orders"]["order_id"].isin(frames["returns"]["order_id"])].head(10)
+    out["returns"] = pd.concat([out["returns"], pd.DataFrame({
+        "return_id": [f"late{i}" for i in range(len(old))], "order_id": old["order_id"].to_numpy(),
+        "requested_at": day + pd.Timedelta(days=2)})], ignore_index=True)
+    return out
+
+
+def test_train_as_of_T_uses_nothing_after_T(tmp_path: Path, frames: dict[str, pd.DataFrame], wh) -> None:
+    """Append rows dated after T: the model trained as of T is the same model, byte for byte."""
+    at_t = settings_as_of(S, T)
+    more = load(tmp_path / "more.duckdb", frames)
+    for name, extra in after(frames, T).items():
+        more.append(name, extra)
+    for model in ("return", "churn"):
+        plain, appended = fit_as_of(wh, model, at_t), fit_as_of(more, model, at_t)
+        assert plain.plan.cutoffs == appended.plan.cutoffs
+        assert all(c + plain.plan.horizon <= T for c in plain.plan.cutoffs)
+        assert plain.counts == appended.counts
+        if plain.registrable:
+            assert appended.registrable
+            assert plain.splits.data_hash() == appended.splits.data_hash()
+            raw = [bytes(f.trained.model.booster.save_raw("ubj")) for f in (plain, appended)]
+            assert raw[0] == raw[1], model
+        else:
+            assert plain.refusal == appended.refusal
+    more.close()
+
+
+def test_the_guard_words() -> None:
+    message = guard_message("negative_review", {"training rows": (900, 5), "calibration rows": (300, 40),
+                                                "test window": (80, 2)}, 30)
+    assert message == ("negative_review: not registered — 5 positive labels in the training rows, "
+                       "2 positive labels in the test window; at least 30 are needed")
+    assert guard_message("churn", {"training rows": (900, 31)}, 30) is None
+
+
+def test_a_5_positive_model_is_refused_and_nothing_is_registered(
+    settings, prefect_api, frames: dict[str, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow import MlflowClient
+
+    from flows.train import train_flow
+    from schemas.settings import reset_settings_cache
+    from tasks.models.registry import configure
+
+    monkeypatch.setenv("AFTERSALES_SPLIT__ORDER_STEP_DAYS", "14")
+    monkeypatch.setenv("AFTERSALES_TRAINING__MIN_POSITIVES", "30")
+    reset_settings_cache()
+    shop = {k: v.copy() for k, v in frames.items()}
+    reviews = shop["reviews"]
+    reviews["score"] = 4
+    reviews.loc[reviews.sample(5, random_state=1).index, "score"] = 1  # five bad reviews in 14 months
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    load(settings.warehouse_path, shop).close()
+    state = train_flow(models=["negative_review"], return_state=True)
+    assert state.is_failed()  # the only model asked for was not trained: the command exits non-zero
+    assert "not registered" in state.message and "at least 30 are needed" in state.message
+    assert "positive label" in state.message
+    client = configure(settings)
+    name = settings.registered_model_name("negative_review")
+    assert client.search_model_versions(f"name = '{name}'") == []
+    runs = client.search_runs([client.get_experiment_by_name(f"{settings.mlflow.experiment_prefix}-negative_review")
+                               .experiment_id])
+    assert runs and runs[0].data.tags["registered"] == "false"
+    assert "at least 30" in runs[0].data.tags["not_registered_reason"]
+    assert isinstance(client, MlflowClient)
+
+
+def test_backtest_rows_are_the_population_at_the_date(
+    settings, prefect_api, frames: dict[str, pd.DataFrame], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from flows.backtest import backtest_flow
+    from schemas.settings import get_settings, reset_settings_cache
+    from tasks.models.registry import configure
+
+    for section, values in FAST.items():
+        for key, value in values.items():
+            text = value if isinstance(value, int | float) else __import__("json").dumps(value)
+            monkeypatch.setenv(f"AFTERSALES_{section.upper()}__{key.upper()}", str(text))
+    reset_settings_cache()
+    settings = get_settings()
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    wh = load(settings.warehouse_path, frames)
+    delivered = pd.to_datetime(frames["orders"]["delivered_at"]).dropna().dt.floor("D") + pd.Timedelta(days=1)
+    T = delivered[delivered <= END - pd.Timedelta(days=45)].value_counts().idxmax()  # a day with moments
+    expected = labels(wh, "return", T, settings)
+    wh.close()
+    assert len(expected) >= 2
+    too_late = END - pd.Timedelta(days=5)
+    result = backtest_flow(models=["return"], dates=[T.date(), too_late.date()], out=tmp_path / "out")
+    rows = pd.read_csv(tmp_path / "out" / "return_rows.csv")
+    assert list(rows.columns) == ["order_id", "customer_id", CUTOFF, LABEL, "model", "logistic", "rule"]
+    assert sorted(rows["order_id"]) == sorted(expected["order_id"])
+    assert (rows[CUTOFF] == f"{T:%Y-%m-%d}").all()
+    merged = rows.merge(expected[["order_id", LABEL]], on="order_id", suffixes=("", "_true"))
+    assert (merged[LABEL] == merged[f"{LABEL}_true"]).all()
+    assert rows[["model", "logistic", "rule"]].notna().all().all()
+    dates = {d["date"]: d for d in result["models"][0]["dates"]}
+    assert dates[f"{T:%Y-%m-%d}"]["ok"] and not dates[f"{too_late:%Y-%m-%d}"]["ok"]
+    assert "labels need data up to" in dates[f"{too_late:%Y-%m-%d}"]["refusal"]
+    client = configure(settings)
+    experiment = client.get_experiment_by_name(f"{settings.mlflow.experiment_prefix}-backtest")
+    run = client.get_run(result["runs"]["return"])
+    assert run.info.experiment_id == experiment.experiment_id
+    history = client.get_metric_history(run.info.run_id, "model_brier")  # AUC is NaN on a one-class day
+    assert [m.step for m in history] == [int(f"{T:%Y%m%d}")]
+
+
+def test_an_immature_date_is_refused_in_words(wh) -> None:
+    with pytest.raises(NotMatured, match="labels need data up to"):
+        check_matured(wh, "churn", END - pd.Timedelta(days=30), S)
+    plan = plan_cutoffs(wh, "churn", settings_as_of(S, T))
+    assert plan.latest <= T - plan.horizon and feature_columns("churn")
