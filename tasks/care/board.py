@@ -475,10 +475,10 @@ def record_in(wh: Warehouse, task: dict[str, Any], run_date: pd.Timestamp, user:
             _audit(wh, at, user, "note", task, run_date, {"outcome": outcome, "note": before},
                    {"outcome": outcome, "note": note_value})
             return Change(True, holder)
-        wh.con.execute("INSERT INTO outcomes (task_id, customer_id, outcome, recorded_at, note, _batch_id, _loaded_at) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       [task["task_id"], task["customer_id"], code, at.to_pydatetime(), note_value, OUTCOME_BATCH,
-                        at.to_pydatetime()])
+        wh.con.execute("INSERT INTO outcomes (task_id, customer_id, outcome, recorded_at, note, agent_id, _valid_from, "
+                       "_batch_id, _loaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       [task["task_id"], task["customer_id"], code, at.to_pydatetime(), note_value, user,
+                        at.to_pydatetime(), OUTCOME_BATCH, at.to_pydatetime()])
         _audit(wh, at, user, "outcome", task, run_date, None, {"outcome": outcome, "note": note_value})
     return Change(True, holder)
 

@@ -22,14 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaError, SchemaErrors
 
 from schemas.settings import Settings
 from schemas.sources import TABLES, TableSpec
 from schemas.tasks import CONTROL_TABLE, TASK_TABLE, OutcomeImport
 from tasks.care.interventions import ensure_columns
-from tasks.data.ingest import batch_schema, file_sha256, merge_failures, parse_types, validate_chunk
-from tasks.data.mapping import MappingError, apply_renames_and_values, load_mapping
-from tasks.data.warehouse import Warehouse
+from tasks.data.checks import humane_reason
+from tasks.data.ingest import file_sha256
+from tasks.data.mapping import MappingError, TableMapping, load_mapping
+from tasks.data.warehouse import MergeCounts, Warehouse
 
 TABLE = "outcomes"
 QUARANTINE_TABLE = "quarantine"
@@ -59,6 +62,21 @@ class ImportResult:
         return {k: v for k, v in vars(self).items() if k != "failures"}
 
 
+def apply_table_mapping(df: pd.DataFrame, tm: TableMapping) -> pd.DataFrame:
+    """Rename columns, translate codes and add constants; unmapped codes pass through to the checks."""
+    if tm.rename:
+        df = df.rename(columns=tm.rename)
+    for column, value_map in tm.values.items():
+        if column in df.columns:
+            lookup = {str(k): v for k, v in value_map.items()}
+            mapped = df[column].astype("string").str.strip().map(lookup)
+            df[column] = mapped.where(mapped.notna(), df[column])
+    for column, value in tm.defaults.items():
+        if column not in df.columns:
+            df[column] = value
+    return df
+
+
 def read_export(path: Path, mapping_file: Path | None) -> tuple[pd.DataFrame, pd.DataFrame, Any]:
     """(raw rows as text, the same after the mapping's renames and code maps, the table mapping).
 
@@ -72,12 +90,13 @@ def read_export(path: Path, mapping_file: Path | None) -> tuple[pd.DataFrame, pd
         if path.name.endswith((".parquet", ".pq")):
             raw = pd.read_parquet(path).astype("string")
         else:
-            raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], sep=tm.csv_delimiter or ",",
+            raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=["", *(tm.null_values or [])],
+                              sep=tm.csv_delimiter or ",",
                               encoding=tm.encoding or "utf-8-sig")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise OutcomeImportError(f"{path}: cannot be read: {exc}") from exc
     raw.index = pd.RangeIndex(1, len(raw) + 1)
-    mapped = apply_renames_and_values(raw.copy(), tm)
+    mapped = apply_table_mapping(raw.copy(), tm)
     missing = [c for c in ("outcome", "recorded_at") if c not in mapped.columns]
     if not {"task_id", "customer_id"} & set(mapped.columns):
         missing.append("task_id or customer_id")
@@ -169,6 +188,87 @@ def duplicates(rows: pd.DataFrame) -> pd.DataFrame:
                      "the same task and outcome appear again later in the file; kept the latest")
 
 
+
+# ---- parsing and checks of a helpdesk export (a small file: pandas + pandera, as declared) -------------
+
+
+def _all_failures(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    parts = [p for p in parts if len(p)]
+    return pd.concat(parts, ignore_index=True)[FAILURE_COLUMNS] if parts else pd.DataFrame(columns=FAILURE_COLUMNS)
+
+
+def _local_to_utc(parsed: pd.Series, timezone: str | None, ambiguous: str, nonexistent: str) -> pd.Series:
+    """Naive local times to naive UTC; a time that occurs twice or never resolves by the declared rule."""
+    if getattr(parsed.dt, "tz", None) is not None:
+        return parsed.dt.tz_convert("UTC").dt.tz_localize(None)
+    if not timezone:
+        return parsed
+    earliest = pd.Series(True, index=parsed.index) if ambiguous == "earliest" else pd.Series(False, index=parsed.index)
+    localized = parsed.dt.tz_localize(timezone, ambiguous=earliest.to_numpy(), nonexistent=nonexistent)
+    return localized.dt.tz_convert("UTC").dt.tz_localize(None)
+
+
+def parse_export(frame: pd.DataFrame, tm: TableMapping, settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every column of the contract typed; a value that does not parse is a failure, never a silent NaN."""
+    schema = OutcomeImport.to_schema()
+    parsed: dict[str, pd.Series] = {}
+    failures: list[pd.DataFrame] = []
+    ambiguous = tm.ambiguous_time or settings.ingest.ambiguous_time
+    nonexistent = tm.nonexistent_time or settings.ingest.nonexistent_time
+    for name, column in schema.columns.items():
+        kind = str(column.dtype).lower()
+        if name not in frame.columns:
+            parsed[name] = (pd.Series(pd.NaT, index=frame.index, dtype="datetime64[us]") if "datetime" in kind
+                            else pd.Series(None, index=frame.index, dtype="str"))
+            continue
+        raw = frame[name]
+        raw_missing = raw.isna() | raw.astype("string").str.strip().eq("").fillna(False)
+        if "datetime" in kind:
+            text = raw.astype("string").str.strip()
+            fmt = tm.timestamp_formats.get(name)
+            value = (pd.to_datetime(text, format=fmt, errors="coerce") if fmt else
+                     pd.to_datetime(text, format="ISO8601", errors="coerce", utc=tm.timezone is None))
+            value = _local_to_utc(value, tm.timezone, ambiguous, nonexistent)
+        else:
+            value = raw.astype("string").str.strip().astype("str").where(~raw_missing, None)
+        bad = value.isna() & ~raw_missing
+        if bad.any():
+            failures.append(pd.DataFrame({
+                "row": frame.index[bad], "column": name, "check": f"parse_{kind.split('[')[0]}",
+                "value": raw[bad].astype("string").to_numpy(),
+                "reason": f"{name}: value is not a valid {kind.split('[')[0]}"}))
+        parsed[name] = value
+    return pd.DataFrame(parsed, index=frame.index), _all_failures(failures)
+
+
+def check_export(typed: pd.DataFrame, not_after: pd.Timestamp) -> pd.DataFrame:
+    """All pandera failures of the contract plus 'not in the future of the import', one row per (row, column, check)."""
+    schema = OutcomeImport.to_schema()
+    column = schema.columns["recorded_at"]
+    schema = schema.update_columns({"recorded_at": {"checks": [*column.checks, pa.Check.le(
+        not_after, error=f"in the future of the import (after {not_after:%Y-%m-%d %H:%M})")]}})
+    try:
+        schema.validate(typed, lazy=True)
+        return _all_failures([])
+    except (SchemaErrors, SchemaError) as exc:
+        cases = exc.failure_cases if isinstance(exc.failure_cases, pd.DataFrame) else pd.DataFrame(exc.failure_cases)
+    cases = cases[cases["index"].notna()]
+    return pd.DataFrame({
+        "row": cases["index"].astype("int64").to_numpy(), "column": cases["column"].astype(str).to_numpy(),
+        "check": cases["check"].astype(str).to_numpy(), "value": cases["failure_case"].astype("string").to_numpy(),
+        "reason": [humane_reason(c, k) for c, k in zip(cases["column"].astype(str), cases["check"].astype(str),
+                                                        strict=True)]})
+
+
+def without_echoes(parse_failures: pd.DataFrame, check_failures: pd.DataFrame) -> pd.DataFrame:
+    """A value that did not parse is reported once, not again as 'missing'."""
+    if len(parse_failures) and len(check_failures):
+        unparsed = set(zip(parse_failures["row"], parse_failures["column"], strict=True))
+        echo = [(r, c) in unparsed for r, c in zip(check_failures["row"], check_failures["column"], strict=True)]
+        check_failures = check_failures[~pd.Series(echo, index=check_failures.index)]
+    return _all_failures([parse_failures, check_failures])
+
+
 def quarantine_rows(failures: pd.DataFrame, raw: pd.DataFrame, path: Path, file_hash: str,
                     batch_id: str) -> pd.DataFrame:
     """Failures with the whole original row, in the columns of the ingestion quarantine."""
@@ -194,10 +294,10 @@ def import_outcomes(wh: Warehouse, path: Path | str, settings: Settings,
     file_hash = file_sha256(path)
     batch_id = "outcomes-" + hashlib.sha256(f"{file_hash}|{mapping_file}".encode()).hexdigest()[:12]
     result = ImportResult(str(path), file_hash, rows_in=len(raw))
-    typed, parse_failures = parse_types(mapped, IMPORT_SPEC, tm)
+    typed, parse_failures = parse_export(mapped, tm, settings)
     now = pd.Timestamp(as_of) if as_of is not None else pd.Timestamp.now("UTC").tz_localize(None)
     not_after = now + pd.Timedelta(hours=settings.ingest.max_future_skew_hours)
-    failures = merge_failures(parse_failures, validate_chunk(typed, batch_schema(IMPORT_SPEC, not_after)))
+    failures = without_echoes(parse_failures, check_export(typed, not_after))
     valid = typed.drop(index=failures["row"].unique() if len(failures) else [])
     resolved, tie_failures = resolve_tasks(valid, tasks_known(wh), settings.care.match_days)
     resolved = resolved.drop(index=tie_failures["row"].unique() if len(tie_failures) else [])
@@ -219,11 +319,14 @@ def import_outcomes(wh: Warehouse, path: Path | str, settings: Settings,
             wh.con.execute(f"DELETE FROM {QUARANTINE_TABLE} WHERE file_hash = ?", [file_hash])
         if quarantined is not None:
             wh.append(QUARANTINE_TABLE, quarantined)
-        wh.register("_outcome_stage", stored)
+        # the import's clock is the version (outcomes have no updated_at): a newer export of a task wins
+        wh.register("_outcome_frame", stored.assign(_valid_from=now.as_unit("us"), _file_order=0))
         try:
-            counts = wh.merge_by_key(spec, "_outcome_stage", batch_id)
+            wh.con.execute("CREATE OR REPLACE TEMP TABLE _outcome_stage AS SELECT * FROM _outcome_frame")
         finally:
-            wh.unregister("_outcome_stage")
+            wh.unregister("_outcome_frame")
+        counts = wh.merge_by_key(spec, "_outcome_stage", batch_id).get(0, MergeCounts())
+        wh.con.execute("DROP TABLE _outcome_stage")
     result.inserted, result.updated, result.unchanged = counts.inserted, counts.updated, counts.unchanged
     return result
 

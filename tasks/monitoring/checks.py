@@ -79,7 +79,7 @@ from schemas.tasks import TASK_TABLE, ControlGroup, TaskList
 from tasks.care.treatment import treatment_mask
 from tasks.data.warehouse import Warehouse, open_warehouse
 from tasks.models.datasets import categorical_columns, feature_columns, scoring_frame
-from tasks.models.evaluation import classification_metrics, equal_frequency_bins, reliability_table
+from tasks.models.evaluation import calibration_bins, classification_metrics, reliability_table
 from tasks.models.labels import data_end, entity_key, key_columns, label_matured, labels
 from tasks.models.registry import configure, ensure_experiment
 
@@ -885,7 +885,8 @@ def drift_checks(result: ModelDrift | None, cfg: MonitoringSettings) -> list[Che
 
 def ece_null(p: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
     """ECE of a perfectly calibrated model at these probabilities: labels drawn from them, same bins."""
-    bins = equal_frequency_bins(p)
+    ids = calibration_bins(p)
+    bins = [np.flatnonzero(ids == b) for b in np.unique(ids)]
     y = rng.uniform(size=(draws, p.size)) < p
     gaps = [np.abs(y[:, b].mean(axis=1) - p[b].mean()) * b.size for b in bins]
     return np.sum(gaps, axis=0) / p.size
