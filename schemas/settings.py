@@ -232,6 +232,9 @@ class ScoringSettings(BaseModel):
         "default": 40,
     }
     margin_rate: float = Field(0.35, description="gross margin used for value at stake")
+    churn_value_days: int = Field(
+        365, description="a customer who stops buying loses the shop this many days of their margin (a lower bound "
+        "of their remaining value; the 90-day label horizon only says when the loss shows)")
     value_cap_quantile: float = Field(
         0.95, description="value at stake is capped at this quantile of the shop's values (per risk: the last "
         "year's orders, the day's churn population), so a wholesale outlier cannot outrank likely losses")

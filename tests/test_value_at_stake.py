@@ -22,9 +22,9 @@ def customers(values_365d: list[float]) -> pd.DataFrame:
 
 
 def test_churn_and_orders_share_one_scale() -> None:
-    margin, horizon = S.scoring.margin_rate, S.labels.churn_horizon_days
+    margin, horizon = S.scoring.margin_rate, S.scoring.churn_value_days
     churn = value_at_stake("churn", customers([365.0, 0.0]), S)
-    assert churn.iloc[0] == pytest.approx(margin * horizon)  # one unit a day over the churn horizon
+    assert churn.iloc[0] == pytest.approx(margin * horizon)  # one unit a day over the days a lost customer costs
     assert churn.iloc[1] == pytest.approx(margin * 50 / 365 * horizon)  # no spend this year: the usual order
     order = value_at_stake("return", pd.DataFrame({"order_value": [200.0, None]}), S)
     assert list(order) == [pytest.approx(margin * 200), 0.0]

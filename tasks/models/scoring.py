@@ -185,12 +185,14 @@ def refuse_constant(champion: Champion, probability: np.ndarray, settings: Setti
 
 
 def value_at_stake(model: str, frame: pd.DataFrame, settings: Settings, cap: float | None = None) -> pd.Series:
-    """What a bad outcome costs, on one scale for every risk: margin lost within the label horizon.
+    """What a bad outcome costs, on one scale for every risk: the margin it loses.
 
     An order risk (return, bad review, late delivery) puts the order's margin at stake; churn puts
-    the margin the customer would bring in the churn horizon (their spend rate over the last year
-    times ``churn_horizon_days``). Both are then capped at ``cap`` (``stake_cap``), so a wholesale
-    basket or a big spender counts like a large ordinary one and the probability decides the rest.
+    the margin the customer would bring in ``scoring.churn_value_days`` (their spend rate over the
+    last year times those days: a lost customer's value does not end with the 90-day label window,
+    and with the horizon alone a typical win-back contact never paid for itself on a real grocer).
+    Both are then capped at ``cap`` (``stake_cap``), so a wholesale basket or a big spender counts
+    like a large ordinary one and the probability decides the rest.
     """
     cfg = settings.scoring
     if MODEL_ENTITY[model] == "order":
@@ -198,7 +200,7 @@ def value_at_stake(model: str, frame: pd.DataFrame, settings: Settings, cap: flo
     else:
         yearly = frame["value_365d"].fillna(0)
         per_day = yearly.where(yearly > 0, frame["avg_order_value"].fillna(0)) / 365.0
-        value = per_day.clip(lower=0) * settings.labels.churn_horizon_days * cfg.margin_rate
+        value = per_day.clip(lower=0) * cfg.churn_value_days * cfg.margin_rate
     return value if cap is None else value.clip(upper=cap)
 
 
