@@ -88,8 +88,11 @@ def train_and_register(model: str, settings: Settings) -> dict[str, Any]:
     except NotEnoughData as exc:
         return {"model": model, "skipped": str(exc)}
     rule = RuleSpec(settings.training.baseline_rules[model])
-    trained = train_model(splits.X_train, splits.y_train, splits.X_valid, splits.y_valid, settings,
-                          valid_time=splits.t_valid)
+    fit = train_model
+    if settings.dask.data_parallel:  # the booster fitted with xgboost.dask (tasks/models/distributed.py)
+        from tasks.models.distributed import train_model_on_dask as fit
+    trained = fit(splits.X_train, splits.y_train, splits.X_valid, splits.y_valid, settings,
+                valid_time=splits.t_valid)
     baselines = train_baselines(splits.X_train, splits.y_train, settings, rule)
     registered = log_training_run(model, settings, trained, baselines, splits, rule,
                                   feature_catalogue=CATALOGUE_PATH)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -128,3 +129,39 @@ def test_a_booster_fitted_with_xgboost_dask_matches_the_single_process_model(sho
     assert abs(seen["pr_auc"][0] - seen["pr_auc"][1]) <= 0.03
     assert abs(seen["brier"][0] - seen["brier"][1]) <= 0.01
     assert seen["roc_auc"][1] > 0.6  # it learned the planted signal, not just agreed with a bad model
+
+
+def test_the_score_flow_spreads_over_dask_by_settings_alone_and_ships_the_same_list(shop, client, prefect_api,
+                                                                                   monkeypatch) -> None:
+    from distributed import get_task_stream
+
+    from flows.score import score_flow
+    from schemas.settings import reset_settings_cache
+
+    def run(data_parallel: bool) -> pd.DataFrame:
+        monkeypatch.setenv("AFTERSALES_DASK__DATA_PARALLEL", str(data_parallel).lower())
+        monkeypatch.setenv("AFTERSALES_PREFECT__DASK_ADDRESS", client.scheduler.address)
+        reset_settings_cache()
+        result = score_flow(run_date=RUN.date(), models=MODELS)
+        return pd.read_parquet(Path(result["files"]["parquet"]))
+
+    single = run(False)
+    with get_task_stream(client) as stream:
+        spread = run(True)
+    assert sum(1 for t in stream.data if "score_partition" in str(t["key"])) == len(MODELS) * 4
+    assert len(single) > 0
+    pd.testing.assert_frame_equal(single, spread)
+
+
+def test_the_train_flow_fits_on_dask_by_settings_alone(shop, client) -> None:
+    from distributed import get_task_stream
+
+    from flows.train import train_and_register
+
+    settings = shop.model_copy(update={"dask": shop.dask.model_copy(update={"data_parallel": True}),
+                                       "prefect": shop.prefect.model_copy(update={"dask_address":
+                                                                                  client.scheduler.address})})
+    with get_task_stream(client) as stream:
+        out = train_and_register.fn("churn", settings)
+    assert "version" in out and out["metrics"]["test_roc_auc"] > 0.6, out
+    assert any("train" in str(t["key"]) for t in stream.data), {str(t["key"]) for t in stream.data}

@@ -47,6 +47,15 @@ def dask_client(settings: Settings) -> Iterator[Any]:
     except ImportError as exc:  # pragma: no cover - depends on the optional extra
         raise RuntimeError("dask.data_parallel needs: pip install 'aftersales[dask]'") from exc
     if settings.prefect.dask_address:
+        from distributed import default_client
+
+        try:  # this process's client of that cluster: xgboost.dask hangs with a second one (seen here)
+            current = default_client()
+            if current.scheduler.address == settings.prefect.dask_address:
+                yield current
+                return
+        except ValueError:  # no client yet
+            pass
         client = Client(settings.prefect.dask_address)
         try:
             yield client
