@@ -42,6 +42,10 @@ def resolve_champions(settings: Settings, models: list[str]) -> tuple[dict[str, 
 @task(name="score-model", task_run_name="score-{model}", cache_policy=NO_CACHE)
 def score_one(model: str, champion: Champion, day: pd.Timestamp, settings: Settings) -> pd.DataFrame:
     """One model's population at the run date, scored (a reader of the warehouse)."""
+    if settings.dask.data_parallel:  # the prediction spread over a Dask cluster (tasks/models/distributed.py)
+        from tasks.models.distributed import score_model_on_dask
+
+        return score_model_on_dask(champion, day, settings)
     with open_warehouse(settings, read_only=True) as wh:
         return score_model(wh, champion, day, settings)
 

@@ -512,6 +512,17 @@ class BoardSettings(BaseModel):
     lock_wait_seconds: float = Field(0.25, description="first wait between those tries (doubles, capped at 2 s)")
 
 
+class DaskSettings(BaseModel):
+    """Data-parallel scoring and training on a Dask cluster (``prefect.dask_address``, else a local one)."""
+
+    data_parallel: bool = Field(False, description="score (predict over partitions of the day's frame) and fit "
+                                "the boosters (xgboost.dask) on the Dask cluster; needs the dask extra")
+    local_workers: int = Field(2, description="worker processes of the local cluster when no dask_address is set")
+    partitions_per_worker: int = Field(2, description="partitions of a frame per Dask worker")
+    snapshot_dir: Path | None = Field(None, description="where the day's feature frames are written as Parquet for "
+                                      "the workers (storage every worker reads); default <home>/snapshots")
+
+
 class Settings(BaseSettings):
     """Effective configuration of one run."""
 
@@ -538,6 +549,7 @@ class Settings(BaseSettings):
     monitoring: MonitoringSettings = MonitoringSettings()
     care: CareSettings = CareSettings()
     board: BoardSettings = BoardSettings()
+    dask: DaskSettings = DaskSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -226,7 +226,14 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
     # refit on everything matured, calibrated on every origin (newest weighted most)
     final_cal = calibrators(len(folds))
     clock.lap("calibration")
-    booster = fit_booster(data, refit, tuning.params, tuning.rounds)
+    if settings.dask.data_parallel:  # the one large fit, spread over the Dask workers (xgboost.dask)
+        from tasks.models.distributed import fit_booster_on_dask
+
+        booster = fit_booster_on_dask(X.iloc[refit], y[refit], data.categories, tuning.params, tuning.rounds,
+                                      settings)
+        notes.append(f"refit with xgboost.dask on {len(refit):,} rows (dask.data_parallel)")
+    else:
+        booster = fit_booster(data, refit, tuning.params, tuning.rounds)
     clock.lap("refit booster")
     registered = AftersalesModel(booster, final_cal["model"], features, data.categories, data.nthread)
     on_test = registered.raw_proba(X.iloc[test_rows])
