@@ -95,8 +95,7 @@ def run(home: Path, args: argparse.Namespace) -> None:
 
     from tasks.data.warehouse import open_warehouse
     from tasks.models import scoring
-    from tasks.models.datasets import scoring_frame
-    from tasks.models.datasets import build_training_frame, feature_columns, plan_cutoffs
+    from tasks.models.datasets import build_training_frame, feature_columns, plan_cutoffs, scoring_frame
     from tasks.models.distributed import fit_booster_on_dask, score_frame_on_dask
     from tasks.models.training import FoldMatrix, booster_params, fit_booster, min_child_weight
 
