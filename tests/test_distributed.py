@@ -92,7 +92,7 @@ def test_scores_on_dask_equal_the_single_process_run_and_give_the_same_list(shop
             single[model] = score_model(wh, champion, RUN, shop)
         spread[model] = score_model_on_dask(champion, RUN, shop, client=client)
         a, b = single[model], spread[model]
-        assert len(a) > 100 and len(a) == len(b), model
+        assert len(a) > 0 and len(a) == len(b), model  # orders are scored at their moments: a few a day
         key = ["order_id"] if "order_id" in a else ["customer_id"]
         pd.testing.assert_frame_equal(a[key].reset_index(drop=True), b[key].reset_index(drop=True))
         assert np.abs(a["probability"].to_numpy() - b["probability"].to_numpy()).max() <= 1e-6, model
