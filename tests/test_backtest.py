@@ -126,7 +126,7 @@ def test_a_5_positive_model_is_refused_and_nothing_is_registered(
 
     from flows.train import train_flow
     from schemas.settings import reset_settings_cache
-    from tasks.models.registry import configure
+    from tasks.models.registry import configure, experiment_name
 
     monkeypatch.setenv("AFTERSALES_SPLIT__ORDER_STEP_DAYS", "14")
     monkeypatch.setenv("AFTERSALES_TRAINING__MIN_POSITIVES", "30")
@@ -144,7 +144,7 @@ def test_a_5_positive_model_is_refused_and_nothing_is_registered(
     client = configure(settings)
     name = settings.registered_model_name("negative_review")
     assert client.search_model_versions(f"name = '{name}'") == []
-    runs = client.search_runs([client.get_experiment_by_name(f"{settings.mlflow.experiment_prefix}-negative_review")
+    runs = client.search_runs([client.get_experiment_by_name(experiment_name(settings, "negative_review"))
                                .experiment_id])
     assert runs and runs[0].data.tags["registered"] == "false"
     assert "at least 30" in runs[0].data.tags["not_registered_reason"]
