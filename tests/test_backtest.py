@@ -92,6 +92,8 @@ def after(frames: dict[str, pd.DataFrame], day: pd.Timestamp) -> dict[str, pd.Da
 
 def test_train_as_of_T_uses_nothing_after_T(tmp_path: Path, frames: dict[str, pd.DataFrame], wh) -> None:
     """Append rows dated after T: the model trained as of T is the same model, byte for byte."""
+    from tasks.models.registry import training_data_hash
+
     at_t = settings_as_of(S, T)
     more = load(tmp_path / "more.duckdb", frames)
     for name, extra in after(frames, T).items():
@@ -103,7 +105,8 @@ def test_train_as_of_T_uses_nothing_after_T(tmp_path: Path, frames: dict[str, pd
         assert plain.counts == appended.counts
         if plain.registrable:
             assert appended.registrable
-            assert plain.splits.data_hash() == appended.splits.data_hash()
+            # the registry's hash: DuckDB's parallel sums differ in the last bit once more rows exist
+            assert training_data_hash(plain.splits) == training_data_hash(appended.splits)
             raw = [bytes(f.trained.model.booster.save_raw("ubj")) for f in (plain, appended)]
             assert raw[0] == raw[1], model
         else:
