@@ -408,6 +408,7 @@ def main() -> None:
     if args.smoke:
         args.customers = 800
         os.environ.setdefault("AFTERSALES_TRAINING__XGB__N_ESTIMATORS", "40")
+        os.environ.setdefault("AFTERSALES_TRAINING__MIN_POSITIVES", "5")  # a tiny shop: the guard would refuse
         os.environ.setdefault("AFTERSALES_TRAINING__SHAP_SAMPLE_ROWS", "200")
     quiet()
     work = (args.cache or Path(tempfile.mkdtemp(prefix="aftersales-bench-cycle-"))).resolve()

@@ -75,6 +75,7 @@ def main() -> None:
     if args.smoke:
         args.customers, args.rows, args.workers = 1_500, 5_000, [2]
         os.environ.setdefault("AFTERSALES_TRAINING__XGB__N_ESTIMATORS", "30")
+        os.environ.setdefault("AFTERSALES_TRAINING__MIN_POSITIVES", "5")  # a tiny shop: the guard would refuse
     os.environ["AFTERSALES_TRAINING__XGB__NTHREAD"] = "1"  # one thread per process and per worker: the unit
     quiet()
     home = (args.home or Path(tempfile.mkdtemp(prefix="aftersales-bench-dask-"))).resolve()

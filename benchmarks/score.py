@@ -312,6 +312,7 @@ def main() -> None:
         args.customers, args.feature_customers, args.open_orders, args.scored_customers = 2_000, 0, 2_000, 1_000
         args.repeats = 1
         os.environ.setdefault("AFTERSALES_TRAINING__XGB__N_ESTIMATORS", "40")
+        os.environ.setdefault("AFTERSALES_TRAINING__MIN_POSITIVES", "5")  # a tiny shop: the guard would refuse
         os.environ.setdefault("AFTERSALES_TRAINING__SHAP_SAMPLE_ROWS", "200")
     args.repeats = max(1, args.repeats)
     quiet()
