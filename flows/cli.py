@@ -790,7 +790,9 @@ app.add_typer(board_cli, name="board")
 def main() -> None:
     """The entry point: a user error or a refused request is one line on stderr and exit code 2."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns a typer.Exit's code instead of raising it here
+        if isinstance(code, int) and code:
+            raise SystemExit(code)
     except UserError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2) from None
