@@ -184,8 +184,13 @@ def test_steps_and_history_derive_from_the_span(wh: Warehouse) -> None:
     assert churn.min_history_days == 30 and ret.eval_window_days == plain.split.order_eval_window_days
     # churn on a 90-day horizon trains from ~a month of history up to D - 90
     assert churn.cutoffs[0] - churn.first_order <= pd.Timedelta(days=37)
+    # a capped order model keeps the scoring day's daily step and drops the oldest cutoffs (its rows must
+    # sit at the moments a scoring day draws them); a capped customer model widens its step instead
     capped = plan_cutoffs(wh, "return", Settings(split={"max_cutoffs": 50}))
-    assert len(capped.cutoffs) <= 50 and capped.step_days > 1 and any("max_cutoffs" in n for n in capped.notes)
+    assert len(capped.cutoffs) == 50 and capped.step_days == 1 and any("max_cutoffs" in n for n in capped.notes)
+    assert capped.cutoffs[-1] == ret.cutoffs[-1] and capped.cutoffs[0] > ret.cutoffs[0]
+    wide = plan_cutoffs(wh, "churn", Settings(split={"max_cutoffs": 10}))
+    assert len(wide.cutoffs) <= 10 and wide.step_days > 7
 
 
 def test_training_sets_have_the_contract_columns(sets: dict[str, pd.DataFrame]) -> None:

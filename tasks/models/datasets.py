@@ -156,7 +156,14 @@ def plan_cutoffs(wh: Warehouse, model: ModelName, settings: Settings | None = No
             f"{model}: the data from {first:%Y-%m-%d} to {known:%Y-%m-%d} ({span} days) is shorter than "
             f"{min_history} days of history plus the {horizon}-day label window; no cutoff has a matured label")
     n_days = (latest - start).days
-    if n_days // step + 1 > cfg.max_cutoffs:
+    if n_days // step + 1 > cfg.max_cutoffs and MODEL_ENTITY[model] == "order":
+        # order rows must be drawn at the moments a scoring day draws them (its daily step): wider steps
+        # put orders days past their moment into training (and the drift gate flagged every first day)
+        start = latest - (cfg.max_cutoffs - 1) * pd.Timedelta(days=step)
+        notes.append(f"{n_days // step + 1} cutoffs every {step} days exceed split.max_cutoffs={cfg.max_cutoffs}: "
+                     f"the newest {cfg.max_cutoffs} are used, from {start:%Y-%m-%d}")
+        n_days = (latest - start).days
+    elif n_days // step + 1 > cfg.max_cutoffs:
         wider = math.ceil(n_days / max(1, cfg.max_cutoffs - 1))
         notes.append(f"{n_days // step + 1} cutoffs every {step} days exceed split.max_cutoffs={cfg.max_cutoffs}: "
                      f"one every {wider} days instead")
