@@ -32,7 +32,10 @@ def test_benchmark_runs_in_smoke_mode(script: Path, tmp_path: Path) -> None:
         pytest.skip(f"smoke run with its figures checked in {OWN_SMOKE_TEST[script.name]}")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AFTERSALES_")} | {
         "AFTERSALES_PATHS__HOME": str(tmp_path / "home"), "PYTHONPATH": str(script.parents[1]),
-        "AFTERSALES_SPLIT__MAX_CUTOFFS": os.environ.get("AFTERSALES_SPLIT__MAX_CUTOFFS", "120")}  # see conftest
+        # smoke figures mean nothing: the cheapest training that still has an older origin to tune on
+        "AFTERSALES_SPLIT__MAX_CUTOFFS": "90", "AFTERSALES_SPLIT__BACKTEST_ORIGINS": "2",
+        "AFTERSALES_TRAINING__GRID": '[{"max_depth": 2, "learning_rate": 0.1, "min_leaf_share": 0.01}]',
+        "AFTERSALES_TRAINING__BOOTSTRAP_RESAMPLES": "100"}
     done = subprocess.run([sys.executable, str(script), "--smoke"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=1500)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
