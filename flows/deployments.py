@@ -234,11 +234,14 @@ def ensure_automations(notify_url: str | None, path: Path = AUTOMATIONS_FILE) ->
     from ``notify_url``; replaced by name, so running the deploy step twice keeps one of each."""
     if not notify_url:
         return []
-    from prefect.blocks.notifications import AppriseNotificationBlock
+    # AppriseNotificationBlock is an interface in Prefect 3 (it refuses to save). SlackWebhook is its
+    # built-in concrete block whose notify hands its URL to Apprise as given, so any Apprise URL works and
+    # the server knows the block type when the automation fires.
+    from prefect.blocks.notifications import SlackWebhook
     from prefect.client.orchestration import get_client
     from prefect.events.schemas.automations import AutomationCore
 
-    block_id = AppriseNotificationBlock(url=notify_url).save(NOTIFICATION_BLOCK, overwrite=True)
+    block_id = SlackWebhook(url=notify_url).save(NOTIFICATION_BLOCK, overwrite=True)
     text = Path(path).read_text(encoding="utf-8").replace("{{ notification_block_id }}", str(block_id))
     names = []
     with get_client(sync_client=True) as client:
