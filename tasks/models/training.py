@@ -571,23 +571,10 @@ def min_child_weight(y: np.ndarray, scale_pos_weight: float, share: float) -> fl
 def booster_params(settings: Settings, config: BoosterConfig, scale_pos_weight: float,
                    child_weight: float) -> dict[str, Any]:
     """Booster parameters of one grid point; shared parts and the seed come from ``training.xgb``."""
-    cfg = settings.training.xgb
     metric, _ = SELECTION[settings.training.selection_metric]
-    return {
-        "objective": "binary:logistic",
-        "eval_metric": metric,
-        "tree_method": "hist",
-        "max_depth": config.max_depth,
-        "learning_rate": config.learning_rate,
-        "min_child_weight": child_weight,
-        "subsample": cfg.subsample,
-        "colsample_bytree": cfg.colsample_bytree,
-        "reg_lambda": cfg.reg_lambda,
-        "max_bin": cfg.max_bin,
-        "nthread": cfg.nthread,
-        "seed": settings.training.seed,
-        "scale_pos_weight": scale_pos_weight,
-    }
+    return xgb_params(settings, scale_pos_weight) | {
+        "eval_metric": metric, "max_depth": config.max_depth, "learning_rate": config.learning_rate,
+        "min_child_weight": child_weight}
 
 
 @dataclass
