@@ -15,11 +15,14 @@ Reproduces what the judges do, with none of the platform's feature, label or tra
 
 Definitions (platform, ``--definition platform``; days from ``labels`` settings defaults):
 - churn: customers with an order in (T-180d, T]; label 1 if no order in (T, T+90d].
-- return: orders delivered in (T-14d, T], not cancelled as of T, no return requested by T; label 1
-  if a return is requested in (T, delivered_at+30d].
-- negative_review: orders with no review by T, not cancelled, delivered in (T-14d, T] or overdue
-  (undelivered at T, promised_at in [T-30d, T)); label 1 if a review <= 2 is written in (T, T+30d]
-  that counts for the order (within 30 days of delivery, or before delivery but after the promise).
+- each order is scored at the daily run right after its moment: delivered, shipped, overdue (again
+  every 7 days while overdue by at most 30), or, in a shop without any shipment, delivery or promised
+  dates, placed (``orders_as_of_sql``).
+- return: orders delivered (or, without dates, placed) in the day before T, not cancelled as of T,
+  no return requested by T; label 1 if a return is requested, or the order cancelled, in
+  (T, delivered_at (ordered_at) + 30d].
+- negative_review: orders with no review by T, not cancelled, at any moment; label 1 if a review
+  <= 2 is written in (T, T+30d].
 Judges' reading (``--definition judge``, chosen by ``auto`` when no order has a delivery date):
 - return ("a cancellation/return within 30 days of an invoice/order"): orders placed in (T-14d, T]
   with no return by T; label 1 if a return is requested in (T, ordered_at+30d] that is linked to
@@ -86,6 +89,9 @@ SMOKE_DATE = "2017-10-01"
 ACTIVITY_DAYS, CHURN_HORIZON = 180, 90
 RETURN_POP_DAYS, RETURN_WINDOW = 14, 30
 REVIEW_POP_DAYS, REVIEW_WINDOW, BAD_SCORE = 14, 30, 2
+MOMENT_WINDOW, OVERDUE_REPEAT = 1, 7  # labels.moment_window_days, labels.overdue_repeat_days
+RETURN_MOMENTS = {"delivered", "ordered"}
+REVIEW_MOMENTS = {"shipped", "delivered", "overdue", "ordered"}
 HORIZON = {"churn": CHURN_HORIZON, "return": RETURN_WINDOW, "negative_review": REVIEW_WINDOW}
 RISKS = {"churn": ["churn"], "return": ["return"], "negative_review": ["negative_review", "late_delivery"]}
 DAY = pd.Timedelta(days=1)
@@ -101,13 +107,13 @@ class Tables:
 
 
 COLUMNS = {
-    "orders": ["order_id", "customer_id", "ordered_at", "promised_at", "delivered_at", "status",
+    "orders": ["order_id", "customer_id", "ordered_at", "promised_at", "shipped_at", "delivered_at", "status",
                "total_amount", "updated_at"],
     "order_items": ["order_id", "product_id", "quantity", "unit_price"],
     "returns": ["order_id", "product_id", "requested_at"],
     "reviews": ["order_id", "score", "created_at"],
 }
-TIMESTAMPS = ["ordered_at", "promised_at", "delivered_at", "updated_at", "requested_at", "created_at"]
+TIMESTAMPS = ["ordered_at", "promised_at", "shipped_at", "delivered_at", "updated_at", "requested_at", "created_at"]
 
 
 def _naive_utc(df: pd.DataFrame) -> pd.DataFrame:
@@ -166,6 +172,34 @@ def _cancelled_by(orders: pd.DataFrame, c: pd.Timestamp) -> pd.Series:
     return (orders["status"] == "cancelled").fillna(False) & (orders["updated_at"] <= c).fillna(False)
 
 
+def _moments(placed: pd.DataFrame, everything: pd.DataFrame, c: pd.Timestamp) -> pd.Series:
+    """The platform's ``moment`` of each placed order at ``c`` (``orders_as_of_sql``, re-written here).
+
+    An order is scored at the daily run right after it is delivered, shipped, becomes overdue (and every
+    OVERDUE_REPEAT days while overdue by at most REVIEW_WINDOW), or, in a shop that records no shipment,
+    delivery or promised dates at all, right after it is placed.
+    """
+    since, window = c - MOMENT_WINDOW * DAY, MOMENT_WINDOW * DAY
+    shipped = placed["shipped_at"].where(placed["shipped_at"] <= c)
+    delivered = placed["delivered_at"].where(placed["delivered_at"] <= c)
+    dated = bool(((everything["shipped_at"] <= c) | (everything["delivered_at"] <= c)
+                  | ((everything["ordered_at"] <= c) & everything["promised_at"].notna())).any())
+    overdue = delivered.isna() & ~_cancelled_by(placed, c) & (placed["promised_at"] < c).fillna(False)
+    late_by = c - placed["promised_at"]
+    again = (late_by <= REVIEW_WINDOW * DAY) & (((late_by - pd.Timedelta(microseconds=1))
+                                                 % (OVERDUE_REPEAT * DAY)) < window)
+    moment = pd.Series("none", index=placed.index, dtype=object)
+    rules = [  # the first that applies wins, as in the SQL CASE
+        ("delivered", (delivered > since).fillna(False)),
+        ("overdue", overdue & ((late_by <= window) | again).fillna(False)),
+        ("shipped", (shipped > since).fillna(False) & delivered.isna()),
+        ("ordered", pd.Series(not dated, index=placed.index) & (placed["ordered_at"] > since)),
+    ]
+    for name, hit in reversed(rules):
+        moment[hit] = name
+    return moment
+
+
 def population_and_labels(t: Tables, task: str, c: pd.Timestamp, definition: str) -> pd.DataFrame:
     """Keys plus ``label`` at cutoff ``c`` (labels read after ``c``: the only place that does)."""
     o = t.orders
@@ -177,11 +211,13 @@ def population_and_labels(t: Tables, task: str, c: pd.Timestamp, definition: str
         return pop
     placed = o[o["ordered_at"] <= c].copy()
     placed = placed[~_cancelled_by(placed, c)]
+    if definition == "platform":
+        placed["moment"] = _moments(placed, o, c)
     if task == "return":
         done = set(t.returns.loc[t.returns["requested_at"] <= c, "order_id"])
         if definition == "platform":
-            pop = placed[(placed["delivered_at"] <= c) & (placed["delivered_at"] > c - RETURN_POP_DAYS * DAY)]
-            anchor = pop["delivered_at"]
+            pop = placed[placed["moment"].isin(RETURN_MOMENTS)]
+            anchor = pop["delivered_at"].where(pop["moment"] == "delivered", pop["ordered_at"])
         else:
             pop = placed[placed["ordered_at"] > c - RETURN_POP_DAYS * DAY]
             anchor = pop["ordered_at"]
@@ -190,6 +226,10 @@ def population_and_labels(t: Tables, task: str, c: pd.Timestamp, definition: str
         r = t.returns[t.returns["requested_at"] > c][["order_id", "product_id", "requested_at"]]
         m = pop[["order_id"]].assign(end=anchor + RETURN_WINDOW * DAY).merge(r, on="order_id")
         hit = set(m.loc[m["requested_at"] <= m["end"], "order_id"])
+        if definition == "platform":  # a cancellation after the cutoff counts as a return (labels.py)
+            end = pop.assign(end=anchor + RETURN_WINDOW * DAY)
+            cancelled = (end["status"] == "cancelled") & (end["updated_at"] > c) & (end["updated_at"] <= end["end"])
+            hit |= set(end.loc[cancelled.fillna(False), "order_id"])
         if definition == "judge":
             hit |= _returned_by_customer(t, pop.assign(end=anchor + RETURN_WINDOW * DAY), r)
     elif definition == "judge" and has_deliveries(t):  # negative_review, per delivered order
@@ -207,22 +247,15 @@ def population_and_labels(t: Tables, task: str, c: pd.Timestamp, definition: str
     else:  # negative_review
         done = set(t.reviews.loc[t.reviews["created_at"] <= c, "order_id"])
         if definition == "platform":
-            delivered = (placed["delivered_at"] <= c) & (placed["delivered_at"] > c - REVIEW_POP_DAYS * DAY)
-            undelivered = placed["delivered_at"].isna() | (placed["delivered_at"] > c)
-            overdue = undelivered & (placed["promised_at"] < c) & (placed["promised_at"] >= c - REVIEW_WINDOW * DAY)
-            pop = placed[delivered | overdue.fillna(False)]
+            pop = placed[placed["moment"].isin(REVIEW_MOMENTS)]
         else:
             pop = placed[placed["ordered_at"] > c - REVIEW_POP_DAYS * DAY]
         pop = pop[~pop["order_id"].isin(done)]
         r = t.reviews[(t.reviews["created_at"] > c) & (t.reviews["score"].astype(float) <= BAD_SCORE)
                       & (t.reviews["created_at"] <= c + REVIEW_WINDOW * DAY)][["order_id", "created_at"]]
-        m = pop[["order_id", "ordered_at", "delivered_at", "promised_at"]].merge(r, on="order_id")
-        if definition == "platform":  # delivered_at here is the final one, as in the platform's label SQL
-            d, p, w = m["delivered_at"], m["promised_at"], REVIEW_WINDOW * DAY
-            ok = (d.isna() | (m["created_at"] <= d + w)) & (
-                (d.notna() & (m["created_at"] >= d)) | (m["created_at"] > p).fillna(False))
-        else:
-            ok = m["created_at"] <= m["ordered_at"] + REVIEW_WINDOW * DAY
+        m = pop[["order_id", "ordered_at"]].merge(r, on="order_id")
+        ok = m["created_at"] <= m["ordered_at"] + REVIEW_WINDOW * DAY if definition != "platform" else (
+            pd.Series(True, index=m.index))  # the platform counts any bad review within 30 days of the cutoff
         hit = set(m.loc[ok.fillna(False), "order_id"])
     out = pop[["order_id", "customer_id"]].copy()
     out["label"] = out["order_id"].isin(hit).astype(int)

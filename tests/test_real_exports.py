@@ -66,7 +66,7 @@ def _yardstick():
 
 
 def test_judges_marketplace_reading_counts_orders_reviewed_before_the_cutoff(tmp_path_factory):
-    """'Review <= 2 per delivered order': the platform's delivered rows plus those reviewed by T."""
+    """'Review <= 2 per delivered order': the platform's just-delivered rows plus those reviewed by T."""
     real_exports = _yardstick()
     from shared_shop import shop_copy
 
@@ -77,7 +77,10 @@ def test_judges_marketplace_reading_counts_orders_reviewed_before_the_cutoff(tmp
         judged = real_exports.population_and_labels(tables, "negative_review", cutoff, "judge")
         ours = real_exports.population_and_labels(tables, "negative_review", cutoff, "platform")
         delivered = tables.orders.set_index("order_id")["delivered_at"]
-        ours = ours[(delivered.reindex(ours["order_id"]) <= cutoff).to_numpy()]  # the overdue rows are not delivered
+        # the platform scores an order at the run right after its delivery: compare on those days
+        just_delivered = lambda frame: frame[(delivered.reindex(frame["order_id"]).between(  # noqa: E731
+            cutoff - pd.Timedelta(days=1), cutoff, inclusive="right")).to_numpy()]
+        judged, ours = just_delivered(judged), just_delivered(ours)
         merged = judged.merge(ours, on="order_id", how="outer", indicator=True, suffixes=("", "_platform"))
         assert (merged["_merge"] != "right_only").all(), "every delivered row the platform scores is the judges' too"
         common = merged[merged["_merge"] == "both"]
@@ -130,7 +133,7 @@ def test_judges_invoice_reading_counts_a_cancellation_of_the_same_customer_and_p
 
 
 def test_online_retail_mapping_gives_the_return_model_its_invoices(tmp_path):
-    """The invoice is the delivery: invoices of the last 14 days are scored, labelled by cancellations."""
+    """The invoice is the delivery: each invoice is scored the day after it, labelled by cancellations."""
     from schemas.settings import Settings
     from tasks.data.ingest import ingest_batch
     from tasks.data.warehouse import Warehouse
@@ -151,7 +154,11 @@ def test_online_retail_mapping_gives_the_return_model_its_invoices(tmp_path):
         mapping = ROOT / "schemas" / "defaults" / "mappings" / "online_retail_ii.yaml"
         ingest_batch(tmp_path / "in", wh, Settings(), mapping, as_of="2010-05-01")
         assert wh.row_count("returns") == 2
-        got = labels(wh, "return", "2010-03-03", Settings()).set_index("order_id")["label"].to_dict()
-        assert got == {"600001": 1, "600002": 0}
+        # an invoice is scored once, at the first daily cutoff after it (the moment the shop can act)
+        def at(cutoff: str) -> dict[str, int]:
+            return labels(wh, "return", cutoff, Settings()).set_index("order_id")["label"].to_dict()
+
+        assert at("2010-03-02") == {"600001": 1}  # cancelled two days later
+        assert at("2010-03-03") == {"600002": 0}
     finally:
         wh.close()

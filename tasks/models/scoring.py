@@ -150,7 +150,7 @@ def check_signature(champion: Champion, frame: pd.DataFrame) -> None:
         if spec.name not in frame.columns:
             continue
         values = frame[spec.name]
-        kind = str(spec.type)
+        kind = getattr(spec.type, "name", str(spec.type))  # MLflow 3.17 prints DataType.double
         numeric = pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values)
         if kind in ("double", "float", "long", "integer", "boolean") and not numeric:
             present = values.dropna()
