@@ -86,6 +86,11 @@ def main() -> None:
             shutil.rmtree(home, ignore_errors=True)
 
 
+def pick_config(grid: list) -> object:
+    """A depth-4 point where the grid has one (a mid-sized booster), else its deepest."""
+    return next((c for c in grid if c.max_depth == 4), max(grid, key=lambda c: c.max_depth))
+
+
 def run(home: Path, args: argparse.Namespace) -> None:
     os.environ["AFTERSALES_PATHS__HOME"] = str(home)
     reset_settings_cache()
@@ -108,7 +113,7 @@ def run(home: Path, args: argparse.Namespace) -> None:
     with open_warehouse(settings, read_only=True) as wh:
         training = build_training_frame(wh, "return", plan_cutoffs(wh, "return", settings), settings)
     X, y = training[feature_columns("return")], training["label"].to_numpy(dtype=float)
-    data, config, rounds = FoldMatrix(X, y, settings), settings.training.grid[2], 100
+    data, config, rounds = FoldMatrix(X, y, settings), pick_config(settings.training.grid), 100
     params = booster_params(settings, config, 1.0, min_child_weight(y, 1.0, config.min_leaf_share))
     print(f"scoring {len(frame):,} rows (resampled from {len(real):,} real); training on {len(X):,} rows "
           f"x {X.shape[1]} features, {rounds} rounds; {load()}", flush=True)

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
+from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
 from schemas.monitoring import PERFORMANCE_TABLE
@@ -422,8 +423,11 @@ def test_realised_performance_only_for_matured_runs_and_as_sklearn_computes_it(s
             assert row["brier"] == pytest.approx(brier_score_loss(y, p))
             top = np.argsort(-p, kind="stable")[: settings.training.top_k]
             assert row["precision_at_k"] == pytest.approx(y[top].mean())
-            bins = np.array_split(np.argsort(p, kind="stable"), 10)
-            ece = sum(abs(y[b].mean() - p[b].mean()) * b.size for b in bins) / y.size
+            # ECE over sklearn's calibration_curve(strategy="quantile") bins: tied probabilities share a bin
+            observed, predicted = calibration_curve(y, p, n_bins=10, strategy="quantile")
+            ids = np.searchsorted(np.percentile(p, np.linspace(0, 100, 11))[1:-1], p)
+            sizes = np.bincount(ids)[np.bincount(ids) > 0]
+            ece = float(np.sum(np.abs(observed - predicted) * sizes) / y.size)
             assert row["ece"] == pytest.approx(ece)
             listed = wh.query(f"SELECT {key}, rank FROM task_list WHERE run_date = ? AND risk_code IN "
                               f"({', '.join('?' for _ in risks)}) ORDER BY rank",

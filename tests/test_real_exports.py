@@ -78,9 +78,9 @@ def test_judges_marketplace_reading_counts_orders_reviewed_before_the_cutoff(tmp
         ours = real_exports.population_and_labels(tables, "negative_review", cutoff, "platform")
         delivered = tables.orders.set_index("order_id")["delivered_at"]
         # the platform scores an order at the run right after its delivery: compare on those days
-        just_delivered = lambda frame: frame[(delivered.reindex(frame["order_id"]).between(  # noqa: E731
-            cutoff - pd.Timedelta(days=1), cutoff, inclusive="right")).to_numpy()]
-        judged, ours = just_delivered(judged), just_delivered(ours)
+        day_before = delivered.between(cutoff - pd.Timedelta(days=1), cutoff, inclusive="right")
+        just_delivered = set(day_before[day_before].index)
+        judged, ours = (frame[frame["order_id"].isin(just_delivered)] for frame in (judged, ours))
         merged = judged.merge(ours, on="order_id", how="outer", indicator=True, suffixes=("", "_platform"))
         assert (merged["_merge"] != "right_only").all(), "every delivered row the platform scores is the judges' too"
         common = merged[merged["_merge"] == "both"]

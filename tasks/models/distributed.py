@@ -104,8 +104,12 @@ def _champion(settings: Settings, model: str, version: str) -> Any:
     return _CHAMPIONS[key]
 
 
-def score_partition(path: str, settings: Settings, model: str, version: str) -> pd.DataFrame:
-    """One partition scored on a worker: what ``scoring.score_model`` does after its feature query."""
+def score_partition(path: str, settings: Settings, model: str, version: str, cap: float | None = None) -> pd.DataFrame:
+    """One partition scored on a worker: what ``scoring.score_model`` does after its feature query.
+
+    ``cap`` is the shop's cap on value at stake, computed once over the whole day (a partition's own
+    quantile would cap each partition differently).
+    """
     from tasks.models.datasets import feature_columns
     from tasks.models.scoring import check_signature, predict, risk_of_rows, value_at_stake
 
@@ -114,20 +118,20 @@ def score_partition(path: str, settings: Settings, model: str, version: str) -> 
     check_signature(champion, frame)
     frame["probability"] = np.clip(predict(champion, frame[feature_columns(model)]), 0.0, 1.0)
     frame["risk"] = risk_of_rows(model, frame)
-    frame["value_at_stake"] = value_at_stake(model, frame, settings)
+    frame["value_at_stake"] = value_at_stake(model, frame, settings, cap)
     frame["model_version"] = champion.label
     return frame
 
 
 def score_frame_on_dask(client: Any, champion: Any, frame: pd.DataFrame, run_date: pd.Timestamp,
-                        settings: Settings) -> pd.DataFrame:
+                        settings: Settings, cap: float | None = None) -> pd.DataFrame:
     """The day's frame of one model scored over the cluster, in the frame's row order."""
     from tasks.models.scoring import refuse_constant
 
     folder = snapshot_folder(settings, run_date, champion.model)
     paths = write_partitions(frame, folder, n_partitions(client, settings, len(frame)))
     futures = client.map(score_partition, paths, settings=settings, model=champion.model,
-                         version=champion.version, pure=False)
+                         version=champion.version, cap=cap, pure=False)
     scored = pd.concat(client.gather(futures))
     refuse_constant(champion, scored["probability"].to_numpy(), settings)  # judged on the whole day
     return scored
@@ -138,16 +142,17 @@ def score_model_on_dask(champion: Any, run_date: pd.Timestamp, settings: Setting
     """``scoring.score_model`` with the prediction spread over the Dask cluster; same rows, same scores."""
     from tasks.data.warehouse import open_warehouse
     from tasks.models.datasets import scoring_frame
-    from tasks.models.scoring import score_model
+    from tasks.models.scoring import score_model, stake_cap
 
     with open_warehouse(settings, read_only=True) as wh:
         frame = scoring_frame(wh, champion.model, run_date, settings)
         if frame.empty:  # nothing to spread: the single-process answer, with its empty columns
             return score_model(wh, champion, run_date, settings)
+        cap = stake_cap(wh, champion.model, frame, run_date, settings)
     if client is not None:
-        return score_frame_on_dask(client, champion, frame, run_date, settings)
+        return score_frame_on_dask(client, champion, frame, run_date, settings, cap)
     with dask_client(settings) as own:
-        return score_frame_on_dask(own, champion, frame, run_date, settings)
+        return score_frame_on_dask(own, champion, frame, run_date, settings, cap)
 
 
 # ----------------------------------------------------------------------------------------- training
