@@ -434,25 +434,29 @@ def models(
     if frame.empty:
         console.print("no registered models yet: run `aftersales train`")
         return
-    table = Table("model", "v", "aliases", "created", "ROC-AUC", "PR-AUC", "data", title="registered models",
-                  box=box.SIMPLE_HEAD)
+    table = Table("registered model", "v", "aliases", "created", "ROC", "PR", "data",
+                  title="registered models (test ROC-AUC, PR-AUC; training data hash)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    for column in table.columns[:-1]:  # names as the MLflow UI shows them, aliases whole ("champ…" is no alias)
+        column.no_wrap = True
+    table.columns[-1].overflow = "crop"  # a hash prefix: what a narrow terminal shortens
     for row in frame.itertuples():
-        table.add_row(row.model, str(row.version), "\n".join((row.aliases or "").split(",")),
-                      f"{row.created:%Y-%m-%d}", f"{row.test_roc_auc:.3f}", f"{row.test_pr_auc:.3f}",
+        table.add_row(row.registered_model, str(row.version), "\n".join((row.aliases or "").split(",")),
+                      f"{row.created:%y-%m-%d}", f"{row.test_roc_auc:.3f}", f"{row.test_pr_auc:.3f}",
                       str(row.train_data_hash)[:7])
     console.print(table)
     moves = frame.attrs.get("alias_history")
     if history and moves is not None and len(moves):
         shown = Table("when (UTC)", "model", "alias", "move", "why, who", title="alias history (latest)",
-                      box=box.SIMPLE_HEAD)
-        shown.columns[0].no_wrap = True
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        shown.columns[0].no_wrap = shown.columns[2].no_wrap = True
         for row in moves.tail(history).itertuples(index=False):
             before = "-" if pd.isna(row.from_version) else f"v{row.from_version}"
             after = "-" if pd.isna(row.to_version) else f"v{row.to_version}"
             shown.add_row(str(row.ts)[:16].replace("T", " "), row.model, row.alias, f"{before}>{after}",
                           f"{row.reason}, {row.actor}")
         console.print(shown)
-    console.print(f"full history: {_settings().paths.home / 'registry' / 'alias_history.jsonl'}", soft_wrap=True)
+    console.print(f"full history: {_settings().paths.home / 'registry' / 'alias_history.jsonl'}", overflow="fold")
 
 
 @app.command()

@@ -118,7 +118,7 @@ def _server_limit(settings: Settings, name: str | None) -> str | None:
         return None
     limit = limit_name(settings, name)
     key = (url, limit)
-    if key not in _limits_seen:
+    if not _limits_seen.get(key):  # only a limit found is remembered: the deploy step may create it later
         from prefect.client.orchestration import get_client
         from prefect.exceptions import ObjectNotFound
 
@@ -127,10 +127,11 @@ def _server_limit(settings: Settings, name: str | None) -> str | None:
                 client.read_global_concurrency_limit_by_name(limit)
             _limits_seen[key] = True
         except ObjectNotFound:
+            if key not in _limits_seen:  # said once per process
+                log.warning("the Prefect server has no concurrency limit %r: runs on other machines are not kept "
+                            "apart (create it with `aftersales serve` or deploy/README.md); this machine still is",
+                            limit)
             _limits_seen[key] = False
-            log.warning("the Prefect server has no concurrency limit %r: runs on other machines are not kept "
-                        "apart (create it with `aftersales serve` or deploy/README.md); this machine still is",
-                        limit)
     return limit if _limits_seen[key] else None
 
 

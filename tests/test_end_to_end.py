@@ -147,13 +147,13 @@ def test_scoring_follows_a_champion_moved_by_hand(cli, home: Path) -> None:
     assert challenger != "1"
     assert str(client.get_model_version_by_alias("aftersales-return", "champion").version) == "1"
     client.set_registered_model_alias("aftersales-return", "champion", challenger)  # as in the MLflow UI
-    cli("score", "--date", "2026-11-03")
+    cli("score", "--date", "2026-11-01")  # the last day of history: the orders delivered the day before are scored
     wh = Warehouse(home / "home" / "warehouse.duckdb")
     used = wh.query("SELECT run_date, model_version FROM scores WHERE risk = 'return' GROUP BY ALL")
     wh.close()
     by_day = dict(zip(used["run_date"].dt.strftime("%Y-%m-%d"), used["model_version"], strict=True))
     assert by_day[RUN_DATE] == "aftersales-return v1"
-    assert by_day["2026-11-03"] == f"aftersales-return v{challenger}"
+    assert by_day["2026-11-01"] == f"aftersales-return v{challenger}"
     history = cli("models").output
     assert "manual" in history
     back = cli("rollback", "return").output  # issue 14.4: the way back after a move in the UI
