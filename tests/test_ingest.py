@@ -300,23 +300,23 @@ def test_online_retail_signed_invoice_lines_via_sql_mapping(wh: Warehouse) -> No
     result = ingest_batch(DATA / "online_retail", wh, Settings(), MAPPINGS / "online_retail_ii.yaml", as_of=AS_OF)
     assert wh.row_count("orders") == 4, "four invoices with a customer; the guest invoice is quarantined"
     guest = wh.query("SELECT * FROM quarantine WHERE table_name = 'orders'")
-    assert guest["row_json"].str.contains("489437").all()
+    assert guest["row_json"].str.contains("700104").all()
     returns = wh.table("returns").set_index("return_id")
-    assert returns.loc["C489449-22087-1", "order_id"] == "489450", "cancellation linked to the earlier sale"
-    assert returns.loc["C489459-85048-1", "refund_amount"] == pytest.approx(13.9)
+    assert returns.loc["C700111-P700-1", "order_id"] == "700110", "cancellation linked to the earlier sale"
+    assert returns.loc["C700112-L100-1", "refund_amount"] == pytest.approx(14.5)
     assert result.rows_in == result.rows_valid + result.rows_quarantined
 
 
 def test_olist_export_via_mixed_mapping(wh: Warehouse) -> None:
     ingest_batch(DATA / "olist", wh, Settings(), MAPPINGS / "olist.yaml", as_of=AS_OF)
     orders = wh.table("orders").set_index("order_id")
-    first = orders.loc["e481f51cbdc54678b7cc49136f2d6af7"]
-    assert first["customer_id"] == "861eff4711a542e4b93843c6dd7febb0", "the person, not Olist's per-order id"
+    first = orders.loc["0b96e5f95ad618889b529aa62951c0bc"]
+    assert first["customer_id"] == "a4c1ff27958e7918f720fd44367de86e", "the person, not Olist's per-order id"
     assert first["total_amount"] == pytest.approx(38.71)
     assert first["ordered_at"] == pd.Timestamp("2017-10-02 13:56:33"), "Sao Paulo time stored as UTC"
-    assert orders.loc["47770eb9100c2d0c44946d9cf07ec65d", "status"] == "cancelled"
+    assert orders.loc["56675ee071aa2c247ca7be85ab161e22", "status"] == "cancelled"
     assert wh.row_count("reviews") == 3, "repeated review ids are made unique per order"
-    assert wh.scalar("SELECT category FROM products WHERE product_id = '595fac2a385ac33a80bd5114aec74eb8'") == "beauty"
+    assert wh.scalar("SELECT category FROM products WHERE product_id = '2f26514c653ec522a288eccdbe5dc464'") == "beauty"
     assert wh.row_count("tickets") == 0 and wh.row_count("events") == 0
 
 

@@ -39,13 +39,13 @@ def test_marketplace_hand_over_before_purchase_keeps_the_order_its_items_and_rev
     folder = tmp_path / "olist"
     shutil.copytree(DATA / "olist", folder)
     orders = pd.read_csv(folder / "olist_orders_dataset.csv", dtype=str)
-    first = orders.index[orders["order_id"] == "e481f51cbdc54678b7cc49136f2d6af7"][0]
+    first = orders.index[orders["order_id"] == "0b96e5f95ad618889b529aa62951c0bc"][0]
     orders.loc[first, "order_delivered_carrier_date"] = "2017-09-30 08:00:00"  # purchase: 2017-10-02 10:56
     orders.to_csv(folder / "olist_orders_dataset.csv", index=False)
 
     result = ingest_batch(folder, wh, Settings(), MAPPINGS / "olist.yaml", as_of=AS_OF)
 
-    stored = wh.query("SELECT * FROM orders WHERE order_id = 'e481f51cbdc54678b7cc49136f2d6af7'")
+    stored = wh.query("SELECT * FROM orders WHERE order_id = '0b96e5f95ad618889b529aa62951c0bc'")
     assert len(stored) == 1, "the order is kept"
     assert pd.isna(stored.iloc[0]["shipped_at"]), "the impossible hand-over time is cleared"
     assert stored.iloc[0]["delivered_at"] == pd.Timestamp("2017-10-11 00:25:13"), "the rest of the row is intact"
@@ -56,8 +56,8 @@ def test_marketplace_hand_over_before_purchase_keeps_the_order_its_items_and_rev
         ("shipped_at", "shipped_at before ordered_at", "value cleared")
     assert record["failure_value"].startswith("2017-09-30 08:00"), "the original value is kept"
     assert record["source_file"] == "sql:orders" and record["source_row"] >= 1
-    items = wh.scalar("SELECT count(*) FROM order_items WHERE order_id = 'e481f51cbdc54678b7cc49136f2d6af7'")
-    reviews = wh.scalar("SELECT count(*) FROM reviews WHERE order_id = 'e481f51cbdc54678b7cc49136f2d6af7'")
+    items = wh.scalar("SELECT count(*) FROM order_items WHERE order_id = '0b96e5f95ad618889b529aa62951c0bc'")
+    reviews = wh.scalar("SELECT count(*) FROM reviews WHERE order_id = '0b96e5f95ad618889b529aa62951c0bc'")
     assert items == 1 and reviews >= 1, "no orphaned items or reviews"
     assert wh.scalar("SELECT count(*) FROM quarantine WHERE check_name = 'orphan'") == 0
     assert result.values_cleared == 1 and result.rows_in == result.rows_valid + result.rows_quarantined
