@@ -41,8 +41,11 @@ def cli(home: Path, prefect_api: None):
     return invoke
 
 
-def registry(home: Path) -> str:
-    return Settings(paths={"home": home / "home"}).tracking_uri
+def registry(home: Path) -> MlflowClient:
+    """A client of this module's registry. The registry URI is given too: MLflow prefers a process-wide
+    registry URI (set by any earlier test that trained in this process) to the tracking URI."""
+    uri = Settings(paths={"home": home / "home"}).tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def counts(home: Path) -> dict[str, int]:
@@ -112,7 +115,7 @@ def test_train_registers_every_model_and_lists_them(cli, home: Path) -> None:
     for name in ("aftersales-return", "aftersales-negative-review", "aftersales-churn"):
         assert name in listing
     assert "champion" in listing and "challenger" in listing
-    client = MlflowClient(registry(home))
+    client = registry(home)
     names = ("aftersales-return", "aftersales-negative-review", "aftersales-churn")
     before = {name: len(client.search_model_versions(f"name = '{name}'")) for name in names}
     cli("train")  # identical data and code: no new versions (issue 14.3)
@@ -142,7 +145,7 @@ def test_score_writes_one_list_per_day_and_rerun_replaces_it(cli, home: Path) ->
 
 def test_scoring_follows_a_champion_moved_by_hand(cli, home: Path) -> None:
     cli("train", "--model", "return", extra_env={"AFTERSALES_TRAINING__XGB__MAX_DEPTH": "3"})  # a second version
-    client = MlflowClient(registry(home))
+    client = registry(home)
     challenger = str(client.get_model_version_by_alias("aftersales-return", "challenger").version)
     assert challenger != "1"
     assert str(client.get_model_version_by_alias("aftersales-return", "champion").version) == "1"
@@ -184,7 +187,7 @@ def test_an_empty_eligible_set_gives_an_empty_but_valid_list(cli, home: Path) ->
 
 def test_a_model_without_a_champion_is_skipped_and_named(cli, home: Path) -> None:
     """Issue 11.2: a shop whose return model has no champion (no returns export) still scores."""
-    client = MlflowClient(registry(home))
+    client = registry(home)
     champion = str(client.get_model_version_by_alias("aftersales-return", "champion").version)
     client.delete_registered_model_alias("aftersales-return", "champion")
     try:
