@@ -65,7 +65,7 @@ def build_day(work: Path, tasks: int, seed: int) -> tuple[dict[str, str], int]:
         latest = wh.query("""SELECT customer_id, order_id, total_amount FROM orders WHERE ordered_at <= ?
                              QUALIFY row_number() OVER (PARTITION BY customer_id ORDER BY ordered_at DESC) = 1
                              ORDER BY customer_id""", [DAY.to_pydatetime()])
-        wanted = math.ceil(tasks / 0.9) + 20  # the control group (10 %) is held out first
+        wanted = math.ceil(tasks / 0.85) + 20  # the control group (10 % by hash, not exactly) is held out first
         if len(latest) < wanted:
             raise SystemExit(f"only {len(latest)} customers with an order; need {wanted}")
         latest = latest.head(wanted)
@@ -74,12 +74,16 @@ def build_day(work: Path, tasks: int, seed: int) -> tuple[dict[str, str], int]:
         scored = pd.DataFrame({
             "run_date": DAY, "risk": "return", "customer_id": latest["customer_id"], "order_id": latest["order_id"],
             "probability": rng.uniform(0.3, 0.9, len(latest)),
-            "value_at_stake": latest["total_amount"].clip(lower=60.0) * 0.35, "model_version": "aftersales-return v1",
+            # a stake every action pays for (expected value > 0), so the day holds the tasks asked for
+            "value_at_stake": latest["total_amount"].clip(lower=600.0) * 0.35, "model_version": "aftersales-return v1",
             **{f"reason_{i + 1}": name for i, (name, _) in enumerate(reasons)},
             **{f"reason_{i + 1}_value": value for i, (_, value) in enumerate(reasons)}})
         catalogue = load_reason_catalogue(settings.reason_phrases_file)
         listed, control = build_task_list(scored, load_playbook(settings.playbook_file, catalogue), settings,
                                           run_date=DAY, catalogue=catalogue)
+        if len(listed) < tasks:
+            raise SystemExit(f"the day holds {len(listed):,} tasks, fewer than the {tasks:,} asked for")
+        listed = listed.head(tasks)
         write_task_risks(wh, task_risks(scored, listed), DAY)
         write_task_list(wh, listed, control, DAY, settings.reports_dir / "tasks")
     finally:
