@@ -150,7 +150,8 @@ def scoring_running(settings: Settings) -> bool:
 
 
 @contextmanager
-def warehouse(settings: Settings, *, write: bool, wait: bool = True) -> Iterator[Warehouse]:
+def warehouse(settings: Settings, *, write: bool, wait: bool = True, ensure_tables: bool = True
+              ) -> Iterator[Warehouse]:
     """A short-lived connection; while another process holds the file, retry with growing waits."""
     cfg = settings.board
     pause = cfg.lock_wait_seconds
@@ -159,7 +160,7 @@ def warehouse(settings: Settings, *, write: bool, wait: bool = True) -> Iterator
         if not scoring_running(settings):
             try:
                 wh = Warehouse(settings.warehouse_path, read_only=not write, threads=1,
-                               memory_limit=settings.warehouse.memory_limit)
+                               memory_limit=settings.warehouse.memory_limit, ensure_tables=ensure_tables)
                 break
             except (duckdb.IOException, duckdb.ConnectionException) as exc:
                 if not _locked(exc):
@@ -497,6 +498,9 @@ class BoardStore:
         self._write_lock = threading.Lock()  # one write at a time (DuckDB has one writer anyway)
         self._day: Day | None = None
         self._signature: tuple[Any, ...] | None = None
+        # the source tables are checked on the first write only: each check is ~30 small statements, and
+        # under load every statement waits for the GIL behind page rendering (a write took 750 ms at p50)
+        self._tables_checked = False
 
     def now(self) -> pd.Timestamp:
         return naive_utc(self.clock())
@@ -547,7 +551,8 @@ class BoardStore:
                 raise WarehouseBusy("no task list loaded yet")
             before = file_signature(self.settings.warehouse_path)
             at = self.now()
-            with warehouse(self.settings, write=True) as wh:
+            with warehouse(self.settings, write=True, ensure_tables=not self._tables_checked) as wh:
+                self._tables_checked = True
                 _ensure_board_tables(wh)
                 change = action(wh, day.run_date, at)
                 if change.changed or change.refused == "taken":

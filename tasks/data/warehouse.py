@@ -122,7 +122,7 @@ class Warehouse:
     """A DuckDB connection with the project's write verbs."""
 
     def __init__(self, path: Path | str, read_only: bool = False, threads: int | None = None,
-                 memory_limit: str | None = None):
+                 memory_limit: str | None = None, ensure_tables: bool = True):
         self.path = Path(path)
         self._in_transaction = False
         if not read_only:
@@ -133,7 +133,7 @@ class Warehouse:
         if threads:
             config["threads"] = str(int(threads))
         self.con = duckdb.connect(str(self.path), read_only=read_only, config=config)
-        if not read_only:
+        if not read_only and ensure_tables:  # ~30 statements: a caller that knows they exist skips them
             self.ensure_source_tables()
 
     # ---- reading -------------------------------------------------------------------------
