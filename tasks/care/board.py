@@ -552,8 +552,9 @@ class BoardStore:
             before = file_signature(self.settings.warehouse_path)
             at = self.now()
             with warehouse(self.settings, write=True, ensure_tables=not self._tables_checked) as wh:
-                self._tables_checked = True
-                _ensure_board_tables(wh)
+                if not self._tables_checked:
+                    _ensure_board_tables(wh)
+                    self._tables_checked = True
                 change = action(wh, day.run_date, at)
                 if change.changed or change.refused == "taken":
                     self._refresh_state(wh, day)  # replaces the dicts whole: readers see before or after
