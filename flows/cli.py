@@ -378,7 +378,8 @@ def backtest(
                 chosen = f"; {entry['chosen']}" if entry.get("chosen") else ""
                 console.print(f"  {entry['date']}: {entry['rows']:,} rows, {entry['positives']:,} positive; p@k = {k}"
                               f"{chosen}", highlight=False)
-        console.print(f"  rows: {result['files'][summary['model']][0]}", highlight=False)
+        # a path people copy: the terminal may wrap it, rich must not break it with a newline
+        console.print(f"  rows: {result['files'][summary['model']][0]}", highlight=False, soft_wrap=True)
     console.print(f"MLflow: experiment {result['experiment']}, runs {', '.join(result['runs'].values())}")
     if all(not e["ok"] for s in result["models"] for e in s["dates"]):
         raise typer.Exit(1)
