@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 
 from schemas.settings import Settings
 from tasks.monitoring.checks import Decision, ModelDrift, html_report
-from tasks.templates import render
+from tasks.templates import markdown_table, render
+from tests.md_tables import table_rows
 
 
 def test_monitoring_page_escapes_text_and_says_when_nothing_matured() -> None:
@@ -24,3 +27,13 @@ def test_data_profile_template_renders_tables_as_given_and_escapes_the_title() -
                   columns="<table id='c'></table>")
     assert "&lt;b&gt;churn&lt;/b&gt;: training data profile" in page
     assert "<table id='r'></table>" in page and "<table id='c'></table>" in page
+
+
+def test_markdown_table_keeps_text_as_given_formats_numbers_and_leaves_missing_cells_empty() -> None:
+    frame = pd.DataFrame({"customer": ["00123", "a|b"], "orders": [1234, 5], "rate": [0.125, float("nan")],
+                          "share": ["12.0%", "3.1%"]})
+    table = markdown_table(frame, floatfmt=".2f", intfmt=",", right=["share"])
+    assert table_rows(table) == [["customer", "orders", "rate", "share"], ["00123", "1,234", "0.12", "12.0%"],
+                                 ["a/b", "5", "", "3.1%"]]
+    assert re.fullmatch(r"\|:-+\|(-+:\|){3}", table.splitlines()[1]), "text left, numbers right-aligned"
+    assert markdown_table(frame.iloc[:0]) == "_none_\n"
