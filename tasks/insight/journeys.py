@@ -41,8 +41,9 @@ from schemas.analytics import (
 )
 from schemas.settings import Settings
 from tasks.data.warehouse import Warehouse
-from tasks.insight.segments import embedded_png, figure, markdown_table
+from tasks.insight.segments import embedded_png, figure
 from tasks.models.features import as_timestamp, run_sql
+from tasks.templates import markdown_table
 
 START = "start"  # the virtual state before the first step (the order was placed)
 STEP_RANK = {s: i for i, s in enumerate(JOURNEY_STEPS)}
@@ -553,7 +554,7 @@ def journeys_report(run: JourneyRun, settings: Settings, images: bool = True) ->
                          "bad review": p["bad_review_rate"].map("{:.0%}".format),
                          "gone quiet": p["gone_quiet_rate"].map("{:.0%}".format),
                          "median days": p["median_days"].round(1)})
-    lines.append(markdown_table(show, floatfmt="{:,.1f}"))
+    lines.append(markdown_table(show, floatfmt=",.1f"))
     lines += ["", "## Slow stages", "",
               f"Channels and categories whose median time is at least {cfg.slow_stage_factor:g}× the stage's overall "
               "median.", ""]
@@ -563,7 +564,7 @@ def journeys_report(run: JourneyRun, settings: Settings, images: bool = True) ->
     slow_show = pd.DataFrame({"stage": slow["stage"], "by": slow["dimension"], "which": slow["value"],
                               "transitions": slow["transitions"], "median hours": slow["median_hours"].round(1),
                               "stage median hours": slow["stage"].map(overall).round(1)})
-    lines.append(markdown_table(slow_show.sort_values("median hours", ascending=False).head(15), floatfmt="{:,.1f}"))
+    lines.append(markdown_table(slow_show.sort_values("median hours", ascending=False).head(15), floatfmt=",.1f"))
     ev = run.evaluation
     lines += ["", "## What comes next: model against the naive baseline", ""]
     if len(ev):
@@ -575,7 +576,7 @@ def journeys_report(run: JourneyRun, settings: Settings, images: bool = True) ->
         lines.append(markdown_table(pd.DataFrame({
             "model": ev["model"], "next-step accuracy": ev["accuracy"].map("{:.1%}".format),
             "time-to-next error (days)": ev["mae_days"].round(1),
-            "bad-outcome Brier": ev["bad_outcome_brier"].round(3)}), floatfmt="{:,.3f}"))
+            "bad-outcome Brier": ev["bad_outcome_brier"].round(3)}), floatfmt=",.3f"))
     pr = run.predictions[~run.predictions["bad_so_far"]]
     lines += ["", "## Open journeys most at risk", "",
               f"{len(run.predictions):,} journeys are open, {len(pr):,} of them without a bad review or return so far; "
@@ -583,7 +584,7 @@ def journeys_report(run: JourneyRun, settings: Settings, images: bool = True) ->
     lines.append(markdown_table(pd.DataFrame({
         "order": pr["order_id"], "customer": pr["customer_id"], "so far": pr["path_so_far"],
         "likely next": pr["next_step_label"], "in days": pr["expected_days_to_next"].round(1),
-        "bad outcome chance": pr["bad_outcome_probability"].map("{:.0%}".format)}).head(10), floatfmt="{:,.1f}"))
+        "bad outcome chance": pr["bad_outcome_probability"].map("{:.0%}".format)}).head(10), floatfmt=",.1f"))
     if images and len(st):
         base = st[st["dimension"] == "all"].sort_values("median_hours").tail(12)
         fig, ax = figure(7, 0.35 * len(base) + 1)

@@ -48,6 +48,7 @@ from tasks.data.warehouse import Warehouse
 from tasks.insight.tags import CUSTOMER, TAG, Language, TagBook, tag_strings
 from tasks.models.features import as_timestamp
 from tasks.models.registry import ensure_experiment
+from tasks.templates import markdown_table
 
 SEGMENT = CustomerTags.segment
 SEGMENT_NAME = CustomerTags.segment_name
@@ -55,25 +56,6 @@ EXPERIMENT = "segments"
 
 
 # ---- report helpers (shared by the analytics reports) ------------------------------------------------
-def markdown_table(df: pd.DataFrame, floatfmt: str = "{:,.2f}") -> str:
-    """A GitHub-style markdown table; numbers right-aligned, floats formatted."""
-    if df.empty:
-        return "_none_\n"
-    numeric = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]) for c in df.columns]
-
-    def cell(v: Any) -> str:
-        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
-            return ""
-        if isinstance(v, float | np.floating):
-            return floatfmt.format(v)
-        return str(v).replace("|", "/")
-
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
 def figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, Any]:
     """A figure without pyplot (no global state, no display backend) and its axes."""
     fig = Figure(figsize=(width, height))
@@ -441,9 +423,9 @@ def segments_report(seg: Segmentation | None, changes: pd.DataFrame, skipped: di
                          "revenue share": p["value_share"].map("{:.0%}".format),
                          "avg spend, last year": p["avg_value_365d"].round(0),
                          "defined by": p["defining_features"], "typical tags": p["dominant_tags"]})
-    lines.append(markdown_table(show, floatfmt="{:,.0f}"))
+    lines.append(markdown_table(show, floatfmt=",.0f"))
     sil = pd.DataFrame({"k": list(seg.silhouettes), "silhouette": [round(v, 3) for v in seg.silhouettes.values()]})
-    lines += ["", "Silhouette by k:", "", markdown_table(sil, floatfmt="{:.3f}")]
+    lines += ["", "Silhouette by k:", "", markdown_table(sil, floatfmt=".3f")]
     if images:
         fig, axes = figure(11, 3.6, ncols=2)
         x = np.arange(len(p))

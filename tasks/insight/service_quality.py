@@ -35,9 +35,10 @@ from schemas.analytics import (
 )
 from schemas.settings import DEFAULTS_DIR, ServiceScoreSettings, Settings
 from tasks.data.warehouse import Warehouse
-from tasks.insight.segments import embedded_png, figure, markdown_table
+from tasks.insight.segments import embedded_png, figure
 from tasks.insight.tags import Words
 from tasks.models.features import as_timestamp, hours_between, run_sql
+from tasks.templates import markdown_table
 
 DEFAULT_SCORES_FILE = DEFAULTS_DIR / "service_scores.yaml"
 Measure = Literal["first_response_hours", "resolution_hours", "first_contact_resolved", "repeat_complaint",
@@ -343,7 +344,7 @@ def service_report(run: ServiceRun, book: ScoreBook, settings: Settings, images:
             "before shrinkage": part["raw_score"].round(1)})
         show = show.join(wide.round(0), on=GROUPING_LABELS[grouping])
         limit = 25 if grouping == "agent" else len(show)
-        lines.append(markdown_table(show.head(limit), floatfmt="{:,.1f}"))
+        lines.append(markdown_table(show.head(limit), floatfmt=",.1f"))
         if limit < len(show):
             lines.append(f"\n({len(show) - limit} more agents in the table `service_scores`.)\n")
     weekly = run.scores[(run.scores["period"] == "week") & (run.scores["grouping"] == "team")]
