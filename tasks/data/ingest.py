@@ -58,6 +58,7 @@ from tasks.data.readers import (
     read_csv_header,
 )
 from tasks.data.warehouse import STAGE_PREFIX, Warehouse
+from tasks.templates import markdown_table
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet", ".pq", ".tsv")
 BATCH_MANIFEST = "_batch.json"
@@ -739,14 +740,12 @@ def validation_report(result: BatchResult, examples: int) -> str:
         f"Rows in: {result.rows_in:,}; valid: {result.rows_valid:,}; quarantined: {result.rows_quarantined:,}; "
         f"values cleared in kept rows: {result.values_cleared:,}; took {result.seconds:.1f} s.",
         "",
-        "| table | file | rows in | valid | quarantined | values cleared | new | updated | unchanged "
-        "| older (kept stored) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        markdown_table(pd.DataFrame(
+            [{"table": r.table, "file": Path(r.source).name, "rows in": r.rows_in, "valid": r.rows_valid,
+              "quarantined": r.rows_quarantined, "values cleared": r.values_cleared, "new": r.inserted,
+              "updated": r.updated, "unchanged": r.unchanged, "older (kept stored)": r.stale}
+             for r in result.files]), intfmt=","),
     ]
-    for r in result.files:
-        lines.append(f"| {r.table} | {Path(r.source).name} | {r.rows_in:,} | {r.rows_valid:,} | "
-                     f"{r.rows_quarantined:,} | {r.values_cleared:,} | {r.inserted:,} | {r.updated:,} | "
-                     f"{r.unchanged:,} | {r.stale:,} |")
     if result.warnings:
         lines += ["", "## Warnings", "", *[f"- {w}" for w in result.warnings]]
     if result.notes:
@@ -755,16 +754,16 @@ def validation_report(result: BatchResult, examples: int) -> str:
     if len(failures):
         action = failures["action"].fillna(ROW_QUARANTINED) if "action" in failures else ROW_QUARANTINED
         failures = failures.assign(action=action)
-        lines += ["", "## Quarantined rows and cleared values by check", "",
-                  "| table | column | check | action | rows | examples (file:row = value) |",
-                  "|---|---|---|---|---:|---|"]
+        rows = []
         grouped = failures.groupby(["table_name", "column_name", "check_name", "action"], sort=False)
         for (table, column, check, action), group in sorted(grouped, key=lambda g: -len(g[1])):
             sample = group.head(min(examples, 3))
             shown = "; ".join(f"{Path(str(f)).name}:{r} = {shown_value(table, column, check, v)}" for f, r, v in
                               zip(sample["source_file"], sample["source_row"], sample["failure_value"], strict=True))
-            lines.append(f"| {table} | {column} | {check} | {action} | {group['source_row'].nunique():,} | "
-                         f"{shown} |")
+            rows.append({"table": table, "column": column, "check": check, "action": action,
+                         "rows": group["source_row"].nunique(), "examples (file:row = value)": shown})
+        lines += ["", "## Quarantined rows and cleared values by check", "",
+                  markdown_table(pd.DataFrame(rows), intfmt=",")]
         lines += ["", "Every failure is kept in the warehouse table `quarantine` (column `row_json` holds the "
                   "whole original row), with its file, row number, reason and action: a quarantined row was not "
                   "loaded; a cleared value was stored empty and the rest of its row loaded."]
