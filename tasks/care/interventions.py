@@ -70,6 +70,7 @@ from tasks.care.playbook import (
 )
 from tasks.data.warehouse import Warehouse, open_warehouse
 from tasks.models.explain import Language, ReasonCatalogue, default_catalogue, load_reason_catalogue, reason_phrases
+from tasks.templates import markdown_table
 
 EXPECTED_VALUE = TaskList.expected_value
 PEAK = TaskList.peak_probability
@@ -608,15 +609,12 @@ def task_list_summary(tasks: pd.DataFrame, control: pd.DataFrame | None = None) 
         lines[-1] += (f" Expected value = probability x value at stake x effect - cost; the effect is the "
                       f"playbook's prior for {len(tasks) - measured} tasks and the prior pulled towards measured "
                       f"uplift for {measured} (column effect_source).")
-    by_queue = tasks.groupby(TaskList.queue).agg(tasks=(TaskList.task_id, "size"),
-                                                 expected_value=(TaskList.expected_value, "sum"))
-    lines += ["", "| queue | tasks | expected value |", "|---|---:|---:|"]
-    lines += [f"| {r.Index} | {r.tasks} | {r.expected_value:,.0f} |" for r in by_queue.itertuples()]
+    by_queue = tasks.groupby(TaskList.queue, as_index=False).agg(
+        tasks=(TaskList.task_id, "size"), **{"expected value": (TaskList.expected_value, "sum")})
     by_action = (tasks.groupby([TaskList.queue, TaskList.action, TaskList.channel]).size()
                  .rename("tasks").reset_index().sort_values([TaskList.queue, "tasks"], ascending=[True, False]))
-    lines += ["", "| queue | action | channel | tasks |", "|---|---|---|---:|"]
-    lines += [f"| {r.queue} | {r.action} | {r.channel} | {r.tasks} |" for r in by_action.itertuples()]
-    return "\n".join(lines) + "\n"
+    lines += ["", markdown_table(by_queue, floatfmt=",.0f"), markdown_table(by_action)]
+    return "\n".join(lines)
 
 
 # ---- Prefect tasks ---------------------------------------------------------------------------
