@@ -11,11 +11,12 @@ import pytest
 
 from schemas.settings import ScoringSettings, Settings, get_settings, reset_settings_cache
 from tasks.care.interventions import build_task_list, write_task_list
-from tasks.care.outcomes import OutcomeImportError, import_outcomes
+from tasks.care.outcomes import OutcomeImportError, import_outcomes, import_report
 from tasks.care.playbook import load_playbook
 from tasks.care.uplift import contamination
 from tasks.data.warehouse import Warehouse
 from tasks.models.explain import default_catalogue
+from tests.md_tables import row_starting, table_rows
 
 DAY = pd.Timestamp("2026-10-05")
 MAPPING = """
@@ -103,6 +104,9 @@ def test_a_helpdesk_export_is_tied_to_tasks_quarantined_where_wrong_and_idempote
         assert checks[7] == "names_a_task" and checks[9] == "duplicate_key" and checks[10] == "task_customer"
         assert "isin" in checks[6] and "not one of the allowed codes" in q.loc[q["source_row"] == 6, "reason"].iloc[0]
         assert json.loads(q.loc[q["source_row"] == 4, "row_json"].iloc[0])["Ticket"] == "nope"
+        report = import_report(result)
+        assert row_starting(report, "4")[1:4] == ["task_id", "unknown_task", "nope"], report
+        assert [row[0] for row in table_rows(report)[1:]] == sorted([row[0] for row in table_rows(report)[1:]], key=int)
 
         again = import_outcomes(wh, export, settings, mapping, as_of="2026-10-10")
         assert (again.inserted, again.updated, again.unchanged) == (0, 0, 3)

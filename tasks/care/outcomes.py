@@ -33,6 +33,7 @@ from tasks.data.checks import humane_reason
 from tasks.data.ingest import file_sha256
 from tasks.data.mapping import MappingError, TableMapping, load_mapping
 from tasks.data.warehouse import MergeCounts, Warehouse
+from tasks.templates import markdown_table
 
 TABLE = "outcomes"
 QUARANTINE_TABLE = "quarantine"
@@ -341,8 +342,6 @@ def import_report(result: ImportResult) -> str:
         lines += ["", f"**Warning:** {result.control_contacts} outcomes belong to held-out (control) customers: "
                   "they were contacted although they must not be. `aftersales uplift` lists them as contamination."]
     if len(result.failures):
-        lines += ["", "| row | column | check | value | reason |", "|---:|---|---|---|---|"]
-        for r in result.failures.sort_values("row").head(50).itertuples(index=False):
-            lines.append(f"| {r.row} | {r.column} | {r.check} | {r.value} | {r.reason} |")
-        lines += ["", "Every quarantined row is kept whole in the warehouse table `quarantine` (column `row_json`)."]
+        lines += ["", markdown_table(result.failures.sort_values("row").head(50)[FAILURE_COLUMNS], right=["row"]),
+                  "Every quarantined row is kept whole in the warehouse table `quarantine` (column `row_json`)."]
     return "\n".join(lines) + "\n"
