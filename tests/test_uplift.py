@@ -21,6 +21,7 @@ from tasks.care.uplift import (
 )
 from tasks.data.warehouse import Warehouse
 from tasks.models.explain import default_catalogue
+from tests.md_tables import row_starting
 
 DAY = pd.Timestamp("2026-09-01")
 TRUE_TREATED, TRUE_CONTROL = 0.20, 0.35
@@ -139,7 +140,9 @@ def test_uplift_interval_contains_the_true_difference(tmp_path: Path):
         assert r["ci_high"] < 0 and r["verdict"] == "fewer bad outcomes with contact"
         assert r["reached_share"] == pytest.approx(100 / len(tasks)) and r["control_contacted"] == 0
         assert r["mde"] > 0 and r["weeks_to_detect"] >= 0
-        assert "Newcombe" in md and "| return |" in md and "Warning" not in md and "size_guide_exchange" in md
+        assert "Newcombe" in md and "Warning" not in md and "size_guide_exchange" in md
+        row = row_starting(md, "return")
+        assert row[1:3] == [str(len(tasks)), str(len(control))] and row[9] == "fewer bad outcomes with contact"
     finally:
         wh.close()
 

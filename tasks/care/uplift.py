@@ -48,6 +48,7 @@ from tasks.care.interventions import EFFECTS_COLUMNS, as_run_date, outcome_windo
 from tasks.care.playbook import load_playbook
 from tasks.data.warehouse import Warehouse, open_warehouse
 from tasks.models.labels import data_end
+from tasks.templates import markdown_table
 
 METHOD = ("statsmodels confint_proportions_2indep: Newcombe hybrid score (difference), "
           "log-adjusted (risk ratio)")
@@ -61,6 +62,9 @@ UPLIFT_COLUMNS = [
     "pending", "reached_share", "resolved_share", "control_contacted", "difference_clean", "mde", "mde_effect",
     "expected_effect", "needed_per_arm", "weekly_treated", "weeks_to_detect",
 ]
+# effects-table columns of pre-formatted numbers ("12.0%", weeks), right-aligned like the counts
+SHOWN_AS_NUMBERS = ("treated rate", "control rate", "difference", "effect", "MDE", "expected", "weeks", "reached")
+CONTAMINATION_SHOWN = 50  # contacts listed in the report; the contamination file has them all
 CONTAMINATION_COLUMNS = ["customer_id", "held_for", "assigned_on", "window_end", "source", "at", "task_id",
                          "about", "outcome", "kind"]
 
@@ -432,29 +436,26 @@ def uplift_markdown(analysis: UpliftAnalysis, confidence: float) -> str:
              f"effect = 1 - risk ratio, the share of bad outcomes a contact prevents. {level} intervals: {METHOD}. "
              f"MDE: the smallest effect detectable now ({analysis.notes[0] if analysis.notes else ''} power); "
              "expected: the playbook's prior effect; weeks: until that is detectable at the current volume.", "",
-             f"| risk | treated n | control n | treated rate | control rate | difference | {level} CI | effect "
-             f"| effect CI | verdict | MDE | expected | weeks | pending | reached |",
-             "|---|---:|---:|---:|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|"]
-    for r in by_risk.itertuples():
-        lines.append(_row(r, r.risk))
+             markdown_table(pd.DataFrame([_cells(r, "risk", r.risk, level) for r in by_risk.itertuples()]),
+                            right=SHOWN_AS_NUMBERS)]
     if len(analysis.by_action):
         lines += ["", "Per action (the action of the customer's first task, or the one a control customer would "
                   "have had):", "",
-                  f"| risk / action | treated n | control n | treated rate | control rate | difference | {level} CI "
-                  "| effect | effect CI | verdict | MDE | expected | weeks | pending | reached |",
-                  "|---|---:|---:|---:|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|"]
-        for r in analysis.by_action.itertuples():
-            lines.append(_row(r, f"{r.risk} / {r.action_id}"))
+                  markdown_table(pd.DataFrame([_cells(r, "risk / action", f"{r.risk} / {r.action_id}", level)
+                                               for r in analysis.by_action.itertuples()]), right=SHOWN_AS_NUMBERS)]
     lines += ["", *contamination_lines(analysis.contamination, by_risk)]
     return "\n".join(lines) + "\n"
 
 
-def _row(r: Any, label: str) -> str:
+def _cells(r: Any, heading: str, label: str, level: str) -> dict[str, Any]:
+    """One row of an effects table, numbers as the report shows them (percentages, "n/a", weeks)."""
     ci = "n/a" if not math.isfinite(r.ci_low) else f"{_pct(r.ci_low)} to {_pct(r.ci_high)}"
     eci = "n/a" if not math.isfinite(r.effect_low) else f"{_pct(r.effect_low)} to {_pct(r.effect_high)}"
-    return (f"| {label} | {r.n_treated} | {r.n_control} | {_pct(r.rate_treated)} | {_pct(r.rate_control)} "
-            f"| {_pct(r.difference)} | {ci} | {_pct(r.effect)} | {eci} | {r.verdict} | {_pct(r.mde_effect)} "
-            f"| {_pct(r.expected_effect)} | {_weeks(r.weeks_to_detect)} | {r.pending} | {_pct(r.reached_share)} |")
+    return {heading: label, "treated n": r.n_treated, "control n": r.n_control,
+            "treated rate": _pct(r.rate_treated), "control rate": _pct(r.rate_control),
+            "difference": _pct(r.difference), f"{level} CI": ci, "effect": _pct(r.effect), "effect CI": eci,
+            "verdict": r.verdict, "MDE": _pct(r.mde_effect), "expected": _pct(r.expected_effect),
+            "weeks": _weeks(r.weeks_to_detect), "pending": r.pending, "reached": _pct(r.reached_share)}
 
 
 def contamination_lines(flagged: pd.DataFrame, by_risk: pd.DataFrame) -> list[str]:
@@ -470,14 +471,14 @@ def contamination_lines(flagged: pd.DataFrame, by_risk: pd.DataFrame) -> list[st
                   "control (intention to treat), which pulls the difference towards zero; the difference "
                   "without them: " + ", ".join(f"{r.risk} {_pct(r.difference_clean)}" for r in by_risk.itertuples()
                                                if r.control_contacted) + ".", "",
-                  "| customer | held for | hold | source | when | task | about | outcome |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for r in bad.head(50).itertuples():
-            lines.append(f"| {r.customer_id} | {r.held_for} | {pd.Timestamp(r.assigned_on):%Y-%m-%d} to "
-                         f"{pd.Timestamp(r.window_end):%Y-%m-%d} | {r.source} | {pd.Timestamp(r.at):%Y-%m-%d} | "
-                         f"{r.task_id} | {r.about or 'unknown'} | {r.outcome or ''} |")
-        if len(bad) > 50:
-            lines.append(f"| ... {len(bad) - 50} more in the contamination file | | | | | | | |")
+                  markdown_table(pd.DataFrame([
+                      {"customer": r.customer_id, "held for": r.held_for,
+                       "hold": f"{pd.Timestamp(r.assigned_on):%Y-%m-%d} to {pd.Timestamp(r.window_end):%Y-%m-%d}",
+                       "source": r.source, "when": f"{pd.Timestamp(r.at):%Y-%m-%d}", "task": r.task_id,
+                       "about": r.about or "unknown", "outcome": r.outcome}
+                      for r in bad.head(CONTAMINATION_SHOWN).fillna({"about": "", "outcome": ""}).itertuples()]))]
+        if len(bad) > CONTAMINATION_SHOWN:
+            lines.append(f"... {len(bad) - CONTAMINATION_SHOWN} more in the contamination file.")
     if len(other):
         lines += ["", f"{len(other)} contacts of held-out customers were about another risk (a per-risk holdout "
                   "allows them; set `scoring.holdout = \"universal\"` to hold customers out of all contact)."]
