@@ -6,10 +6,10 @@ import re
 
 import pandas as pd
 
-from schemas.settings import Settings
-from tasks.monitoring.checks import Decision, ModelDrift, html_report
+from schemas.settings import MonitoringSettings, Settings
+from tasks.monitoring.checks import Decision, FeatureDrift, ModelDrift, html_report, markdown_report
 from tasks.templates import markdown_table, render
-from tests.md_tables import table_rows
+from tests.md_tables import row_starting, table_rows
 
 
 def test_monitoring_page_escapes_text_and_says_when_nothing_matured() -> None:
@@ -37,3 +37,18 @@ def test_markdown_table_keeps_text_as_given_formats_numbers_and_leaves_missing_c
                                  ["a/b", "5", "", "3.1%"]]
     assert re.fullmatch(r"\|:-+\|(-+:\|){3}", table.splitlines()[1]), "text left, numbers right-aligned"
     assert markdown_table(frame.iloc[:0]) == "_none_\n"
+
+
+def test_monitoring_markdown_lists_drift_matured_performance_and_decisions() -> None:
+    score = FeatureDrift("probability", "score", "psi", 0.31234, None, None, None, None, None, None, 900, 800,
+                         status="drift")
+    drift = {"return": ModelDrift("return", "3", [score]), "churn": ModelDrift("churn", None, status="no scores")}
+    performance = pd.DataFrame({"run_date": [pd.Timestamp("2026-10-01")], "model": ["return"], "n": [1234],
+                                "roc_auc": [0.81234], "pr_auc": [None], "brier": [0.1], "ece": [0.02],
+                                "listed_precision": [0.5]})
+    decision = Decision("return", "aftersales-return v3", [], "retrain", "score drift | severe", flow_run_id="f1")
+    text = markdown_report("2026-11-02", drift, performance, [decision], MonitoringSettings(), None)
+    assert row_starting(text, "return", "3") == ["return", "3", "checked", "-", "0.312", "**yes**"]
+    assert row_starting(text, "churn") == ["churn", "", "no scores", "-", "", "no"]
+    assert row_starting(text, "2026-10-01") == ["2026-10-01", "return", "1234", "0.812", "", "0.1", "0.02", "0.5"]
+    assert row_starting(text, "return", "**retrain**") == ["return", "**retrain**", "-", "score drift / severe", "f1"]

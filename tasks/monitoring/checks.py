@@ -82,6 +82,7 @@ from tasks.models.datasets import categorical_columns, feature_columns, scoring_
 from tasks.models.evaluation import calibration_bins, classification_metrics, reliability_table
 from tasks.models.labels import data_end, entity_key, key_columns, label_matured, labels
 from tasks.models.registry import configure, ensure_experiment
+from tasks.templates import markdown_table
 
 SCORES_TABLE = "scores"  # written by the scoring run (tasks/models/scoring.py)
 RISKS_OF_MODEL: dict[str, tuple[str, ...]] = {
@@ -94,6 +95,10 @@ REFERENCE_ARTIFACT = "reference/reference_sample.parquet"
 MONITORING_TAG = "aftersales_monitoring"
 SMOOTHING = 0.5  # pseudo-count per bin: an empty bin is rare, not impossible (PSI stays finite)
 ATOM_SHARE = 0.005  # a reference value holding this share of rows is a point mass bin edges avoid
+# realised-performance metrics in the markdown report, and that table's headings
+PERFORMANCE_METRICS = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "brier": "Brier", "ece": "ECE",
+                       "listed_precision": "listed precision"}
+PERFORMANCE_HEADINGS = {"run_date": "run date", "model": "model", "n": "n", **PERFORMANCE_METRICS}
 
 
 def _now() -> pd.Timestamp:
@@ -1139,25 +1144,20 @@ def markdown_report(run_date: Any, results: Mapping[str, ModelDrift], new_perfor
                     decisions: Sequence[Decision], cfg: MonitoringSettings, html_path: Path | None) -> str:
     day = _day(run_date)
     lines = [f"# Model monitoring {day:%Y-%m-%d}", ""]
-    lines += ["| model | version | status | drifted features | score PSI | severe |", "|---|---|---|---|---:|---|"]
-    for r in results.values():
-        score = r.score.psi if r.score and r.score.psi is not None else float("nan")
-        lines.append(f"| {r.model} | {r.model_version or ''} | {r.status} | {', '.join(r.drifted) or '-'} | "
-                     f"{score:.3f} | {'**yes**' if r.severe(cfg) else 'no'} |")
+    lines.append(markdown_table(pd.DataFrame([
+        {"model": r.model, "version": r.model_version or "", "status": r.status,
+         "drifted features": ", ".join(r.drifted) or "-", "score PSI": r.score.psi if r.score else None,
+         "severe": "**yes**" if r.severe(cfg) else "no"} for r in results.values()]), floatfmt=".3f"))
     lines += ["", "## Realised performance (newly matured runs)", ""]
     if new_performance.empty:
         lines.append("No scoring run matured since the last check.")
     else:
-        lines += ["| run date | model | n | ROC-AUC | PR-AUC | Brier | ECE | listed precision |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
-        for row in new_performance.itertuples(index=False):
-            lines.append(f"| {row.run_date:%Y-%m-%d} | {row.model} | {row.n} | {_fmt(row.roc_auc)} | "
-                         f"{_fmt(row.pr_auc)} | {_fmt(row.brier)} | {_fmt(row.ece)} | {_fmt(row.listed_precision)} |")
-    lines += ["", "## Retrain decisions", "", "| model | decision | crossed | reason | flow run |",
-              "|---|---|---|---|---|"]
-    for d in decisions:
-        lines.append(f"| {d.model} | **{d.decision}** | {', '.join(d.crossed) or '-'} | {d.reason} | "
-                     f"{d.flow_run_id or ''} |")
+        shown = new_performance.assign(run_date=pd.to_datetime(new_performance["run_date"]).dt.strftime("%Y-%m-%d"))
+        shown = shown[list(PERFORMANCE_HEADINGS)].astype({"n": "Int64"} | dict.fromkeys(PERFORMANCE_METRICS, float))
+        lines.append(markdown_table(shown.rename(columns=PERFORMANCE_HEADINGS), floatfmt=".3g"))
+    lines += ["", "## Retrain decisions", "", markdown_table(pd.DataFrame([
+        {"model": d.model, "decision": f"**{d.decision}**", "crossed": ", ".join(d.crossed) or "-",
+         "reason": d.reason, "flow run": d.flow_run_id or ""} for d in decisions]))]
     if html_path is not None:
         lines += ["", f"Full report with plots: `{html_path}`"]
     return "\n".join(lines) + "\n"
