@@ -30,6 +30,11 @@ from tasks.models.backtest import (
 )
 from tasks.models.labels import MODELS
 from tasks.models.registry import experiment_name
+from tasks.templates import markdown_table
+
+# the report's metric columns: summary key -> heading
+METRICS_SHOWN = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "brier": "Brier", "ece": "ECE",
+                 "precision_at_k": "precision@k"}
 
 
 def backtest_dates(at: date | None = None, start: date | None = None, end: date | None = None,
@@ -59,19 +64,15 @@ def summarise(model: str, results: list[BacktestResult], table: pd.DataFrame) ->
 
 
 def markdown(summaries: list[dict[str, Any]]) -> str:
+    """The report: per model, a row per date and scorer (value and interval), or why a date was not judged."""
     lines = ["# Backtest", ""]
     for s in summaries:
-        lines += [f"## {s['model']}", "", "| date | scorer | ROC-AUC | PR-AUC | Brier | ECE | precision@k |",
-                  "|---|---|---|---|---|---|---|"]
-        for entry in s["dates"]:
-            if not entry["ok"]:
-                lines.append(f"| {entry['date']} | not judged | {entry['refusal']} | | | | |")
-        for day, scorers in s["metrics"].items():
-            for scorer, m in scorers.items():
-                cells = [f"{m[k][0]:.3f} ({m[k][1]:.3f}–{m[k][2]:.3f})" if k in m else ""
-                         for k in ("roc_auc", "pr_auc", "brier", "ece", "precision_at_k")]
-                lines.append(f"| {day} | {scorer} | " + " | ".join(cells) + " |")
-        lines.append("")
+        rows = [{"date": e["date"], "scorer": "not judged", "ROC-AUC": e["refusal"]} for e in s["dates"] if not e["ok"]]
+        rows += [{"date": day, "scorer": scorer, **{heading: f"{m[k][0]:.3f} ({m[k][1]:.3f}–{m[k][2]:.3f})"
+                                                     for k, heading in METRICS_SHOWN.items() if k in m}}
+                 for day, scorers in s["metrics"].items() for scorer, m in scorers.items()]
+        lines += [f"## {s['model']}", "",
+                  markdown_table(pd.DataFrame(rows, columns=["date", "scorer", *METRICS_SHOWN.values()], dtype=object))]
     return "\n".join(lines)
 
 

@@ -20,6 +20,7 @@ from schemas.settings import Settings
 from tasks.models.backtest import NotMatured, check_matured, fit_as_of, guard_message, settings_as_of
 from tasks.models.datasets import build_training_frame, feature_columns, plan_cutoffs
 from tasks.models.labels import labels
+from tests.md_tables import row_starting, table_rows
 
 FAST = {
     "split": {"customer_step_days": 28, "order_step_days": 14, "order_eval_window_days": 28},
@@ -199,3 +200,16 @@ def test_an_immature_date_is_refused_in_words(wh) -> None:
         check_matured(wh, "churn", END - pd.Timedelta(days=30), S)
     plan = plan_cutoffs(wh, "churn", settings_as_of(S, T))
     assert plan.latest <= T - plan.horizon and feature_columns("churn")
+
+
+def test_report_has_a_row_per_date_and_scorer_and_says_why_a_date_was_not_judged() -> None:
+    from flows.backtest import markdown
+
+    summary = {"model": "return", "dates": [{"date": "2026-01-01", "ok": False, "refusal": "labels not matured"},
+                                             {"date": "2026-02-01", "ok": True}],
+               "metrics": {"2026-02-01": {"model": {"roc_auc": (0.8, 0.71, 0.9), "ece": (0.01, 0.0, 0.02)}}}}
+    text = markdown([summary])
+    assert table_rows(text)[0] == ["date", "scorer", "ROC-AUC", "PR-AUC", "Brier", "ECE", "precision@k"]
+    assert row_starting(text, "2026-01-01") == ["2026-01-01", "not judged", "labels not matured", "", "", "", ""]
+    assert row_starting(text, "2026-02-01", "model") == ["2026-02-01", "model", "0.800 (0.710–0.900)", "", "",
+                                                         "0.010 (0.000–0.020)", ""]
