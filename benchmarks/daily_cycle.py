@@ -340,7 +340,7 @@ def cycle(delta_dir: Path, run_date: pd.Timestamp, chunk_rows: int) -> list[Stag
 
     scored, stage = measure("score", score, lambda s: sum(len(x) for x in s.values()))
     prepared = {m: c.scorer.prepare(scored[m][feature_columns(m)]) for m, c in champions.items()}
-    _, bare = measure("bare predict", lambda p=prepared: [c.scorer.booster.inplace_predict(p[m])
+    _, bare = measure("bare predict", lambda p=prepared: [c.scorer.booster_output(p[m])
                                                           for m, c in champions.items()], lambda _: stage.rows)
     del prepared
     stages.append(stage)

@@ -262,7 +262,7 @@ def scoring_pass(champions: dict[str, Any], frames: dict[str, pd.DataFrame], day
     for model, champion in champions.items():  # the same rows, prepared beforehand, booster alone
         prepared, spent = timed(lambda m=model, c=champion: c.scorer.prepare(scored[m][feature_columns(m)]))
         took["prepare"] += spent
-        took["bare"] += timed(lambda c=champion, p=prepared: c.scorer.booster.inplace_predict(p))[1]
+        took["bare"] += timed(lambda c=champion, p=prepared: c.scorer.booster_output(p))[1]
         del prepared
 
     def reasons() -> tuple[pd.DataFrame, int]:

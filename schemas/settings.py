@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -149,12 +149,35 @@ class XGBSettings(BaseModel):
 
 
 class BoosterConfig(BaseModel):
-    """One point of the hyper-parameter grid; the number of rounds is chosen on the folds' curves."""
+    """One point of the hyper-parameter grid; the number of rounds is chosen on the folds' curves.
 
-    max_depth: int = Field(description="1-2 behave like an additive model, 4-6 learn interactions")
+    ``gblinear`` is XGBoost's linear booster on log-scaled, standardised features: on exports whose
+    signal is additive and smooth in log terms (recency, frequency, spend) it ranks like a logistic
+    regression, where trees lose about .01 ROC-AUC (docs/real-exports-findings.md).
+    """
+
+    booster: Literal["gbtree", "gblinear"] = "gbtree"
+    max_depth: int = Field(0, description="trees: 1-2 behave like an additive model, 4-6 learn interactions")
     learning_rate: float
     min_leaf_share: float = Field(
-        description="min_child_weight as this share of the training rows' total hessian (scales with the data)")
+        0.0, description="trees: min_child_weight as this share of the training rows' total hessian (scales "
+        "with the data)")
+    l2: float = Field(0.0, description="gblinear: ridge penalty on the coefficients, per unit of row weight")
+
+    @model_validator(mode="after")
+    def _tree_needs_depth(self) -> BoosterConfig:
+        if self.booster == "gbtree" and self.max_depth < 1:
+            raise ValueError("a gbtree grid point needs max_depth >= 1")
+        return self
+
+    def describe(self) -> str:
+        if self.booster == "gblinear":
+            return f"linear (gblinear), learning rate {self.learning_rate:g}, l2 {self.l2:g}"
+        return f"depth {self.max_depth}, learning rate {self.learning_rate:g}, leaf share {self.min_leaf_share:g}"
+
+    def short(self) -> str:
+        return (f"linear/lr{self.learning_rate:g}/l2{self.l2:g}" if self.booster == "gblinear" else
+                f"d{self.max_depth}/lr{self.learning_rate:g}/leaf{self.min_leaf_share:g}")
 
 
 class TrainingSettings(BaseModel):
@@ -162,12 +185,17 @@ class TrainingSettings(BaseModel):
     models: list[str] = ["return", "negative_review", "churn"]
     xgb: XGBSettings = XGBSettings()
     grid: list[BoosterConfig] = Field(
-        [BoosterConfig(max_depth=1, learning_rate=0.1, min_leaf_share=0.005),
+        [BoosterConfig(booster="gblinear", learning_rate=0.5, l2=0.03),
+         BoosterConfig(booster="gblinear", learning_rate=0.5, l2=0.003),
+         BoosterConfig(max_depth=1, learning_rate=0.1, min_leaf_share=0.005),
          BoosterConfig(max_depth=2, learning_rate=0.05, min_leaf_share=0.005),
          BoosterConfig(max_depth=4, learning_rate=0.05, min_leaf_share=0.01),
          BoosterConfig(max_depth=6, learning_rate=0.05, min_leaf_share=0.02)],
         description="booster configurations compared on the older rolling origins (rounds chosen on their curves)")
     max_rounds: int = Field(800, description="most boosting rounds a configuration may use")
+    linear_min_level_share: float = Field(
+        0.01, description="gblinear: a category level needs this share of the training rows for its own "
+        "column; rarer levels share one (a 292-level region column overfitted without it)")
     selection_metric: Literal["roc_auc", "pr_auc", "log_loss"] = Field(
         "roc_auc", description="what the older origins' mean evaluation curve maximises (log loss: minimises)")
     calibration: Literal["auto", "isotonic", "sigmoid"] = Field(

@@ -199,3 +199,86 @@ def test_plots_render(splits, fast):
         buffer = io.BytesIO()
         figure.savefig(buffer, format="png")
         assert buffer.getvalue()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------------------- linear booster
+
+
+def additive_in_logs(n: int, seed: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """What real exports look like for churn: risk additive in log recency, frequency and spend."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame({
+        "recency_days": rng.lognormal(3.0, 1.0, n),
+        "orders": rng.poisson(rng.lognormal(1.0, 0.8, n)).astype("float64"),
+        "spend": rng.lognormal(4.0, 1.2, n),
+        "noise": rng.normal(size=n),
+        "region": pd.Categorical(rng.choice([f"r{i}" for i in range(40)], n)),
+    })
+    X.loc[rng.random(n) < 0.1, "spend"] = np.nan
+    logit = (-3.0 + 0.9 * np.log1p(X["recency_days"]) - 0.7 * np.log1p(X["orders"])
+             - 0.3 * np.log1p(X["spend"].fillna(X["spend"].median())) + 0.6 * (X["region"] == "r1"))
+    return X, (rng.random(n) < 1 / (1 + np.exp(-logit))).to_numpy(dtype=float)
+
+
+def linear_and_trees(settings, X: pd.DataFrame, y: np.ndarray):
+    from schemas.settings import BoosterConfig
+    from tasks.models.training import AftersalesModel, Calibrator, FoldMatrix, fit_booster, tune_booster
+
+    settings.training.grid = [BoosterConfig(max_depth=2, learning_rate=0.1, min_leaf_share=0.005),
+                              BoosterConfig(booster="gblinear", learning_rate=0.5, l2=0.1)]
+    settings.training.max_rounds = 200
+    half = len(y) // 2
+    folds = [(np.arange(0, half // 2), np.arange(half // 2, half)), (np.arange(0, half), np.arange(half, len(y)))]
+    data = FoldMatrix(X, y, settings)
+    tuning = tune_booster(data, folds, settings, 1.0)
+    chosen = data.for_config(tuning.config)
+    booster = fit_booster(chosen, None, tuning.params, tuning.rounds)
+    model = AftersalesModel(booster, Calibrator("identity"), list(X.columns), data.categories, 2, chosen.design)
+    return tuning, model
+
+
+def test_linear_booster_is_chosen_where_the_signal_is_additive_in_logs(settings):
+    from sklearn.metrics import roc_auc_score
+
+    X, y = additive_in_logs(6000, 11)
+    tuning, model = linear_and_trees(settings, X, y)
+    scores = tuning.table.set_index("booster")["score"]
+    assert tuning.config.booster == "gblinear", tuning.table
+    assert scores["gblinear"] > scores["gbtree"]
+    X_new, y_new = additive_in_logs(4000, 12)
+    assert roc_auc_score(y_new, model.predict_proba(X_new)) > 0.7
+
+
+def test_linear_model_explains_per_feature_scores_signed_input_and_survives_pickling(settings):
+    import cloudpickle
+
+    X, y = additive_in_logs(3000, 13)
+    _, model = linear_and_trees(settings, X, y)
+    assert model.linear is not None
+    rows = X.head(200)
+    contributions = model.contributions(rows)
+    assert list(contributions.columns) == [*X.columns, "bias"]
+    np.testing.assert_allclose(contributions.sum(axis=1), model.margin(rows), rtol=1e-4, atol=1e-4)
+    # longer since the last order -> that feature pushes the risk up, and it is the strongest reason
+    assert np.corrcoef(np.log1p(rows["recency_days"]), contributions["recency_days"])[0, 1] > 0.99
+    assert contributions.drop(columns="bias").abs().mean().idxmax() == "recency_days"
+    signed = model.model_input(rows)
+    np.testing.assert_allclose(model.predict(None, signed), model.predict_proba(rows))
+    unseen = rows.assign(region=pd.Categorical(["nowhere"] * len(rows)))
+    assert np.isfinite(model.predict_proba(unseen)).all()
+    again = cloudpickle.loads(cloudpickle.dumps(model))
+    np.testing.assert_array_equal(again.predict_proba(rows), model.predict_proba(rows))
+
+
+def test_linear_fit_is_reproducible_and_its_importance_covers_every_feature(settings):
+    from tasks.models.training import TrainedModel
+
+    X, y = additive_in_logs(3000, 14)
+    first = linear_and_trees(settings, X, y)[1]
+    second = linear_and_trees(settings, X, y)[1]
+    np.testing.assert_array_equal(first.predict_proba(X), second.predict_proba(X))
+    trained = TrainedModel(first, {}, 0, 1.0, len(y), 0, 0, "rolling-origin", "identity", 0.0, 0.0)
+    importance = trained.importance()
+    assert set(importance) == set(X.columns) and min(importance.values()) >= 0
+    assert max(importance, key=importance.get) == "recency_days"
+    assert trained.importance_kind != "total gain"

@@ -194,9 +194,10 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
     # every origin scored by models that never saw its rows (nor any label reaching into its window)
     oof: dict[str, list[np.ndarray]] = {"model": [], "baseline_logreg": [], "baseline_rule": []}
     tuned = dict(zip((f.origin for f in tuning_folds), tuning.boosters, strict=True))
+    chosen = data.for_config(tuning.config)  # the matrix the chosen booster reads (trees or linear design)
     for f in folds:
-        booster = tuned[f.origin] if f.origin in tuned else fit_booster(data, f.train, tuning.params, tuning.rounds)
-        oof["model"].append(raw_scores(booster, data, f.evaluate))
+        booster = tuned[f.origin] if f.origin in tuned else fit_booster(chosen, f.train, tuning.params, tuning.rounds)
+        oof["model"].append(raw_scores(booster, chosen, f.evaluate))
         clock.lap("out-of-fold boosters")
         logreg, _ = fit_logistic(X.iloc[f.train], y[f.train], settings)
         oof["baseline_logreg"].append(logreg.predict_proba(X.iloc[f.evaluate])[:, 1])
@@ -226,16 +227,20 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
     # refit on everything matured, calibrated on every origin (newest weighted most)
     final_cal = calibrators(len(folds))
     clock.lap("calibration")
-    if settings.dask.data_parallel:  # the one large fit, spread over the Dask workers (xgboost.dask)
+    if settings.dask.data_parallel and chosen.design is None:  # the one large fit, over the Dask workers
         from tasks.models.distributed import fit_booster_on_dask
 
         booster = fit_booster_on_dask(X.iloc[refit], y[refit], data.categories, tuning.params, tuning.rounds,
                                       settings)
         notes.append(f"refit with xgboost.dask on {len(refit):,} rows (dask.data_parallel)")
     else:
-        booster = fit_booster(data, refit, tuning.params, tuning.rounds)
+        if settings.dask.data_parallel:
+            notes.append("the linear booster was chosen: refit in this process (xgboost.dask builds quantile "
+                         "matrices, which gblinear cannot read; a linear fit is a few seconds per million rows)")
+        booster = fit_booster(chosen, refit, tuning.params, tuning.rounds)
     clock.lap("refit booster")
-    registered = AftersalesModel(booster, final_cal["model"], features, data.categories, data.nthread)
+    registered = AftersalesModel(booster, final_cal["model"], features, data.categories, data.nthread,
+                                 design=chosen.design)
     on_test = registered.raw_proba(X.iloc[test_rows])
     if (message := _unusable(model, final_cal["model"], on_test, "on all origins")) is not None:
         fit.refusal = message
@@ -285,15 +290,15 @@ def _unusable(model: str, calibrator: Any, raw: np.ndarray, where: str) -> str |
 
 def _run_params(plan: CutoffPlan, tuning: Tuning, folds: Sequence[Any], test_calibration: str) -> dict[str, Any]:
     """What the run log needs to reproduce the choice: plan, origins, chosen configuration."""
-    grid = "; ".join(f"d{r.max_depth}/lr{r.learning_rate:g}/leaf{r.min_leaf_share:g}: {r.rounds} rounds "
-                     f"{r.score:.4f}" for r in tuning.table.itertuples())
+    grid = "; ".join(f"{r.configuration}: {r.rounds} rounds {r.score:.4f}" for r in tuning.table.itertuples())
     return {
         "as_of": f"{plan.as_of:%Y-%m-%d %H:%M}", "cutoff_step_days": plan.step_days,
         "min_history_days": plan.min_history_days, "eval_window_days": plan.eval_window_days,
         "origin_spacing_days": plan.spacing_days, "n_cutoffs": len(plan.cutoffs),
         "cutoffs": f"{plan.cutoffs[0]:%Y-%m-%d}..{plan.latest:%Y-%m-%d}",
         "origins": ",".join(f"{f.origin:%Y-%m-%d}" for f in folds),
-        "chosen_max_depth": tuning.config.max_depth, "chosen_learning_rate": tuning.config.learning_rate,
+        "chosen_booster": tuning.config.booster, "chosen_max_depth": tuning.config.max_depth,
+        "chosen_learning_rate": tuning.config.learning_rate,
         "chosen_min_leaf_share": tuning.config.min_leaf_share, "chosen_rounds": tuning.rounds,
         "selection_metric": tuning.metric, "grid": grid[:6000], "test_calibration": test_calibration,
     }

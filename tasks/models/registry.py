@@ -615,7 +615,7 @@ def _log_plots(
 
     y = np.asarray(splits.y_test, dtype=float)
     mlflow.log_figure(
-        plot_feature_importance(trained.importance(), title=f"{model}: feature importance (total gain)"),
+        plot_feature_importance(trained.importance(), title=f"{model}: feature importance ({trained.importance_kind})"),
         "plots/feature_importance.png",
     )
     rows = sample_rows(len(splits.X_test), settings.training.shap_sample_rows, settings.training.seed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 import warnings
 from collections.abc import Mapping
@@ -115,6 +116,53 @@ def to_model_input(X: pd.DataFrame, features: list[str], categories: Mapping[str
         else:
             out[column] = pd.to_numeric(X[column], errors="coerce").astype("float64")
     return pd.DataFrame(out, index=X.index)
+
+
+def signed_log1p(values: Any) -> Any:
+    """Log scale that keeps the sign and zero: counts, money and days become near-additive in it."""
+    return np.sign(values) * np.log1p(np.abs(values))
+
+
+class LinearDesign:
+    """The numeric matrix XGBoost's linear booster needs and trees do not.
+
+    Per feature: numeric -> signed log, median for missing plus a missing indicator (where training
+    had missing values), standardised; category -> one column per level with at least
+    ``min_level_share`` of the rows (missing is a level; rarer and unseen levels share a column).
+    Fitted on the training frame's features only (no labels). One scikit-learn transformer per
+    feature, so every design column knows the feature it came from: contributions add back up to
+    features, and reasons read the same as a tree model's.
+    """
+
+    def __init__(self, prepared: pd.DataFrame, categories: Mapping[str, list[str]], min_level_share: float):
+        self.features = list(prepared.columns)
+        parts = []
+        for feature in self.features:
+            if feature in categories:
+                steps = make_pipeline(
+                    FunctionTransformer(_categories_as_text, feature_names_out="one-to-one"),
+                    OneHotEncoder(categories=[[*categories[feature], MISSING_CATEGORY]],
+                                  handle_unknown="infrequent_if_exist", min_frequency=min_level_share or None,
+                                  sparse_output=False, dtype=np.float32))
+            else:
+                steps = make_pipeline(
+                    FunctionTransformer(signed_log1p, feature_names_out="one-to-one"),
+                    SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+                    StandardScaler())
+            parts.append((feature, steps, [feature]))
+        self.encoder = ColumnTransformer(parts, sparse_threshold=0.0).fit(prepared)
+        self.owner = np.empty(sum(s.stop - s.start for s in self.encoder.output_indices_.values()), dtype=np.int64)
+        for position, feature in enumerate(self.features):
+            self.owner[self.encoder.output_indices_[feature]] = position
+
+    def transform(self, prepared: pd.DataFrame) -> np.ndarray:
+        return np.asarray(self.encoder.transform(prepared[self.features]), dtype=np.float32)
+
+    def by_feature(self, values: np.ndarray) -> np.ndarray:
+        """Design columns summed per feature (rows x design columns -> rows x features)."""
+        out = np.zeros((values.shape[0], len(self.features)), dtype=float)
+        np.add.at(out.T, self.owner, np.asarray(values, dtype=float).T)
+        return out
 
 
 # ----------------------------------------------------------------------------------- calibration
@@ -245,25 +293,42 @@ class AftersalesModel(mlflow.pyfunc.PythonModel):
         features: list[str],
         categories: dict[str, list[str]],
         nthread: int,
+        design: LinearDesign | None = None,
     ):
         self.booster = booster
         self.calibrator = calibrator
         self.features = list(features)
         self.categories = {k: list(v) for k, v in categories.items()}
         self.nthread = nthread
+        self.design = design
 
-    def prepare(self, X: pd.DataFrame) -> pd.DataFrame:
-        return prepare_features(X, self.features, self.categories)
+    @property
+    def linear(self) -> LinearDesign | None:
+        """The linear booster's design (None for trees, and for models pickled before it existed)."""
+        return getattr(self, "design", None)
+
+    def prepare(self, X: pd.DataFrame) -> pd.DataFrame | np.ndarray:
+        """What the booster reads: the typed frame for trees, the design matrix for the linear booster."""
+        prepared = prepare_features(X, self.features, self.categories)
+        return prepared if self.linear is None else self.linear.transform(prepared)
+
+    def booster_output(self, prepared: pd.DataFrame | np.ndarray, margin: bool = False) -> np.ndarray:
+        """The booster on prepared rows (XGBoost has no in-place prediction for gblinear)."""
+        if self.linear is None:
+            kind = "margin" if margin else "value"
+            return np.asarray(self.booster.inplace_predict(prepared, predict_type=kind), dtype=float)
+        matrix = xgb.DMatrix(prepared, nthread=self.nthread)
+        return np.asarray(self.booster.predict(matrix, output_margin=margin), dtype=float)
 
     def model_input(self, X: pd.DataFrame) -> pd.DataFrame:
         """Cast a feature frame to the signed input form (call before ``pyfunc.predict``)."""
         return to_model_input(X, self.features, self.categories)
 
     def margin(self, X: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.booster.inplace_predict(self.prepare(X), predict_type="margin"), dtype=float)
+        return self.booster_output(self.prepare(X), margin=True)
 
     def raw_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return np.asarray(self.booster.inplace_predict(self.prepare(X)), dtype=float)
+        return self.booster_output(self.prepare(X))
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         return self.calibrator.transform(self.raw_proba(X))
@@ -271,10 +336,14 @@ class AftersalesModel(mlflow.pyfunc.PythonModel):
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Exact TreeSHAP per feature (log-odds of the uncalibrated booster) + ``bias``.
 
-        Costly (~1-7k rows/s on 2 cores): call it on the rows that make the list, not on everything.
+        For the linear booster XGBoost gives coefficient x standardised value per design column
+        (a feature's share against the average row); they are summed back to their feature.
+        Costly for trees (~1-7k rows/s on 2 cores): call it on the rows that make the list.
         """
         matrix = xgb.DMatrix(self.prepare(X), enable_categorical=True, nthread=self.nthread)
-        values = self.booster.predict(matrix, pred_contribs=True)
+        values = np.asarray(self.booster.predict(matrix, pred_contribs=True), dtype=float)
+        if self.linear is not None:
+            values = np.column_stack([self.linear.by_feature(values[:, :-1]), values[:, -1]])
         return pd.DataFrame(values, columns=[*self.features, "bias"], index=X.index)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> Any:
@@ -398,8 +467,17 @@ class TrainedModel:
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         return self.model.contributions(X)
 
+    @property
+    def importance_kind(self) -> str:
+        return "total gain" if self.model.linear is None else "|coefficient| per standardised input"
+
     def importance(self) -> dict[str, float]:
-        """Total gain per feature (features never split on get 0)."""
+        """Total gain per feature (features never split on get 0); for the linear booster the sum of
+        its design columns' absolute coefficients (inputs are standardised, so they compare)."""
+        if (design := self.model.linear) is not None:
+            weights = self.model.booster.get_score(importance_type="weight")
+            coefficients = np.array([abs(float(weights.get(f"f{i}", 0.0))) for i in range(design.owner.size)])
+            return dict(zip(self.features, design.by_feature(coefficients[None, :])[0].tolist(), strict=True))
         gain = self.model.booster.get_score(importance_type="total_gain")
         return {f: float(gain.get(f, 0.0)) for f in self.features}
 
@@ -570,11 +648,25 @@ def min_child_weight(y: np.ndarray, scale_pos_weight: float, share: float) -> fl
 
 def booster_params(settings: Settings, config: BoosterConfig, scale_pos_weight: float,
                    child_weight: float) -> dict[str, Any]:
-    """Booster parameters of one grid point; shared parts and the seed come from ``training.xgb``."""
+    """Booster parameters of one grid point; shared parts and the seed come from ``training.xgb``.
+
+    The linear booster runs ``shotgun`` on one thread: with more threads its updates race and a rerun
+    differs in the 7th digit; ``coord_descent``, the deterministic one, took 50x longer here
+    (9 s a round on 40k x 374).
+    """
     metric, _ = SELECTION[settings.training.selection_metric]
+    if config.booster == "gblinear":
+        return {"objective": "binary:logistic", "booster": "gblinear", "updater": "shotgun",
+                "feature_selector": "cyclic", "eval_metric": metric, "learning_rate": config.learning_rate,
+                "reg_lambda": config.l2, "reg_alpha": 0.0, "nthread": 1,
+                "seed": settings.training.seed, "scale_pos_weight": scale_pos_weight}
     return xgb_params(settings, scale_pos_weight) | {
         "eval_metric": metric, "max_depth": config.max_depth, "learning_rate": config.learning_rate,
         "min_child_weight": child_weight}
+
+
+def is_linear(params: Mapping[str, Any]) -> bool:
+    return params.get("booster") == "gblinear"
 
 
 @dataclass
@@ -594,20 +686,41 @@ class Tuning:
 
     def describe(self) -> str:
         row = self.table.loc[self.table["chosen"]].iloc[0]
-        return (f"depth {self.config.max_depth}, learning rate {self.config.learning_rate:g}, "
-                f"{self.rounds} rounds (mean {self.metric} {row['score']:.4f} over {int(row['folds'])} origin(s))")
+        return (f"{self.config.describe()}, {self.rounds} rounds (mean {self.metric} {row['score']:.4f} "
+                f"over {int(row['folds'])} origin(s))")
 
 
 class FoldMatrix:
-    """The features of the whole frame as one XGBoost matrix, built once; folds are slices of it."""
+    """The features of the whole frame as one XGBoost matrix, built once; folds are slices of it.
 
-    def __init__(self, X: pd.DataFrame, y: pd.Series | np.ndarray, settings: Settings):
+    ``for_config`` gives the matrix a grid point reads: this one for trees, the linear design of
+    the same rows (built once, on first use) for ``gblinear``.
+    """
+
+    def __init__(self, X: pd.DataFrame, y: pd.Series | np.ndarray, settings: Settings,
+                 design: LinearDesign | None = None):
         self.features = list(X.columns)
         self.categories = category_levels(X)
         self.y = np.asarray(y, dtype=float)
         self.nthread = settings.training.xgb.nthread
-        self.matrix = xgb.DMatrix(prepare_features(X, self.features, self.categories), label=self.y,
-                                  enable_categorical=True, nthread=self.nthread)
+        self.design = design
+        self._settings = settings
+        self._X = X
+        self._linear: FoldMatrix | None = None
+        prepared = prepare_features(X, self.features, self.categories)
+        if design is None:
+            self.matrix = xgb.DMatrix(prepared, label=self.y, enable_categorical=True, nthread=self.nthread)
+        else:
+            self.matrix = xgb.DMatrix(design.transform(prepared), label=self.y, nthread=self.nthread)
+
+    def for_config(self, config: BoosterConfig) -> FoldMatrix:
+        if config.booster != "gblinear" or self.design is not None:
+            return self
+        if self._linear is None:
+            design = LinearDesign(prepare_features(self._X, self.features, self.categories), self.categories,
+                                  self._settings.training.linear_min_level_share)
+            self._linear = FoldMatrix(self._X, self.y, self._settings, design)
+        return self._linear
 
     def rows(self, positions: np.ndarray) -> xgb.DMatrix:
         return self.matrix.slice(np.asarray(positions, dtype=np.int64))
@@ -631,31 +744,60 @@ def _fold_curves(params: dict[str, Any], folds: list[tuple[xgb.DMatrix, xgb.DMat
             best = round_
         if round_ - best >= patience:
             break
-    return np.asarray(curve[: best + 1]), [b[: best + 1] for b in boosters]
+    if is_linear(params):  # a linear booster cannot be cut back: fit it again for the chosen rounds
+        boosters = [xgb.train(params, train, num_boost_round=best + 1) for train, _ in folds]
+    else:
+        boosters = [b[: best + 1] for b in boosters]
+    return np.asarray(curve[: best + 1]), boosters
+
+
+def _mean_eval(boosters: list[xgb.Booster], folds: list[tuple[xgb.DMatrix, xgb.DMatrix]], metric: str) -> float:
+    """Mean over folds of one of the boosters' evaluation metrics on the evaluated rows."""
+    values = []
+    for booster, (_, evaluate) in zip(boosters, folds, strict=True):
+        found = re.search(rf"eval-{re.escape(metric)}:(\S+)", booster.eval(evaluate, "eval"))
+        assert found is not None, f"{metric} missing from the booster's evaluation"
+        values.append(float(found.group(1)))
+    return float(np.mean(values))
 
 
 def tune_booster(data: FoldMatrix, folds: Folds, settings: Settings, scale_pos_weight: float) -> Tuning:
-    """Every configuration of ``training.grid`` on the same folds; the rounds of each stop where the
-    folds' *mean* evaluation curve stops improving; the best mean score wins (the configuration
-    listed first on a tie, so list simpler ones first)."""
+    """Every configuration of ``training.grid`` on the same folds; the best mean score wins (the
+    configuration listed first on a tie, so list simpler ones first).
+
+    Trees stop where the folds' *mean* curve of the selection metric stops improving: their rounds
+    are their regularisation. The linear booster is regularised by ``l2``; its rounds run until the
+    folds' mean log loss stops improving (converged), else its margins stay shrunk and the
+    calibrator, fitted on the folds' scores, would stretch the refit's (seen on a real export:
+    Platt slope 2.1 after 23 rounds chosen by ROC-AUC, the list's mean probability twice the rate).
+    """
     _, maximize = SELECTION[settings.training.selection_metric]
-    matrices = [(data.rows(train), data.rows(evaluate)) for train, evaluate in folds]
+    matrices: dict[int, list[tuple[xgb.DMatrix, xgb.DMatrix]]] = {}
     rows, best = [], None
-    for config in settings.training.grid:
+    for position, config in enumerate(settings.training.grid):
+        source = data.for_config(config)
+        if id(source) not in matrices:
+            matrices[id(source)] = [(source.rows(train), source.rows(evaluate)) for train, evaluate in folds]
         params = booster_params(settings, config, scale_pos_weight,
                                 min_child_weight(data.y, scale_pos_weight, config.min_leaf_share))
-        curve, boosters = _fold_curves(params, matrices, settings.training.max_rounds,
-                                       settings.training.xgb.early_stopping_rounds, maximize)
-        score = float(curve[-1])
-        rows.append({"max_depth": config.max_depth, "learning_rate": config.learning_rate,
-                     "min_leaf_share": config.min_leaf_share, "min_child_weight": params["min_child_weight"],
+        if config.booster == "gblinear":  # l2 regularises; rounds only converge (log loss), then judge
+            params["eval_metric"] = [params["eval_metric"], "logloss"]
+            curve, boosters = _fold_curves(params, matrices[id(source)], settings.training.max_rounds,
+                                           settings.training.xgb.early_stopping_rounds, maximize=False)
+            score = _mean_eval(boosters, matrices[id(source)], params["eval_metric"][0])
+        else:
+            curve, boosters = _fold_curves(params, matrices[id(source)], settings.training.max_rounds,
+                                           settings.training.xgb.early_stopping_rounds, maximize)
+            score = float(curve[-1])
+        rows.append({"configuration": config.short(), "booster": config.booster, "max_depth": config.max_depth,
+                     "learning_rate": config.learning_rate, "min_leaf_share": config.min_leaf_share,
+                     "l2": config.l2, "min_child_weight": params.get("min_child_weight", float("nan")),
                      "rounds": len(curve), "score": score, "folds": len(folds)})
         if best is None or (score > best[0] + 1e-9 if maximize else score < best[0] - 1e-9):
-            best = (score, config, len(curve), params, boosters)
+            best = (score, config, len(curve), params, boosters, position)
     assert best is not None, "training.grid is empty"
     table = pd.DataFrame(rows)
-    table["chosen"] = [(r["max_depth"], r["learning_rate"], r["min_leaf_share"]) ==
-                       (best[1].max_depth, best[1].learning_rate, best[1].min_leaf_share) for r in rows]
+    table["chosen"] = [position == best[5] for position in range(len(rows))]
     return Tuning(config=best[1], rounds=best[2], params=best[3], table=table,
                   metric=settings.training.selection_metric, boosters=best[4])
 
