@@ -14,6 +14,7 @@ from schemas.settings import Settings, get_settings
 from tasks.data.warehouse import open_warehouse
 from tasks.models.datasets import build_training_set, feature_columns, rolling_cutoffs
 from tasks.models.registry import PromotionResult, promote
+from tasks.templates import markdown_table
 
 
 @task(name="latest-test-window", cache_policy=NO_CACHE)
@@ -34,17 +35,23 @@ def latest_window(model: str, settings: Settings):
 
 
 def promotion_markdown(model: str, result: PromotionResult, confidence: float) -> str:
+    """The decision, champion and challenger side by side (version, metric, ECE), and the evidence in words."""
     level = f"{confidence:.0%}"
 
     def fmt(value: float | None) -> str:
         return "n/a" if value is None else f"{value:+.4f}"
 
+    def shown(value: Any) -> str:
+        return "n/a" if value is None or value != value else str(value)  # None or NaN: nothing to show
+
+    table = pd.DataFrame(
+        [[role, shown(version), shown(score), shown(metrics.get("ece"))]
+         for role, version, score, metrics in (
+             ("champion", result.champion_version, result.champion_score, result.champion_metrics),
+             ("challenger", result.challenger_version, result.challenger_score, result.challenger_metrics))],
+        columns=["", "version", result.metric, "ECE"])
     return (f"# Promotion of {model}\n\n**{result.decision}**: {result.message}\n\n"
-            f"| | version | {result.metric} | ECE |\n|---|---|---:|---:|\n"
-            f"| champion | {result.champion_version} | {result.champion_score} | "
-            f"{result.champion_metrics.get('ece', 'n/a')} |\n"
-            f"| challenger | {result.challenger_version} | {result.challenger_score} | "
-            f"{result.challenger_metrics.get('ece', 'n/a')} |\n\n"
+            f"{markdown_table(table, right=(result.metric, 'ECE'))}\n"
             f"Window: {result.window or 'n/a'}, {result.rows} rows, {result.clusters} customers (resampled whole).\n\n"
             f"Improvement in {result.metric}: {fmt(result.improvement)}, {level} paired bootstrap interval "
             f"{fmt(result.interval_low)} to {fmt(result.interval_high)} (must clear {result.margin}). "

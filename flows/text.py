@@ -22,6 +22,7 @@ from tasks.insight.text import (
     summary,
     train_text_models,
 )
+from tasks.templates import markdown_table
 
 
 @task(name="train-text-models", cache_policy=NO_CACHE)
@@ -37,22 +38,29 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None or value != value else f"{value:.3f}"
 
 
-@task(name="publish-text-summary", cache_policy=NO_CACHE)
-def publish_summary(result: dict[str, Any]) -> None:
+COMPLAINT_COLUMNS = ["language", "classifier macro-F1", "keyword baseline macro-F1", "reasons from"]
+
+
+def text_summary(result: dict[str, Any]) -> str:
+    """Markdown: the text models in figures; per language, the complaint classifier against its keyword baseline."""
     evaluation = result["complaint_eval"]
     lines = ["# Text models", "", f"- texts scored: {result['stored']:,}",
              f"- sentiment ROC-AUC on the later window: {_fmt(result['sentiment_test_roc_auc'])}",
              *(f"  - {name}: {_fmt(auc)}" for name, auc in result.get("sentiment_analyzers", {}).items()),
              f"- stored predictions cross-fitted over {result.get('folds', 0)} periods (models of earlier texts only)",
-             f"- MLflow run: {result['run_id']}", "",
-             "| language | classifier macro-F1 | keyword baseline macro-F1 | reasons from |", "|---|---|---|---|"]
-    for lang in ("en", "zh"):
-        if f"macro_f1_{lang}" in evaluation:
-            used = "classifier" if lang in result.get("complaint_languages", []) else "keyword lexicon"
-            lines.append(f"| {lang} | {_fmt(evaluation[f'macro_f1_bare_{lang}'])} | "
-                         f"{_fmt(evaluation[f'macro_f1_lexicon_{lang}'])} | {used} |")
+             f"- MLflow run: {result['run_id']}", ""]
+    rows = [[lang, _fmt(evaluation[f"macro_f1_bare_{lang}"]), _fmt(evaluation[f"macro_f1_lexicon_{lang}"]),
+             "classifier" if lang in result.get("complaint_languages", []) else "keyword lexicon"]
+            for lang in ("en", "zh") if f"macro_f1_{lang}" in evaluation]
+    lines.append(markdown_table(pd.DataFrame(rows, columns=COMPLAINT_COLUMNS, dtype=object),
+                                right=COMPLAINT_COLUMNS[1:3]).rstrip("\n"))
     lines += ["", *(f"- note: {n}" for n in result.get("notes", []))]
-    create_markdown_artifact("\n".join(lines), key="text-models", description="sentiment and complaint reasons")
+    return "\n".join(lines)
+
+
+@task(name="publish-text-summary", cache_policy=NO_CACHE)
+def publish_summary(result: dict[str, Any]) -> None:
+    create_markdown_artifact(text_summary(result), key="text-models", description="sentiment and complaint reasons")
 
 
 @flow(name="text")

@@ -28,9 +28,13 @@ from tasks.models.datasets import NotEnoughData
 from tasks.models.features import CATALOGUE_PATH
 from tasks.models.registry import RegisteredVersion, configure, log_refused_run, log_training_run
 from tasks.models.training import DataSplits
+from tasks.templates import markdown_table
 
 SCORERS = {"model": "XGBoost (calibrated)", "baseline_logreg": "logistic regression",
            "baseline_rule": "one-line rule"}
+# the summary's metric columns: metric key -> heading (ROC-AUC also shows its interval)
+METRICS_SHOWN = {"roc_auc": "ROC-AUC (95 % interval)", "pr_auc": "PR-AUC", "brier": "Brier", "ece": "ECE",
+                 "precision_at_k": "precision@k", "lift_at_k": "lift@k"}
 
 __all__ = ["NotEnoughData", "retrain_flow", "train_flow"]
 
@@ -125,19 +129,20 @@ def training_summary(results: list[dict[str, Any]]) -> str:
                   f"(window {result['test_window']}) by a model trained before that window.", ""]
         if result.get("chosen"):
             lines += [f"Chosen on the older origins: {result['chosen']}.", ""]
-        lines += ["| scorer | ROC-AUC (95 % interval) | PR-AUC | Brier | ECE | precision@k | lift@k |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+        rows = []
         for prefix, label in SCORERS.items():
             key = "test_" if prefix == "model" else f"{prefix}_test_"
-            values = [metrics.get(f"{key}{m}") for m in ("roc_auc", "pr_auc", "brier", "ece",
-                                                          "precision_at_k", "lift_at_k")]
+            values = [metrics.get(f"{key}{m}") for m in METRICS_SHOWN]
             if all(v is None for v in values):
                 continue
             low, high = metrics.get(f"{key}roc_auc_low"), metrics.get(f"{key}roc_auc_high")
             cells = ["" if v is None else f"{v:.3f}" for v in values]
             if low is not None and high is not None:
                 cells[0] += f" ({low:.3f}–{high:.3f})"
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            rows.append([label, *cells])
+        headings = list(METRICS_SHOWN.values())
+        lines.append(markdown_table(pd.DataFrame(rows, columns=["scorer", *headings], dtype=object),
+                                    right=headings).rstrip("\n"))
         diff = metrics.get("test_model_minus_logreg_roc_auc")
         if diff is not None:
             lines += ["", f"Model minus logistic regression, paired on the same rows: ROC-AUC {diff:+.3f} "

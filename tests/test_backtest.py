@@ -213,3 +213,21 @@ def test_report_has_a_row_per_date_and_scorer_and_says_why_a_date_was_not_judged
     assert row_starting(text, "2026-01-01") == ["2026-01-01", "not judged", "labels not matured", "", "", "", ""]
     assert row_starting(text, "2026-02-01", "model") == ["2026-02-01", "model", "0.800 (0.710–0.900)", "", "",
                                                          "0.010 (0.000–0.020)", ""]
+
+
+def test_training_summary_has_a_row_per_scorer_with_its_test_metrics() -> None:
+    from flows.train import training_summary
+
+    metrics = {"test_roc_auc": 0.81234, "test_roc_auc_low": 0.79, "test_roc_auc_high": 0.83, "test_pr_auc": 0.4,
+               "test_brier": 0.1, "test_ece": 0.012, "test_precision_at_k": 0.5, "test_lift_at_k": 2.5,
+               "baseline_logreg_test_roc_auc": 0.7, "baseline_logreg_test_brier": 0.125}
+    result = {"model": "return", "new_version": True, "metrics": metrics, "version": "3", "aliases": ["challenger"],
+              "as_of": "2026-01-01", "rows": {"train": 1000, "validation": 200, "test": 300}, "test_window": "w"}
+    text = training_summary([result, {"model": "churn", "skipped": "too few positive labels"}])
+    rows = table_rows(text)
+    assert rows[0] == ["scorer", "ROC-AUC (95 % interval)", "PR-AUC", "Brier", "ECE", "precision@k", "lift@k"]
+    assert row_starting(text, "XGBoost (calibrated)") == ["XGBoost (calibrated)", "0.812 (0.790–0.830)", "0.400",
+                                                          "0.100", "0.012", "0.500", "2.500"]
+    assert row_starting(text, "logistic regression") == ["logistic regression", "0.700", "", "0.125", "", "", ""]
+    assert len(rows) == 3  # the rule baseline logged no test metric: no row for it
+    assert "## churn: not registered" in text and "too few positive labels" in text

@@ -8,6 +8,7 @@ from mlflow import MlflowClient
 from test_registry import MODEL, fitted, reg, register  # noqa: F401 (fixtures)
 
 from tasks.models.registry import alias_history, decide_promotion, paired_bootstrap, promote, resolve_alias
+from tests.md_tables import row_starting, table_rows
 
 pytestmark = pytest.mark.filterwarnings("ignore::pandas.errors.Pandas4Warning")
 
@@ -65,3 +66,25 @@ def test_the_decision_interval_and_window_reach_history_and_mlflow(reg, fitted):
     assert run.data.params["window"] == "2026-03-01..2026-03-31"
     tags = client.get_model_version(name, "2").tags
     assert tags["last_comparison_window"] == "2026-03-01..2026-03-31" and tags["last_comparison_interval"] != "n/a"
+
+
+def test_promotion_report_sets_champion_and_challenger_side_by_side() -> None:
+    import math
+
+    from flows.promote import promotion_markdown
+    from tasks.models.registry import PromotionResult
+
+    result = PromotionResult(model=MODEL, registered_model="m", decision="promoted", promoted=True, message="better",
+                             metric="roc_auc", margin=0.005, champion_version="1", challenger_version="2",
+                             champion_score=0.7512, challenger_score=0.8, champion_metrics={"ece": 0.0123})
+    text = promotion_markdown(MODEL, result, 0.95)
+    assert table_rows(text)[0] == ["", "version", "roc_auc", "ECE"]
+    assert row_starting(text, "champion") == ["champion", "1", "0.7512", "0.0123"]
+    assert row_starting(text, "challenger") == ["challenger", "2", "0.8", "n/a"]  # no ECE logged
+
+    first = PromotionResult(model=MODEL, registered_model="m", decision="no_champion", promoted=True, message="first",
+                            metric="pr_auc", margin=0.005, challenger_version="1", champion_score=math.nan,
+                            challenger_score=0.4, challenger_metrics={"ece": 0.02})
+    text = promotion_markdown(MODEL, first, 0.95)
+    assert row_starting(text, "champion") == ["champion", "n/a", "n/a", "n/a"]
+    assert row_starting(text, "challenger") == ["challenger", "1", "0.4", "0.02"]

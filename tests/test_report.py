@@ -14,6 +14,7 @@ from schemas.settings import Settings
 from schemas.text import ALERTS_TABLE, TEXT_INSIGHTS_TABLE
 from tasks.data.warehouse import Warehouse
 from tasks.insight.report import SECTIONS, build_report
+from tests.md_tables import row_starting, table_rows
 
 SNAKE = re.compile(r"\b[a-z]+_[a-z0-9_]+\b")
 
@@ -101,6 +102,22 @@ def test_text_alerts_and_report_flows_end_to_end(prefect_api, settings, shop: Pa
     result = CliRunner().invoke(app, ["report", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.exists()
+
+
+def test_text_summary_compares_each_language_classifier_with_its_keyword_baseline() -> None:
+    from flows.text import text_summary
+
+    result = {"stored": 12_345, "sentiment_test_roc_auc": 0.9, "run_id": "abc", "complaint_languages": ["en"],
+              "complaint_eval": {"macro_f1_en": 0.7, "macro_f1_bare_en": 0.6123, "macro_f1_lexicon_en": 0.4,
+                                 "macro_f1_zh": 0.5, "macro_f1_bare_zh": float("nan"), "macro_f1_lexicon_zh": 0.3}}
+    text = text_summary(result)
+    assert table_rows(text)[0] == ["language", "classifier macro-F1", "keyword baseline macro-F1", "reasons from"]
+    assert row_starting(text, "en") == ["en", "0.612", "0.400", "classifier"]
+    assert row_starting(text, "zh") == ["zh", "n/a", "0.300", "keyword lexicon"]  # too few zh texts to train on
+    assert "- texts scored: 12,345" in text
+
+    del result["complaint_eval"]["macro_f1_zh"]  # a language not evaluated has no row
+    assert [row[0] for row in table_rows(text_summary(result))] == ["language", "en"]
 
 
 def test_text_flow_fails_in_words_on_an_empty_warehouse(prefect_api, settings) -> None:
