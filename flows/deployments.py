@@ -4,6 +4,15 @@ One reading of the file serves three users, so they cannot drift apart: ``prefec
 YAML itself), ``aftersales serve`` (builds the same deployments with ``flow.to_deployment`` and serves
 them from one process) and the tests (check entrypoints, parameters, schedules and limits, and apply
 the deployments to a real Prefect API).
+
+Why this reads the YAML itself rather than through Prefect (checked on prefect 3.8.8): Prefect has
+no public loader of prefect.yaml. ``prefect.deployments.base`` only writes the file; the CLI's reader,
+``cli/deploy/_config.py::_load_deploy_configs_and_actions``, is private, validates with the private
+``PrefectYamlModel`` that ignores unknown keys (``extra="ignore"``), and on a validation error prints
+a warning and carries on with zero deployments. Fed this project's file with a misspelt
+``entrypont``, a missing entrypoint file, ``collision_strategy: WHATEVER`` and cron ``61 6 * * *``,
+it accepted all four; the loader here refuses each, naming the deployment and the key. Building
+uses Prefect's public ``flow.to_deployment``.
 """
 
 from __future__ import annotations
