@@ -688,7 +688,8 @@ def _what_changed(client: MlflowClient, name: str, data_hash: str, code: str, co
     return f"vs v{last.version}: " + (", ".join(changed) + " changed" if changed else "nothing changed")
 
 
-def _description(model: str, splits: DataSplits, metrics: Mapping[str, float], changed: str) -> str:
+def _description(model: str, splits: DataSplits, metrics: Mapping[str, float], changed: str,
+                 kind: str = "XGBoost trees") -> str:
     """Markdown shown on the run and the version in the MLflow UI."""
     windows = pd.DataFrame([{"split": split, "window": _window(t), "rows": f"{len(y):,}",
                              "positives": f"{int(np.asarray(y).sum()):,}"}
@@ -698,7 +699,7 @@ def _description(model: str, splits: DataSplits, metrics: Mapping[str, float], c
                                                      for name, m in (("ROC-AUC", "roc_auc"), ("PR-AUC", "pr_auc"),
                                                                      ("Brier", "brier"), ("lift@k", "lift_at_k"))}}
                            for scorer, label in scorers if f"{SCORER_PREFIX[scorer]}roc_auc" in metrics])
-    return (f"**{model}** risk model (XGBoost, calibrated). {changed}.\n\n{windows.to_markdown(index=False)}\n\n"
+    return (f"**{model}** risk model ({kind}, calibrated). {changed}.\n\n{windows.to_markdown(index=False)}\n\n"
             f"{scores.to_markdown(index=False, floatfmt='.3f')}")
 
 
@@ -753,7 +754,8 @@ def log_training_run(
         metrics: dict[str, float] = {}
         for scorer, values in results.items():
             metrics.update(prefixed(values, SCORER_PREFIX[scorer]))
-        description = _description(model, splits, metrics, changed)
+        kind = "XGBoost linear booster" if trained.model.linear is not None else "XGBoost trees"
+        description = _description(model, splits, metrics, changed, kind)
         run_tags = {
             MODEL_TAG: model,
             "train_data_hash": data_hash,
