@@ -193,6 +193,9 @@ class TrainingSettings(BaseModel):
          BoosterConfig(max_depth=6, learning_rate=0.05, min_leaf_share=0.02)],
         description="booster configurations compared on the older rolling origins (rounds chosen on their curves)")
     max_rounds: int = Field(800, description="most boosting rounds a configuration may use")
+    linear_tolerance: float = Field(
+        1e-4, description="gblinear: converged when no fold's training log loss falls by more than this in a "
+        "round (its l2 regularises, not its rounds)")
     linear_min_level_share: float = Field(
         0.01, description="gblinear: a category level needs this share of the training rows for its own "
         "column; rarer levels share one (a 292-level region column overfitted without it)")
