@@ -147,6 +147,23 @@ def test_phrase_reasons_joins_rank_order_and_has_a_generic_phrase():
     assert "包裹已延误4天" in phrase_reasons(df, language="zh").iloc[0]
 
 
+def test_a_reason_implied_by_another_of_the_row_is_left_out():
+    """Seen on a real export: "last order 175 days ago; spent nothing in the last 90 days; no orders
+    in the last 30 days" - the last two say nothing the first does not."""
+    df = pd.DataFrame({"reason_1": ["recency_days", "recency_days", "orders_30d"],
+                       "reason_1_value": [175.0, 45.0, 0.0],
+                       "reason_2": ["value_90d", "value_90d", "value_90d"],
+                       "reason_2_value": [0.0, 0.0, 0.0],
+                       "reason_3": ["orders_30d", "orders_30d", None], "reason_3_value": [0.0, 0.0, None]})
+    why = phrase_reasons(df, language="en")
+    assert why.iloc[0] == "last order 175 days ago"
+    # 45 days: nothing in 30 days is implied, nothing spent in 90 days is news
+    assert why.iloc[1] == "last order 45 days ago; spent nothing in the last 90 days"
+    # without the recency reason, the others stay
+    assert why.iloc[2] == "no orders in the last 30 days; spent nothing in the last 90 days"
+    assert phrase_reasons(df, language="zh").iloc[0] == "最近一次下单在175天前"
+
+
 def test_catalogue_errors_name_the_feature(tmp_path: Path):
     raw = yaml.safe_load(DEFAULT_REASONS_FILE.read_text(encoding="utf-8"))
     raw["features"]["days_late"]["group"] = "no_such_group"

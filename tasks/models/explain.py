@@ -55,6 +55,15 @@ class Phrase(BaseModel):
         return self.zh if language == "zh" else self.en
 
 
+class Implied(BaseModel):
+    """A reason that says nothing new beside another: ``feature`` among the same row's reasons at
+    ``min`` or more ("no orders in the last 30 days" beside "last order 45 days ago")."""
+
+    model_config = ConfigDict(extra="forbid")
+    feature: str
+    min: float
+
+
 class FeaturePhrase(BaseModel):
     """A feature's templates. ``min``/``max``: the values that read as a risk (others are no reason to
     call); ``zero``: the words for a value that reads as zero (without them such a value is no reason);
@@ -67,6 +76,7 @@ class FeaturePhrase(BaseModel):
     min: float | None = None
     max: float | None = None
     zero: Phrase | None = None
+    implied_by: Implied | None = None
 
     def template(self, language: Language) -> str | None:
         return self.zh if language == "zh" else self.en
@@ -92,6 +102,8 @@ class ReasonCatalogue(BaseModel):
         for name, fp in self.features.items():
             if fp.group not in self.groups:
                 problems.append(f"feature {name!r}: unknown group {fp.group!r}")
+            if fp.implied_by is not None and fp.implied_by.feature not in self.features:
+                problems.append(f"feature {name!r}: implied_by names unknown feature {fp.implied_by.feature!r}")
             for lang in ("en", "zh"):
                 template = fp.template(lang)  # type: ignore[arg-type]
                 if template is not None and not _formats(template):
@@ -275,18 +287,30 @@ def phrase(reason: str | None, value: Any, language: Language = "en",
 
 def reason_phrases(df: pd.DataFrame, catalogue: ReasonCatalogue | None = None,
                    language: Language = "en") -> list[list[str]]:
-    """Per row, the distinct phrases of ``reason_1..3`` in rank order (empty list without reasons)."""
+    """Per row, the distinct phrases of ``reason_1..3`` in rank order (empty list without reasons),
+    without a reason the row's other reasons already imply (``implied_by`` in the catalogue)."""
     catalogue = catalogue or default_catalogue()
     pairs = [(df[n].tolist(), df[v].tolist()) for n, v in REASON_COLUMNS if n in df.columns]
     out: list[list[str]] = []
     for i in range(len(df)):
+        row = {names[i]: values[i] for names, values in pairs if isinstance(names[i], str)}
         texts: list[str] = []
         for names, values in pairs:
+            if _implied(catalogue, names[i], row):
+                continue
             text = phrase(names[i], values[i], language, catalogue)
             if text and text not in texts:
                 texts.append(text)
         out.append(texts)
     return out
+
+
+def _implied(catalogue: ReasonCatalogue, reason: Any, row: dict[str, Any]) -> bool:
+    spec = catalogue.features[reason].implied_by if isinstance(reason, str) and reason in catalogue.features else None
+    if spec is None or spec.feature not in row:
+        return False
+    value = _as_number(row[spec.feature])
+    return value is not None and value >= spec.min
 
 
 def phrase_reasons(df: pd.DataFrame, catalogue: ReasonCatalogue | None = None,
