@@ -15,6 +15,7 @@ refit uses every matured row with the chosen configuration and rounds.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -693,29 +694,25 @@ class FoldMatrix:
     the same rows (built once, on first use) for ``gblinear``.
     """
 
-    def __init__(self, X: pd.DataFrame, y: pd.Series | np.ndarray, settings: Settings,
-                 design: LinearDesign | None = None):
+    def __init__(self, X: pd.DataFrame, y: pd.Series | np.ndarray, settings: Settings):
         self.features = list(X.columns)
         self.categories = category_levels(X)
         self.y = np.asarray(y, dtype=float)
         self.nthread = settings.training.xgb.nthread
-        self.design = design
-        self._settings = settings
-        self._X = X
+        self.design: LinearDesign | None = None
+        self._prepared = prepare_features(X, self.features, self.categories)
+        self._min_level_share = settings.training.linear_min_level_share
         self._linear: FoldMatrix | None = None
-        prepared = prepare_features(X, self.features, self.categories)
-        if design is None:
-            self.matrix = xgb.DMatrix(prepared, label=self.y, enable_categorical=True, nthread=self.nthread)
-        else:
-            self.matrix = xgb.DMatrix(design.transform(prepared), label=self.y, nthread=self.nthread)
+        self.matrix = xgb.DMatrix(self._prepared, label=self.y, enable_categorical=True, nthread=self.nthread)
 
     def for_config(self, config: BoosterConfig) -> FoldMatrix:
         if config.booster != "gblinear" or self.design is not None:
             return self
-        if self._linear is None:
-            design = LinearDesign(prepare_features(self._X, self.features, self.categories), self.categories,
-                                  self._settings.training.linear_min_level_share)
-            self._linear = FoldMatrix(self._X, self.y, self._settings, design)
+        if self._linear is None:  # the same rows, prepared once, through the linear design
+            linear = copy.copy(self)
+            linear.design = LinearDesign(self._prepared, self.categories, self._min_level_share)
+            linear.matrix = xgb.DMatrix(linear.design.transform(self._prepared), label=self.y, nthread=self.nthread)
+            self._linear = linear
         return self._linear
 
     def rows(self, positions: np.ndarray) -> xgb.DMatrix:
@@ -796,17 +793,16 @@ def tune_booster(data: FoldMatrix, folds: Folds, settings: Settings, scale_pos_w
             rounds, boosters = _converged_linear(params, matrices[id(source)], settings.training.max_rounds,
                                                  settings.training.linear_tolerance)
             score = _mean_eval(boosters, matrices[id(source)], params["eval_metric"][0])
-            curve = np.full(rounds, score)
         else:
             curve, boosters = _fold_curves(params, matrices[id(source)], settings.training.max_rounds,
                                            settings.training.xgb.early_stopping_rounds, maximize)
-            score = float(curve[-1])
+            rounds, score = len(curve), float(curve[-1])
         rows.append({"configuration": config.short(), "booster": config.booster, "max_depth": config.max_depth,
                      "learning_rate": config.learning_rate, "min_leaf_share": config.min_leaf_share,
                      "l2": config.l2, "min_child_weight": params.get("min_child_weight", float("nan")),
-                     "rounds": len(curve), "score": score, "folds": len(folds)})
+                     "rounds": rounds, "score": score, "folds": len(folds)})
         if best is None or (score > best[0] + 1e-9 if maximize else score < best[0] - 1e-9):
-            best = (score, config, len(curve), params, boosters, position)
+            best = (score, config, rounds, params, boosters, position)
     assert best is not None, "training.grid is empty"
     table = pd.DataFrame(rows)
     table["chosen"] = [position == best[5] for position in range(len(rows))]
