@@ -256,8 +256,9 @@ def _print_trained(results: list[dict[str, Any]]) -> None:
 
 
 def _models_table(results: list[dict[str, Any]]) -> Table:
-    """Fits an 80-column terminal: aliases are in `aftersales models`, baselines are PR-AUC only."""
-    table = Table("model", "ver", "ROC-AUC", "PR-AUC", "Brier", "lift@k", "PR-AUC\nlogistic", "PR-AUC\nrule",
+    """Fits an 80-column terminal whole ("logit": the logistic-regression baseline; aliases are in
+    `aftersales models`; baselines are PR-AUC only)."""
+    table = Table("model", "ver", "ROC-AUC", "PR-AUC", "Brier", "lift@k", "PR-AUC\nlogit", "PR-AUC\nrule",
                   title="trained models, test window", box=box.SIMPLE_HEAD)
     table.columns[0].no_wrap = True
     for r in results:
