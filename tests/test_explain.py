@@ -171,3 +171,14 @@ def test_catalogue_errors_name_the_feature(tmp_path: Path):
     bad.write_text(yaml.safe_dump(raw, allow_unicode=True), encoding="utf-8")
     with pytest.raises(CatalogueError, match="days_late"):
         load_reason_catalogue(bad)
+
+
+def test_the_task_list_words_reasons_through_the_same_rule():
+    """The handout / board path (tasks.care.export) once phrased reasons on its own and kept the
+    implied ones on a real export's list."""
+    from tasks.care.export import row_reasons
+    from tasks.models.explain import default_catalogue
+
+    row = {"reason_1": "recency_days", "reason_1_value": 175.0, "reason_2": "value_90d", "reason_2_value": 0.0,
+           "reason_3": "orders_30d", "reason_3_value": 0.0}
+    assert row_reasons(row, default_catalogue(), "en") == ["last order 175 days ago"]

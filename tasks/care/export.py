@@ -8,7 +8,7 @@ phrases.<language>.yaml``); customers whose language is missing or neither en no
 
 To do that after the scoring run, ``task_risks`` keeps every task's scored risks with their top
 three reason codes and values (``record_task_risks``). The "why" of a task is the top three
-reasons of the risk it targets, in words that read as a risk (``tasks.models.explain.phrase``),
+reasons of the risk it targets, in words that read as a risk (``tasks.models.explain.row_phrases``),
 never more than three and never mixing two orders' facts.
 
 ``write_handout`` writes the CSV a shop can push into its own helpdesk: agent columns only, in
@@ -19,7 +19,6 @@ to a separate analysts' file (``tasks_analysts.csv``). A drift-flagged or held d
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -43,7 +42,7 @@ from schemas.tasks import PHRASE_SEPARATOR, REASON_COLUMNS, REASON_COUNT, TAG_SE
 from tasks.care.playbook import Playbook, load_playbook
 from tasks.data.warehouse import Warehouse, open_warehouse
 from tasks.insight.tags import TagBook, load_tag_book
-from tasks.models.explain import Language, ReasonCatalogue, load_reason_catalogue, phrase
+from tasks.models.explain import Language, ReasonCatalogue, load_reason_catalogue, row_phrases
 
 LANGUAGES: tuple[Language, ...] = ("en", "zh")
 AGENT_COLUMNS = ["task_id", "run_date", "rank", "queue", "queue_rank", "due_by", "time_zone", "customer_id",
@@ -247,20 +246,9 @@ def due_text(due_by: Any, zone: ZoneInfo) -> str:
 
 def row_reasons(row: Mapping[str, Any], catalogue: ReasonCatalogue, language: Language,
                 memo: dict[tuple[Any, ...], str | None] | None = None) -> list[str]:
-    """A row's reasons in words, rank order, without repeats or reasons that do not read as a risk."""
-    memo = {} if memo is None else memo
-    texts: list[str] = []
-    for name, value in REASON_COLUMNS:
-        key = (row.get(name), row.get(value), language)
-        try:
-            text = memo[key]
-        except (KeyError, TypeError):  # TypeError: an unhashable value, phrased each time
-            text = phrase(key[0], key[1], language, catalogue)
-            with contextlib.suppress(TypeError):
-                memo[key] = text
-        if text and text not in texts:
-            texts.append(text)
-    return texts[:REASON_COUNT]
+    """A row's reasons in words (``explain.row_phrases``), at most ``REASON_COUNT``."""
+    return row_phrases([(row.get(name), row.get(value)) for name, value in REASON_COLUMNS], catalogue, language,
+                       memo)[:REASON_COUNT]
 
 
 def why_words(lead: Mapping[str, Any] | None, wording: Wording, language: Language, fallback: str,

@@ -16,6 +16,7 @@ in words, is told by the feature's *group*, so a raw feature name never reaches 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Sequence
@@ -287,22 +288,35 @@ def phrase(reason: str | None, value: Any, language: Language = "en",
 
 def reason_phrases(df: pd.DataFrame, catalogue: ReasonCatalogue | None = None,
                    language: Language = "en") -> list[list[str]]:
-    """Per row, the distinct phrases of ``reason_1..3`` in rank order (empty list without reasons),
-    without a reason the row's other reasons already imply (``implied_by`` in the catalogue)."""
+    """Per row, ``row_phrases`` of ``reason_1..3`` (empty list without reasons)."""
     catalogue = catalogue or default_catalogue()
     pairs = [(df[n].tolist(), df[v].tolist()) for n, v in REASON_COLUMNS if n in df.columns]
-    out: list[list[str]] = []
-    for i in range(len(df)):
-        row = {names[i]: values[i] for names, values in pairs if isinstance(names[i], str)}
-        texts: list[str] = []
-        for names, values in pairs:
-            if _implied(catalogue, names[i], row):
-                continue
-            text = phrase(names[i], values[i], language, catalogue)
-            if text and text not in texts:
-                texts.append(text)
-        out.append(texts)
-    return out
+    memo: dict[tuple[Any, ...], str | None] = {}
+    return [row_phrases([(names[i], values[i]) for names, values in pairs], catalogue, language, memo)
+            for i in range(len(df))]
+
+
+def row_phrases(reasons: Sequence[tuple[Any, Any]], catalogue: ReasonCatalogue, language: Language = "en",
+                memo: dict[tuple[Any, ...], str | None] | None = None) -> list[str]:
+    """One row's (reason, value) pairs in rank order as distinct phrases, without a reason that does
+    not read as a risk or that the row's other reasons already imply (``implied_by``). ``memo``
+    keeps phrases across rows: lists repeat the same few (reason, value) pairs."""
+    memo = {} if memo is None else memo
+    named = {name: value for name, value in reasons if isinstance(name, str)}
+    texts: list[str] = []
+    for name, value in reasons:
+        if _implied(catalogue, name, named):
+            continue
+        key = (name, value, language)
+        try:
+            text = memo[key]
+        except (KeyError, TypeError):  # TypeError: an unhashable value, phrased each time
+            text = phrase(name, value, language, catalogue)
+            with contextlib.suppress(TypeError):
+                memo[key] = text
+        if text and text not in texts:
+            texts.append(text)
+    return texts
 
 
 def _implied(catalogue: ReasonCatalogue, reason: Any, row: dict[str, Any]) -> bool:
