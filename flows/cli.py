@@ -357,8 +357,7 @@ def backtest(
     every: Annotated[str, typer.Option(help="grid step, e.g. 14d or 2w")] = "14d",
     out: Annotated[Path | None, typer.Option(help="folder for the CSV files (default: reports/backtest/...)")] = None,
 ) -> None:
-    """Train as of each date, score that date's population, label it from after, compare with a
-    plain logistic regression and the one-line rule on the same rows."""
+    """Train as of each date, score its population, compare with a logistic regression and a rule."""
     _quiet_defaults()
     from flows.backtest import backtest_dates, backtest_flow
 
