@@ -276,3 +276,37 @@ def test_setup_never_runs_before_the_files_pass_preflight(tmp_path: Path, loaded
     with pytest.raises(IngestError, match=r"orders\.csv.*total_amount"):  # not the setup's missing file
         ingest_batch(folder, loaded, Settings(), mapping, as_of=AS_OF)
     assert_unchanged(loaded, before)
+
+
+# ---- a file can be a table and another table's SQL input at once ------------------------------
+
+
+def test_a_claimed_file_that_sql_also_reads_is_loaded(tmp_path: Path, wh: Warehouse) -> None:
+    """An export with only orders: customers derived from orders.csv by SQL, orders.csv claimed as orders.
+
+    (The claim was dropped as a mere SQL input: the batch loaded its customers and no order, silently.)
+    """
+    folder = write_tables(tmp_path / "in", {"orders": [{**GOOD["orders"], "order_id": f"o{i}"} for i in range(3)]})
+    mapping = _mapping(tmp_path, "tables:\n  customers:\n    sql: |\n      SELECT DISTINCT customer_id FROM "
+                                 "read_csv('{data_dir}/orders.csv', all_varchar = true)\n"
+                                 "  orders:\n    files: [orders.csv]\n")
+    result = ingest_batch(folder, wh, Settings(), mapping, as_of=AS_OF)
+    assert wh.row_count("customers") == 1 and wh.row_count("orders") == 3
+    assert result.rows_valid == 4 and not result.warnings
+
+
+def test_a_file_claimed_and_ignored_is_refused_by_name(tmp_path: Path, wh: Warehouse) -> None:
+    folder = write_tables(tmp_path / "in", good_batch())
+    mapping = _mapping(tmp_path, "ignore: [orders.csv]\ntables:\n  orders:\n    files: [orders.csv]\n")
+    before = snapshot(wh)
+    with pytest.raises(IngestError, match=r"orders\.csv: the mapping both claims it for table 'orders'"):
+        ingest_batch(folder, wh, Settings(), mapping, as_of=AS_OF)
+    assert_unchanged(wh, before)
+
+
+def test_a_files_pattern_that_matches_nothing_is_a_warning(tmp_path: Path, wh: Warehouse) -> None:
+    folder = write_tables(tmp_path / "in", good_batch())
+    mapping = _mapping(tmp_path, "tables:\n  returns:\n    files: [retouren*.csv]\n")
+    result = ingest_batch(folder, wh, Settings(), mapping, as_of=AS_OF)
+    assert any("returns: files pattern 'retouren*.csv' matches no file" in w for w in result.warnings)
+    assert "matches no file" in validation_report(result, 3)

@@ -178,7 +178,13 @@ def discover_files(data_dir: Path, mapping: Mapping) -> list[tuple[str, Path]]:
             for hit in _glob(data_dir, pattern):
                 claimed[hit] = table
     ignored = {hit for pattern in mapping.ignore for hit in _glob(data_dir, pattern)}
-    ignored |= set(sql_input_files(data_dir, mapping))
+    both = sorted(path for path in ignored if path in claimed)
+    if both:
+        raise IngestError(f"{both[0]}: the mapping both claims it for table {claimed[both[0]]!r} (files) and "
+                          "ignores it (ignore); remove one of the two")
+    # a file another table's SQL reads is an input, not a table, unless the mapping claims it too
+    # (orders.csv loaded as orders and read again to derive customers): then it is both
+    ignored |= {path for path in sql_input_files(data_dir, mapping) if path not in claimed}
     sql_tables = {t for t, tm in mapping.tables.items() if tm.sql}
     found: list[tuple[str, Path]] = []
     for path in sorted(data_dir.rglob("*")):
@@ -194,6 +200,13 @@ def discover_files(data_dir: Path, mapping: Mapping) -> list[tuple[str, Path]]:
             )
         found.append((table, path))
     return found
+
+
+def unmatched_patterns(data_dir: Path, mapping: Mapping) -> list[str]:
+    """The mapping's ``files`` patterns that match nothing in this folder: said, never silent."""
+    return [f"{table}: files pattern {pattern!r} matches no file in {data_dir}; table {table!r} is not "
+            "loaded from this batch"
+            for table, tm in mapping.tables.items() for pattern in tm.files if not _glob(data_dir, pattern)]
 
 
 SQL_INPUT = re.compile(re.escape(DATA_DIR) + r"/([^'\"]+)")
@@ -663,6 +676,7 @@ def ingest_batch(data_dir: Path, wh: Warehouse, settings: Settings, mapping_file
         if not sources:
             raise IngestError(f"{data_dir}: no data files found (expected e.g. orders.csv or orders.parquet)")
         result = _ingest_sources(data_dir, wh, settings, mapping, sources, sandbox, as_of, progress, force)
+    result.warnings[:0] = unmatched_patterns(data_dir, mapping)
     if stale:
         result.notes.append(f"dropped {len(stale)} staging table(s) an interrupted ingestion left behind")
     result.seconds = time.perf_counter() - started
