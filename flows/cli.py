@@ -252,7 +252,7 @@ def _print_trained(results: list[dict[str, Any]]) -> None:
     console.print(_models_table(results))
     for r in results:
         if "skipped" in r:
-            console.print(f"[yellow]{r['model']} skipped:[/] {r['skipped']}")
+            console.print(f"[yellow]{r['model']} skipped:[/] {r['skipped'].removeprefix(r['model'] + ': ')}")
 
 
 def _models_table(results: list[dict[str, Any]]) -> Table:

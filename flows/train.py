@@ -175,7 +175,7 @@ def train_flow(models: list[str] | None = None, cutoff: date | None = None,
     create_markdown_artifact(summary, key="training-summary", description="model vs baselines on the test window")
     for result in results:
         if "skipped" in result:
-            logger.warning("%s skipped: %s", result["model"], result["skipped"])
+            logger.warning("%s skipped: %s", result["model"], result["skipped"].removeprefix(f"{result['model']}: "))
         else:
             logger.info("%s: version %s %s", result["model"], result["version"], result["aliases"])
     if all("skipped" in r for r in results):
