@@ -37,11 +37,13 @@ METRICS_SHOWN = {"roc_auc": "ROC-AUC", "pr_auc": "PR-AUC", "brier": "Brier", "ec
                  "precision_at_k": "precision@k"}
 
 
-def backtest_dates(at: date | None = None, start: date | None = None, end: date | None = None,
+def backtest_dates(at: list[date] | None = None, start: date | None = None, end: date | None = None,
                    every_days: int = 14) -> list[pd.Timestamp]:
-    """One date, or every ``every_days`` from ``start`` to ``end`` (both included when on the grid)."""
-    if at is not None:
-        return [pd.Timestamp(at).normalize()]
+    """The given dates, or every ``every_days`` from ``start`` to ``end`` (both included when on the grid)."""
+    if at and (start is not None or end is not None):
+        raise ValueError("give --at dates or a --from/--to grid, not both")
+    if at:
+        return sorted({pd.Timestamp(day).normalize() for day in at})
     if start is None or end is None or end < start or every_days < 1:
         raise ValueError("give --at, or --from and --to (--from first) with --every of at least one day")
     return list(pd.date_range(pd.Timestamp(start), pd.Timestamp(end), freq=f"{every_days}D"))

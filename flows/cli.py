@@ -351,7 +351,7 @@ def _backtest_table(summary: dict[str, Any]) -> Table:
 def backtest(
     models: Annotated[list[str] | None, typer.Option(
         "--model", help="return, negative_review, churn or all; repeatable (default: all)")] = None,
-    at: Annotated[datetime | None, typer.Option("--at", help="one date to backtest")] = None,
+    at: Annotated[list[datetime] | None, typer.Option("--at", help="a date to backtest; repeatable")] = None,
     start: Annotated[datetime | None, typer.Option("--from", help="first date of a grid")] = None,
     end: Annotated[datetime | None, typer.Option("--to", help="last date of a grid")] = None,
     every: Annotated[str, typer.Option(help="grid step, e.g. 14d or 2w")] = "14d",
@@ -362,7 +362,7 @@ def backtest(
     from flows.backtest import backtest_dates, backtest_flow
 
     try:
-        days = backtest_dates(at.date() if at else None, start.date() if start else None,
+        days = backtest_dates([d.date() for d in at or []], start.date() if start else None,
                               end.date() if end else None, _every_days(every))
     except ValueError as exc:
         err.print(f"[red]{exc}[/]")

@@ -231,3 +231,25 @@ def test_training_summary_has_a_row_per_scorer_with_its_test_metrics() -> None:
     assert row_starting(text, "logistic regression") == ["logistic regression", "0.700", "", "0.125", "", "", ""]
     assert len(rows) == 3  # the rule baseline logged no test metric: no row for it
     assert "## churn: not registered" in text and "too few positive labels" in text
+
+
+def test_backtest_dates_take_every_at_or_a_grid_never_both() -> None:
+    from datetime import date
+
+    from flows.backtest import backtest_dates
+
+    assert backtest_dates([date(2007, 10, 1), date(2007, 6, 1), date(2007, 10, 1)]) == [
+        pd.Timestamp("2007-06-01"), pd.Timestamp("2007-10-01")]  # every --at, in order, once
+    assert backtest_dates(None, date(2007, 6, 1), date(2007, 7, 1), 14) == [
+        pd.Timestamp("2007-06-01"), pd.Timestamp("2007-06-15"), pd.Timestamp("2007-06-29")]
+    with pytest.raises(ValueError, match="not both"):
+        backtest_dates([date(2007, 6, 1)], date(2007, 6, 1), date(2007, 7, 1))
+
+
+def test_a_mixed_backtest_request_stops_before_anything_runs() -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    mixed = CliRunner().invoke(app, ["backtest", "--at", "2007-06-01", "--at", "2007-10-01", "--from", "2007-01-01"])
+    assert mixed.exit_code == 2
