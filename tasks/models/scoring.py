@@ -102,7 +102,10 @@ def find_champions(settings: Settings, models: list[str]) -> tuple[dict[str, Cha
             name = settings.registered_model_name(model)
             try:
                 version = str(resolve_alias(name, CHAMPION, settings).version)
-            except (ModelNotFoundError, AliasNotFoundError) as exc:
+            except ModelNotFoundError:
+                skipped[model] = "no champion: no version registered yet (train registers one or says why not)"
+                continue
+            except AliasNotFoundError as exc:
                 skipped[model] = f"no champion ({exc})"
                 continue
             try:
