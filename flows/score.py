@@ -135,6 +135,10 @@ def score_flow(run_date: date | None = None, models: list[str] | None = None) ->
             tasks, control = empty_task_lists()
         else:
             tasks, control = build_task_list_task(candidates, settings, day, history, held_out)
+        if tasks.empty and not candidates.empty and not gate.held:
+            logger.warning("%s rows above the probability floor on %s, no task: none had a positive expected value "
+                           "(probability x value at stake x effect - action cost), or each customer is cooling "
+                           "down or held out", f"{len(candidates):,}", day.date())
         record_task_risks_task(settings, candidates, tasks, day)  # reasons as codes: words in each customer's language
         paths = write_task_list_task(settings, tasks, control, day)
     summary = gate.banner() + task_list_summary(tasks, control)

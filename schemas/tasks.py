@@ -92,7 +92,8 @@ class TaskList(pa.DataFrameModel):
     probability: Series[float] = pa.Field(ge=0, le=1, description="of the leading risk, rounded")
     value_at_stake: Series[float] = pa.Field(ge=0)
     expected_value: Series[float] = pa.Field(
-        description="probability x value at stake x effect - action cost")
+        description="probability x value at stake x effect - action cost (probability x effect when the data "
+        "carries no amounts for the risk)")
     why: Series[str] = pa.Field(str_matches=NO_UNDERSCORE, description="reasons of every risk, in words")
     other_risks: Series[str] = pa.Field(nullable=True, str_matches=NO_UNDERSCORE)
     related_orders: Series[str] = pa.Field(nullable=True, description="other orders the task covers")

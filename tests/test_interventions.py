@@ -338,6 +338,21 @@ def test_expected_value_uses_the_effect_and_value_on_one_capped_scale(playbook, 
     assert uncapped.iloc[0]["customer_id"] == "big", "without the cap the big spender would lead"
 
 
+def test_a_shop_without_amounts_still_gets_a_list_ranked_by_probability(playbook, catalogue):
+    # a bare purchase log (groceryElog): every value at stake is 0, so value x probability - cost < 0 for all
+    churn = [row(f"k{i}", "churn", p, value=0.0) for i, p in enumerate((0.3, 0.9, 0.6, 0.1))]
+    priced = [row("r0", "return", 0.5, value=0.0), row("r1", "return", 0.5, value=100.0)]
+    tasks, _ = build_task_list(frame(churn + priced), playbook, cfg(), catalogue=catalogue)
+    listed = tasks[tasks["risk_code"] == "churn"]
+    assert listed["customer_id"].tolist() == ["k1", "k2", "k0"], "by probability; below the floor never"
+    assert (listed["value_at_stake"] == 0).all()
+    assert listed["expected_value"].to_numpy() == pytest.approx(listed["peak_probability"] * listed["effect"], abs=0.01)
+    # a priced risk keeps the money scale: its zero-value row costs more than it saves
+    assert set(tasks.loc[tasks["risk_code"] == "return", "customer_id"]) == {"r1"}
+    summary = task_list_summary(tasks)
+    assert "no amounts for churn" in summary and "return" not in summary.split("no amounts for")[1].split(":")[0]
+
+
 def test_measured_uplift_pulls_the_prior_and_the_list_says_so(playbook, catalogue):
     scored = frame([row("a", "return", 0.8, 1000.0), row("b", "churn", 0.8, 1000.0)])
     effects = pd.DataFrame({"risk": ["return"], "action_id": ["size_guide_exchange"], "effect": [0.02],

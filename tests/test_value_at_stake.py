@@ -66,3 +66,15 @@ def test_only_overdue_orders_are_the_late_delivery_watch() -> None:
     frame = pd.DataFrame({"moment": pd.Categorical(["shipped", "overdue", "delivered"]), "is_delivered": [0, 0, 1]})
     assert list(risk_of_rows("negative_review", frame)) == ["negative_review", "late_delivery", "negative_review"]
     assert list(risk_of_rows("return", frame)) == ["return"] * 3
+
+
+def test_without_amounts_the_candidates_are_the_most_likely() -> None:
+    """A purchase log without prices: every value at stake is 0, so the probability alone picks who is explained."""
+    rng = np.random.default_rng(3)
+    scored = pd.DataFrame({"risk": "churn", "customer_id": [f"c{i}" for i in range(500)],
+                           "probability": rng.uniform(0.2, 1.0, 500), "value_at_stake": 0.0})
+    settings = S.model_copy(update={"scoring": S.scoring.model_copy(
+        update={"queue_capacity": {"default": 10}, "explain_headroom": 2.0})})
+    kept = list_candidates(scored, settings)
+    assert len(kept) == 20
+    assert kept["probability"].min() >= scored["probability"].nlargest(20).min()

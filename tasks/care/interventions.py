@@ -6,7 +6,10 @@ The steps, each a small pure function over DataFrames:
    expected value = probability x value at stake x effect - action cost, where the value at stake
    is capped at ``value_cap_multiple`` x the day's median (a low-probability big spender cannot
    outrank a likely loss on value alone) and the effect is the action's prior from the playbook,
-   shrunk towards the measured uplift of that risk and action once there is one (``effect_used``);
+   shrunk towards the measured uplift of that risk and action once there is one (``effect_used``).
+   A risk with no value at stake anywhere in the day (an export without amounts) is ranked by
+   probability x effect instead, its action cost unweighed: a cost in money cannot be set against
+   a value nobody knows, and the list must not go empty for want of prices;
 2. one task per customer and day: the customer's highest-expected-value risk leads (its action,
    queue, order and expected value), the other risks and every reason ride along in words;
    customers whose leading expected value is not positive are dropped (a contact that costs more
@@ -199,16 +202,26 @@ def effect_used(rows: pd.DataFrame, effects: pd.DataFrame | None) -> tuple[pd.Se
     return used, pd.Series(source, index=rows.index, dtype="str")
 
 
+def value_unknown(rows: pd.DataFrame) -> pd.Series:
+    """True for the rows of a risk none of whose rows that day has a value at stake (no amounts in the data)."""
+    known = rows[ScoredRows.value_at_stake].astype(float).gt(0).groupby(rows[ScoredRows.risk]).transform("any")
+    return ~known.astype(bool)
+
+
 def add_expected_value(rows: pd.DataFrame, cfg: ScoringSettings | None = None,
                        effects: pd.DataFrame | None = None) -> pd.DataFrame:
-    """probability x value at stake (capped) x effect - action cost (rows carry their playbook action)."""
+    """probability x value at stake (capped) x effect - action cost (rows carry their playbook action).
+
+    Without any value at stake for a risk that day, probability x effect (see the module's step 1).
+    """
     cfg = cfg or ScoringSettings()
     out = rows.copy()
     out[VALUE_RAW] = out[ScoredRows.value_at_stake].astype(float)
     out[ScoredRows.value_at_stake] = cap_values(out[VALUE_RAW], cfg.value_cap_multiple)
     out[TaskList.effect], out[TaskList.effect_source] = effect_used(out, effects)
-    out[EXPECTED_VALUE] = (out[ScoredRows.probability] * out[ScoredRows.value_at_stake] * out[TaskList.effect]
-                           - out[ACTION_COST])
+    saved_share = out[ScoredRows.probability] * out[TaskList.effect]
+    out[EXPECTED_VALUE] = (saved_share * out[ScoredRows.value_at_stake] - out[ACTION_COST]).where(
+        ~value_unknown(out), saved_share)
     return out
 
 
@@ -592,6 +605,14 @@ def write_task_list(wh: Warehouse, tasks: pd.DataFrame, control: pd.DataFrame, r
     return paths
 
 
+def unpriced_risks(tasks: pd.DataFrame) -> set[str]:
+    """Risks listed with no value at stake (only a day without amounts lists those: see add_expected_value)."""
+    if tasks.empty or TaskList.risk_code not in tasks:
+        return set()
+    zero = tasks[TaskList.value_at_stake].astype(float).le(0).groupby(tasks[TaskList.risk_code]).all()
+    return set(zero[zero].index.astype(str))
+
+
 def task_list_summary(tasks: pd.DataFrame, control: pd.DataFrame | None = None) -> str:
     """Markdown: tasks and expected value per queue, and per queue and action."""
     if tasks.empty:
@@ -609,6 +630,10 @@ def task_list_summary(tasks: pd.DataFrame, control: pd.DataFrame | None = None) 
         lines[-1] += (f" Expected value = probability x value at stake x effect - cost; the effect is the "
                       f"playbook's prior for {len(tasks) - measured} tasks and the prior pulled towards measured "
                       f"uplift for {measured} (column effect_source).")
+    unpriced = sorted(unpriced_risks(tasks))
+    if unpriced:
+        lines[-1] += (f" The data carries no amounts for {', '.join(unpriced)}: those tasks are ranked by "
+                      f"probability x effect, and the action's cost is not weighed against them.")
     by_queue = tasks.groupby(TaskList.queue, as_index=False).agg(
         tasks=(TaskList.task_id, "size"), **{"expected value": (TaskList.expected_value, "sum")})
     by_action = (tasks.groupby([TaskList.queue, TaskList.action, TaskList.channel]).size()

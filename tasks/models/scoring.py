@@ -256,13 +256,16 @@ def score_model(wh: Warehouse, champion: Champion, run_date: pd.Timestamp, setti
 def list_candidates(scored: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """Rows that can reach the list: above the floor and among the best by expected value.
 
-    Per risk, at most ``explain_headroom`` times the day's total capacity: cool-downs, the
+    Per risk, at most ``explain_headroom`` times the day's total capacity (by probability x value,
+    by probability alone when the data carries no amounts for it): cool-downs, the
     one-task-per-customer merge and the control draw remove some, the rest never make it.
     """
     cfg = settings.scoring
     eligible = scored[scored["probability"] >= cfg.min_probability]
     limit = int(cfg.explain_headroom * sum(cfg.queue_capacity.values()))
-    gain = eligible["probability"] * eligible["value_at_stake"]
+    value = eligible["value_at_stake"].astype(float)
+    priced = value.gt(0).groupby(eligible["risk"]).transform("any").astype(bool)
+    gain = eligible["probability"] * value.where(priced, 1.0)  # no amounts for a risk: its probability ranks
     ranked = eligible.assign(_gain=gain).sort_values("_gain", ascending=False, kind="stable")
     return ranked.groupby("risk", sort=False).head(limit).drop(columns="_gain")
 
