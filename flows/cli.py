@@ -329,8 +329,8 @@ def _backtest_table(summary: dict[str, Any]) -> Table:
     table = Table("date", "scorer", "ROC-AUC", "PR-AUC", "Brier", "ECE", "p@k", box=box.SIMPLE_HEAD,
                   title=f"{summary['model']}: backtest (95 % bootstrap intervals)", padding=(0, 1))
     for entry in summary["dates"]:
-        if not entry["ok"]:
-            table.add_row(entry["date"], "[yellow]none[/]", entry["refusal"][:60], "", "", "", "")
+        if not entry["ok"]:  # the reason is printed whole below the table
+            table.add_row(entry["date"], "[yellow]not judged[/]", "", "", "", "", "")
     for day, scorers in summary["metrics"].items():
         first = True
         for scorer in ("model", "logistic", "rule", "model-logistic"):
@@ -378,6 +378,8 @@ def backtest(
                 chosen = f"; {entry['chosen']}" if entry.get("chosen") else ""
                 console.print(f"  {entry['date']}: {entry['rows']:,} rows, {entry['positives']:,} positive; p@k = {k}"
                               f"{chosen}", highlight=False)
+            else:
+                console.print(f"  {entry['date']} not judged: {entry['refusal']}", style="yellow", highlight=False)
         # a path people copy: the terminal may wrap it, rich must not break it with a newline
         console.print(f"  rows: {result['files'][summary['model']][0]}", highlight=False, soft_wrap=True)
     console.print(f"MLflow: experiment {result['experiment']}, runs {', '.join(result['runs'].values())}")

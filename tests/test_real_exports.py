@@ -198,3 +198,9 @@ def test_backtest_runs_on_the_real_export_sample(settings, prefect_api, monkeypa
 
     assert roc_auc_score(rows["label"], rows["model"]) > 0.65  # real signal: recency separates the churned
     assert "Δ vs logit" in done.output and "rows:" in done.output
+    # a date whose labels cannot have matured in a 12-month export: refused in words, whole, and exit 1
+    immature = CliRunner().invoke(app, ["backtest", "--model", "churn", "--at", "2017-12-01", "--out", str(out)],
+                                  terminal_width=80)
+    assert immature.exit_code == 1, immature.output
+    said = " ".join(immature.output.split())
+    assert "2017-12-01 not judged: churn at 2017-12-01: its labels need data up to 2018-03-01" in said, said

@@ -452,6 +452,8 @@ def log_backtest_run(model: str, results: Sequence[BacktestResult], settings: Se
                     mlflow.log_metric(metric, float(value), step=step or 0)
         for path in files:
             mlflow.log_artifact(str(path), "backtest")
+        if not any(r.ok for r in results):  # nothing judged: the refusals above say why, no empty plot
+            return run.info.run_id
         figure = Figure(figsize=(8, 5), layout="constrained")
         axes = figure.subplots(1, 2)
         for ax, metric in zip(axes, ("roc_auc", "pr_auc"), strict=True):
