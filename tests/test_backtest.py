@@ -195,6 +195,20 @@ def test_backtest_rows_are_the_population_at_the_date(
     assert [m.step for m in history] == [int(f"{T:%Y%m%d}")]
 
 
+def test_an_export_without_returns_is_told_so_before_any_window(tmp_path: Path, frames) -> None:
+    """A receipt log (Ta-Feng) has no returns: that, not 'history too short', is why no return model."""
+    from tasks.models.datasets import NotEnoughData
+
+    receipts = {k: v for k, v in frames.items() if k not in ("returns", "reviews")}
+    w = load(tmp_path / "receipts.duckdb", receipts)
+    try:
+        for model, table in (("return", "returns"), ("negative_review", "reviews")):
+            with pytest.raises(NotEnoughData, match=f"{model}: the data has no {table}, so there is no outcome"):
+                fit_as_of(w, model, S)
+    finally:
+        w.close()
+
+
 def test_an_immature_date_is_refused_in_words(wh) -> None:
     with pytest.raises(NotMatured, match="labels need data up to"):
         check_matured(wh, "churn", END - pd.Timedelta(days=30), S)

@@ -49,7 +49,7 @@ from tasks.models.datasets import (
 )
 from tasks.models.evaluation import bootstrap_intervals, classification_metrics, interval_metrics
 from tasks.models.features import as_timestamp
-from tasks.models.labels import data_end, key_columns, label_horizon_days
+from tasks.models.labels import LABEL_CLOCKS, data_end, key_columns, label_horizon_days
 from tasks.models.training import (
     AftersalesModel,
     Baselines,
@@ -135,6 +135,14 @@ def guard_message(model: str, counts: dict[str, tuple[int, int]], minimum: int) 
     return f"{model}: not registered — {', '.join(short)}; at least {minimum} are needed"
 
 
+def refuse_without_outcomes(wh: Warehouse, model: ModelName) -> None:
+    """No returns (or reviews) at all is the reason to give, before any talk of windows and origins."""
+    table = LABEL_CLOCKS[model][-1][0]
+    if not wh.has_table(table) or int(wh.query(f'SELECT count(*) AS n FROM "{table}"')["n"].iloc[0]) == 0:
+        raise NotEnoughData(f"{model}: the data has no {table}, so there is no outcome to learn from "
+                            f"(map a {table} file to train it)")
+
+
 def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.array([], dtype=float)
 
@@ -143,6 +151,7 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
     """Plan, build, tune on the older origins, test on the newest, guard, refit, calibrate (see module)."""
     started = time.perf_counter()
     clock = Stopwatch()
+    refuse_without_outcomes(wh, model)
     plan = plan_cutoffs(wh, model, settings)
     frame = build_training_frame(wh, model, plan, settings, cache)
     clock.lap("training frame")
