@@ -9,8 +9,9 @@ import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
-from flows.runtime import run_day
+from flows.runtime import failure_reason, run_day
 from schemas.settings import get_settings
 from tasks.data.warehouse import open_warehouse
 from tasks.insight.journeys import JourneyRun, analyse_journeys, journeys_report, write_journeys
@@ -42,11 +43,14 @@ def publish(run: JourneyRun) -> Path:
 
 
 @flow(name="journeys")
-def journeys_flow(run_date: date | datetime | str | None = None) -> dict:
+def journeys_flow(run_date: date | datetime | str | None = None) -> dict | State:
     """Rebuild every delivered order's journey as of the run date, model what comes next, report."""
     logger = get_run_logger()
     day = run_day(run_date)
-    run = analyse(day)
+    analysed = analyse(day, return_state=True)
+    if analysed.is_failed():
+        return Failed(message=failure_reason(analysed))
+    run = analysed.result()
     store(run)
     report = publish(run)
     ev = run.evaluation.set_index("model")

@@ -73,7 +73,8 @@ def text_flow(train_until: date | None = None) -> dict[str, Any] | State:
             update={"train_until": str(train_until)})})
     texts = load_texts_task(settings)
     if texts.empty:
-        return Failed(message="the warehouse holds no review, ticket or return texts; ingest a batch first")
+        return Failed(message="this shop's data holds no review, ticket or return text: nothing to learn from "
+                      "(map a reviews, tickets or returns file with its text column to analyse texts)")
     state = train_models(texts, settings, return_state=True)
     if state.is_failed():
         logger.error("text models not trained: %s", state.message)

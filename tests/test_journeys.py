@@ -177,3 +177,33 @@ def test_journeys_flow_end_to_end(shop, settings: Settings, prefect_api: None) -
     report = Path(result["report"]).read_text(encoding="utf-8")
     assert "naive baseline" in report and "Ordered again" in report and "data:image/png;base64," in report
     assert "next_order" not in report.split("<img")[0]
+
+
+def test_a_window_without_deliveries_is_evaluated_on_nothing_not_a_crash(tmp_path: Path) -> None:
+    """The later window holds no delivered order (a quiet spell, or the data ends): 0 transitions."""
+    wh = Warehouse(tmp_path / "w.duckdb")
+    try:
+        handmade(wh)
+        evaluation = evaluate_models(wh, day(1000), Settings())
+    finally:
+        wh.close()
+    assert (evaluation.table["transitions"] == 0).all() and len(evaluation.table) >= 1
+
+
+def test_a_shop_without_delivery_dates_is_told_so(settings: Settings, prefect_api: None) -> None:
+    """groceryElog, Complete Journey: orders, no delivery dates. Was: KeyError 'step'."""
+    from flows.journeys import journeys_flow
+
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    wh = Warehouse(settings.warehouse_path)
+    try:
+        wh.append("customers", pd.DataFrame({"customer_id": ["c1", "c2"]}))
+        wh.append("orders", pd.DataFrame({
+            "order_id": ["o1", "o2"], "customer_id": ["c1", "c2"], "ordered_at": [day(-3), day(5)],
+            "delivered_at": pd.Series([pd.NaT, pd.NaT], dtype="datetime64[us]"), "status": "placed",
+            "total_amount": 10.0}))
+    finally:
+        wh.close()
+    state = journeys_flow(run_date=day(60).date(), return_state=True)
+    assert state.is_failed()
+    assert "no order delivered by" in state.message and "map delivered_at" in state.message

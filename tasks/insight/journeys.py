@@ -308,9 +308,12 @@ def bad_outcome_probabilities(first_order: pd.DataFrame, bad_steps: tuple[str, .
 
 def bad_ahead_labels(steps: pd.DataFrame, bad_steps: tuple[str, ...]) -> pd.DataFrame:
     """For closed journeys: each non-terminal state occurrence and whether a bad step followed."""
+    if steps.empty:  # no order delivered in the window (a shop without delivery dates, a quiet spell)
+        return pd.DataFrame({"order_id": pd.Series(dtype=str), "state": pd.Series(dtype=str),
+                             "y": pd.Series(dtype=int)})
     s = steps.copy()
-    closed = s.groupby("order_id")["step"].transform(lambda x: x.iloc[-1] in TERMINAL_STEPS)
-    s = s[closed]
+    closed = s.groupby("order_id")["step"].transform(lambda x: x.iloc[-1] in TERMINAL_STEPS).astype(bool)
+    s = s[closed.to_numpy()]
     bad = s["step"].isin(bad_steps).astype(int)
     # bad steps strictly after each position: reverse cumulative max within the order, shifted
     later = bad[::-1].groupby(s["order_id"][::-1]).cummax()[::-1]
@@ -504,11 +507,18 @@ def _dated(model: Any, df: pd.DataFrame, day: pd.Timestamp) -> pd.DataFrame:
     return out.astype(dict.fromkeys(stamps, "datetime64[us]"))
 
 
+class NoJourneys(ValueError):
+    """Nothing was delivered: there is no journey to analyse (said in words, not a KeyError)."""
+
+
 def analyse_journeys(wh: Warehouse, run_date: Any, settings: Settings) -> JourneyRun:
     """Paths, stage times, the fitted model, open-journey predictions and the later-window evaluation."""
     cfg = settings.analytics.journeys
     day = as_timestamp(run_date).normalize()
     steps = journey_steps(wh, day, settings)
+    if steps.empty:
+        raise NoJourneys(f"no order delivered by {day:%Y-%m-%d}: a journey starts at delivery, and this shop's "
+                         "orders carry no delivery date (map delivered_at to analyse journeys)")
     trans = transitions(steps, cfg.markov_order)
     real = trans[trans["ctx1"] != START]
     model = NextStepModel.fit(real, cfg.markov_order, cfg.min_context_count, tuple(cfg.bad_steps))

@@ -162,7 +162,8 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
                             f"{plan.latest:%Y-%m-%d}")
     if len(plan.origins) < 2:
         raise NotEnoughData(
-            f"{model}: only {len(plan.origins)} rolling origin with matured training rows before it (2 needed: "
+            f"{model}: only {len(plan.origins)} rolling origin{'' if len(plan.origins) == 1 else 's'} with matured "
+            f"training rows before it (2 needed: "
             f"one to choose and calibrate, one to test); the history from {plan.first_order:%Y-%m-%d} is too "
             f"short for the {plan.horizon_days}-day label window")
     features = feature_columns(model)
