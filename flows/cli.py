@@ -766,8 +766,22 @@ def uplift(
     from flows.uplift import uplift_flow
 
     result = _finish(uplift_flow(as_day(since), as_day(until), return_state=True), "uplift")
-    console.print(result["markdown"])
-    console.print(f"report: {result['report']}")
+    if not result["table"]:  # no control or no closed window yet: the report is one sentence, say it
+        console.print(result["markdown"].removeprefix("## Uplift of care tasks").strip(), highlight=False)
+    else:
+        table = Table(box=box.SIMPLE_HEAD, padding=(0, 1),
+                      title="uplift: bad-outcome rates, contacted vs control (effect: share prevented)")
+        for heading in result["table"][0]:
+            table.add_column(heading, overflow="fold")
+        for row in result["table"]:
+            table.add_row(*(str(value) for value in row.values()))
+        console.print(table)
+        if result["contaminations"]:
+            console.print(f"[yellow]{result['contaminations']} contacts of held-out customers[/]: "
+                          f"{result['contamination_file']}", soft_wrap=True)
+    # a path people copy: the terminal may wrap it, rich must not break it with a newline
+    console.print(f"report (intervals, power, weeks to a readout): {result['report']}", soft_wrap=True,
+                  highlight=False)
 
 
 outcomes_app = typer.Typer(help="What agents did with their tasks, back from a helpdesk export.",

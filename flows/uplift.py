@@ -9,7 +9,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from schemas.settings import get_settings
-from tasks.care.uplift import uplift_report_task
+from tasks.care.uplift import terminal_rows, uplift_report_task
 
 
 @flow(name="uplift")
@@ -32,4 +32,5 @@ def uplift_flow(since: date | None = None, until: date | None = None) -> dict[st
     contaminated = int((analysis.contamination["kind"] == "contamination").sum()) if len(analysis.contamination) else 0
     return {"markdown": analysis.markdown, "report": str(path), "contamination_file": str(flagged),
             "rows": len(analysis.by_risk), "contaminations": contaminated,
-            "effects": analysis.effects.to_dict(orient="records")}
+            "effects": analysis.effects.to_dict(orient="records"),
+            "table": terminal_rows(analysis, settings.care.confidence)}

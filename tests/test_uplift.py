@@ -14,6 +14,7 @@ from tasks.care.playbook import load_playbook
 from tasks.care.uplift import (
     contamination,
     minimum_detectable,
+    terminal_rows,
     two_arms,
     units_needed,
     uplift_analysis,
@@ -143,6 +144,14 @@ def test_uplift_interval_contains_the_true_difference(tmp_path: Path):
         assert "Newcombe" in md and "Warning" not in md and "size_guide_exchange" in md
         row = row_starting(md, "return")
         assert row[1:3] == [str(len(tasks)), str(len(control))] and row[9] == "fewer bad outcomes with contact"
+        # the terminal's cut of the same figures: five columns, nothing lost that a person reads first
+        analysis = uplift_analysis(wh, settings)
+        shown = terminal_rows(analysis, settings.care.confidence)
+        actions = [f"return / {a}" for a in analysis.by_action["action_id"]]
+        assert [line["risk / action"] for line in shown] == ["return", *actions]
+        assert shown[0]["contacted"] == f"{r['rate_treated']:.1%} of {len(tasks):,}"
+        assert shown[0]["control"].endswith(f"of {len(control):,}")
+        assert shown[0]["verdict"] == "fewer bad outcomes with contact" and " to " in shown[0]["effect (95% CI)"]
     finally:
         wh.close()
 

@@ -447,6 +447,20 @@ def uplift_markdown(analysis: UpliftAnalysis, confidence: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def terminal_rows(analysis: UpliftAnalysis, confidence: float) -> list[dict[str, str]]:
+    """The effects cut to what fits a terminal, per risk then per risk and action (the report has the rest)."""
+    if analysis.by_risk.empty or int(analysis.by_risk["n_control"].sum()) == 0:
+        return []
+    level = f"{confidence:.0%}"
+    rows = [_cells(r, "risk", r.risk, level) for r in analysis.by_risk.itertuples()]
+    rows += [_cells(r, "risk", f"{r.risk} / {r.action_id}", level) for r in analysis.by_action.itertuples()]
+    return [{"risk / action": row["risk"],
+             "contacted": f"{row['treated rate']} of {row['treated n']:,}",
+             "control": f"{row['control rate']} of {row['control n']:,}",
+             f"effect ({level} CI)": f"{row['effect']} ({row['effect CI']})",
+             "verdict": row["verdict"]} for row in rows]
+
+
 def _cells(r: Any, heading: str, label: str, level: str) -> dict[str, Any]:
     """One row of an effects table, numbers as the report shows them (percentages, "n/a", weeks)."""
     ci = "n/a" if not math.isfinite(r.ci_low) else f"{_pct(r.ci_low)} to {_pct(r.ci_high)}"
