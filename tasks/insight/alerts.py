@@ -73,7 +73,8 @@ class SourceEnd:
         line = f"{words.capitalize()}: {self.rows:,} rows, up to {self.end - pd.Timedelta(days=1):%d %b %Y}"
         if self.last is not None and self.last >= self.end:
             stray = self.last.normalize() - (self.end - pd.Timedelta(days=1))
-            line += f" (a few stray rows up to {self.last:%d %b %Y}, {stray.days} days later, are left out)"
+            days = f"{stray.days} day{'' if stray.days == 1 else 's'}"
+            line += f" (a few stray rows up to {self.last:%d %b %Y}, {days} later, are left out)"
         return line + "."
 
 
