@@ -65,6 +65,16 @@ def test_the_registered_model_is_refitted_on_every_matured_cutoff(wh) -> None:
     # the test metrics come from a model trained before the test window: they differ from the refit's
     refit_scores = fit.trained.predict_proba(fit.splits.X_test)
     assert not np.allclose(refit_scores, fit.splits.test_scores["model"])
+    # the registered map is re-anchored on the newest matured window (here: the test window's cutoffs)
+    calibrator = fit.trained.model.calibrator
+    assert "recentred" in calibrator.describe() and "recentred" in fit.trained.calibration_method
+    assert refit_scores.mean() == pytest.approx(fit.splits.y_test.mean(), abs=1e-4)
+    plain = fit_as_of(wh, "return", S.model_copy(update={"training": S.training.model_copy(
+        update={"recentre_calibration": False})}))
+    assert "recentred" not in plain.trained.calibration_method and plain.trained.model.calibrator.recentring == 0
+    unshifted = plain.trained.predict_proba(fit.splits.X_test)
+    assert not np.allclose(unshifted, refit_scores)  # the same booster and map, moved in level only:
+    assert (np.diff(refit_scores[np.argsort(unshifted, kind="stable")]) >= -1e-12).all()
 
 
 def after(frames: dict[str, pd.DataFrame], day: pd.Timestamp) -> dict[str, pd.DataFrame]:

@@ -21,6 +21,7 @@ from tasks.models.evaluation import (
     precision_recall_at_k,
 )
 from tasks.models.training import (
+    Calibrator,
     DataSplits,
     RuleSpec,
     score_window,
@@ -282,3 +283,23 @@ def test_linear_fit_is_reproducible_and_its_importance_covers_every_feature(sett
     assert set(importance) == set(X.columns) and min(importance.values()) >= 0
     assert max(importance, key=importance.get) == "recency_days"
     assert trained.importance_kind != "total gain"
+
+
+def test_recentring_moves_the_level_of_a_map_and_keeps_its_order():
+    """A map learnt on weaker fold models over-predicts the refit: re-anchored on a window's rate, not re-ranked."""
+    rng = np.random.default_rng(4)
+    raw = rng.uniform(0.01, 0.3, 4000)
+    y = (rng.uniform(size=raw.size) < raw).astype(float)
+    for method in ("sigmoid", "isotonic"):
+        calibrator = Calibrator(method).fit(raw, y)
+        newer = raw * 1.8  # the refit's scores on the newest window sit higher, the window's rate does not
+        before = calibrator.transform(newer)
+        calibrator.recentre(newer, float(y.mean()))
+        after = calibrator.transform(newer)
+        assert before.mean() > y.mean() + 0.03, method
+        assert after.mean() == pytest.approx(y.mean(), abs=1e-4), method
+        assert (np.diff(after[np.argsort(before, kind="stable")]) >= -1e-12).all(), method  # the same order
+        assert calibrator.recentring < 0 and "recentred" in calibrator.describe()
+    single = Calibrator("identity", scale="score").recentre(raw, 0.2)
+    assert single.recentring == 0, "a rule's score is no probability: nothing to re-anchor"
+    assert Calibrator("sigmoid").fit(raw, y).recentre(raw, 0.0).recentring == 0, "a window of one class moves nothing"

@@ -205,6 +205,7 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
     oof: dict[str, list[np.ndarray]] = {"model": [], "baseline_logreg": [], "baseline_rule": []}
     tuned = dict(zip((f.origin for f in tuning_folds), tuning.boosters, strict=True))
     chosen = data.for_config(tuning.config)  # the matrix the chosen booster reads (trees or linear design)
+    booster = None
     for f in folds:
         booster = tuned[f.origin] if f.origin in tuned else fit_booster(chosen, f.train, tuning.params, tuning.rounds)
         oof["model"].append(raw_scores(booster, chosen, f.evaluate))
@@ -227,6 +228,12 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
 
     test_cal = calibrators(len(older))
     test_rows = newest.evaluate
+    window_size = frame[CUTOFF].iloc[test_rows].nunique()
+    if settings.training.recentre_calibration and booster is not None:
+        # the test mirrors the registered model: the newest fold's booster, its map re-anchored on
+        # the newest window it was trained on (see Calibrator.recentre)
+        anchor = newest_window(frame[CUTOFF], newest.train, window_size)
+        test_cal["model"].recentre(raw_scores(booster, chosen, anchor), float(y[anchor].mean()))
     test_scores = {name: test_cal[name].transform(oof[name][-1]) for name in oof}
     test_scores["baseline_rule"] = np.clip(test_scores["baseline_rule"], 0.0, 1.0)
     test_scores["model_raw"] = oof["model"][-1]
@@ -252,6 +259,10 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
     clock.lap("refit booster")
     registered = AftersalesModel(booster, final_cal["model"], features, data.categories, data.nthread,
                                  design=chosen.design)
+    if settings.training.recentre_calibration:
+        anchor = newest_window(frame[CUTOFF], refit, window_size)
+        final_cal["model"].recentre(registered.raw_proba(X.iloc[anchor]), float(y[anchor].mean()))
+        notes.append(f"calibration of the registered model: {final_cal['model'].describe()}")
     on_test = registered.raw_proba(X.iloc[test_rows])
     if (message := _unusable(model, final_cal["model"], on_test, "on all origins")) is not None:
         fit.refusal = message
@@ -285,6 +296,14 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
         extra_metrics=interval_metrics(fit.intervals, INTERVAL_PREFIX)
         | {"tuning_best_score": float(tuning.table.loc[tuning.table["chosen"], "score"].iloc[0])})
     return fit
+
+
+def newest_window(cutoffs: pd.Series, positions: np.ndarray, size: int) -> np.ndarray:
+    """The rows among ``positions`` at their ``size`` latest cutoffs: the newest matured window."""
+    positions = np.asarray(positions, dtype=int)
+    at = pd.to_datetime(cutoffs.iloc[positions]).to_numpy()
+    latest = np.sort(np.unique(at))[-max(1, int(size)):]
+    return positions[np.isin(at, latest)]
 
 
 def _unusable(model: str, calibrator: Any, raw: np.ndarray, where: str) -> str | None:
