@@ -152,6 +152,7 @@ def test_uplift_interval_contains_the_true_difference(tmp_path: Path):
         assert shown[0]["contacted"] == f"{r['rate_treated']:.1%} of {len(tasks):,}"
         assert shown[0]["control"].endswith(f"of {len(control):,}")
         assert shown[0]["verdict"] == "fewer bad outcomes with contact" and " to " in shown[0]["effect (95% CI)"]
+        assert shown[0]["reached"] == f"{100 / len(tasks):.1%}"
     finally:
         wh.close()
 

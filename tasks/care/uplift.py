@@ -448,7 +448,8 @@ def uplift_markdown(analysis: UpliftAnalysis, confidence: float) -> str:
 
 
 def terminal_rows(analysis: UpliftAnalysis, confidence: float) -> list[dict[str, str]]:
-    """The effects cut to what fits a terminal, per risk then per risk and action (the report has the rest)."""
+    """The effects cut to what fits a terminal, per risk then per risk and action (the report has the rest);
+    ``reached``: the share of contacted customers agents recorded as reached (an effect is diluted by the rest)."""
     if analysis.by_risk.empty or int(analysis.by_risk["n_control"].sum()) == 0:
         return []
     level = f"{confidence:.0%}"
@@ -458,7 +459,7 @@ def terminal_rows(analysis: UpliftAnalysis, confidence: float) -> list[dict[str,
              "contacted": f"{row['treated rate']} of {row['treated n']:,}",
              "control": f"{row['control rate']} of {row['control n']:,}",
              f"effect ({level} CI)": f"{row['effect']} ({row['effect CI']})",
-             "verdict": row["verdict"]} for row in rows]
+             "verdict": row["verdict"], "reached": row["reached"]} for row in rows]
 
 
 def _cells(r: Any, heading: str, label: str, level: str) -> dict[str, Any]:
