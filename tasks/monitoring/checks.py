@@ -212,7 +212,8 @@ def numeric_drift(feature: str, reference: pd.Series, current: pd.Series, cfg: M
     a, b = ref[np.isfinite(ref)], cur[np.isfinite(cur)]
     statistic = p_value = None
     if a.size and b.size:
-        result = stats.ks_2samp(a, b)
+        exact = max(a.size, b.size) <= cfg.ks_exact_max_rows
+        result = stats.ks_2samp(a, b, method="exact" if exact else "asymp")
         statistic, p_value = float(result.statistic), float(result.pvalue)
     return FeatureDrift(feature, kind, "ks", value, statistic, p_value,
                         float(np.mean(~np.isfinite(ref))) if ref.size else None,
