@@ -135,6 +135,40 @@ def test_severe_drift_holds_the_list_but_keeps_the_scores(shop: Shop, use) -> No
     assert row["held"] and "severe drift" in row["reason"]
 
 
+def test_the_monitor_reuses_the_gates_statistics_only_while_they_describe_the_days_scores(shop: Shop, use) -> None:
+    from tasks.monitoring.checks import drift_for_day, stored_gate_drift
+
+    def verdicts(results: dict) -> dict:
+        return {m: (r.model_version, r.status, r.current_rows,
+                    [(c.feature, c.psi, c.p_value, c.status, c.reason) for c in r.checks]) for m, r in results.items()}
+
+    settings = use(shop.shifted, gate="flag")
+    score()
+    wh = Warehouse(shop.shifted)
+    try:
+        stored, fresh = stored_gate_drift(wh, settings, RUN_DATE), drift_for_day(wh, settings, RUN_DATE)
+        assert stored is not None and verdicts(stored) == verdicts(fresh)
+        assert stored["return"].severe(settings.monitoring) and "carrier_late_rate" in stored["return"].drifted
+        lenient = settings.monitoring.model_copy(update={"psi_drift": 50.0, "missing_delta": 1.0, "unseen_share": 1.0})
+        lenient_limits = settings.model_copy(update={"monitoring": lenient})
+        rejudged = stored_gate_drift(wh, lenient_limits, RUN_DATE)
+        assert rejudged["return"].drifted == [], "the verdicts are judged again under today's limits"
+        day = pd.Timestamp(RUN_DATE).to_pydatetime()
+        wh.con.execute("UPDATE scores SET model_version = 'aftersales-return v9' "
+                       "WHERE run_date = ? AND risk = 'return'", [day])
+        assert stored_gate_drift(wh, settings, RUN_DATE) is None, "scores of another version: computed again"
+    finally:
+        wh.close()
+    use(shop.shifted, gate="off")
+    score()  # rescoring without a gate forgets the earlier run's verdicts
+    wh = Warehouse(shop.shifted)
+    try:
+        assert stored_gate_drift(wh, get_settings(), RUN_DATE) is None
+        assert wh.scalar("SELECT count(*) FROM monitoring_runs WHERE run_date = ?", [day]) == 0
+    finally:
+        wh.close()
+
+
 def test_crossing_a_threshold_triggers_exactly_one_retrain_then_cools_down(shop: Shop, use) -> None:
     from flows.monitor import monitor_flow
 

@@ -571,6 +571,64 @@ def write_drift(wh: Warehouse, checks: pd.DataFrame, runs: pd.DataFrame, run_dat
     wh.replace_partition(DRIFT_RUNS_TABLE, runs, where=where)
 
 
+def _stored_check(row: Mapping[str, Any], cfg: MonitoringSettings) -> FeatureDrift:
+    """A stored check's statistics, judged again under today's thresholds."""
+    def number(name: str) -> float | None:
+        return _finite(row[name])
+
+    unseen = row["unseen_values"]
+    check = FeatureDrift(str(row["feature"]), str(row["kind"]), str(row["test"]), number("psi"), number("statistic"),
+                         number("p_value"), number("reference_missing"), number("current_missing"),
+                         number("unseen_share"), unseen if isinstance(unseen, str) else None,
+                         int(row["reference_rows"]), int(row["current_rows"]))
+    return judge(check, cfg)
+
+
+def stored_gate_drift(wh: Warehouse, settings: Settings, run_date: Any) -> dict[str, ModelDrift] | None:
+    """The scoring run's own drift of the day, when it still describes the day's scores; else None.
+
+    The gate already compared the day's population with each scoring version's reference: the same
+    statistics the monitor would compute again (and the reference load from MLflow is most of the
+    cost). Only the verdicts are redone, under today's thresholds. Used only when every model's row
+    was written by the gate and names the version that scored the day's rows as they stand now.
+    """
+    if not (wh.has_table(DRIFT_RUNS_TABLE) and wh.has_table(DRIFT_TABLE)):
+        return None
+    day = _day(run_date).to_pydatetime()
+    runs = wh.query(f'SELECT * FROM "{DRIFT_RUNS_TABLE}" WHERE run_date = ?', [day])
+    scores = scores_of_day(wh, run_date)
+    models = list(settings.training.models)
+    if len(runs) != runs["model"].nunique() or set(runs["model"]) != set(models) or (runs["source"] != "score").any():
+        return None
+    checks = wh.query(f'SELECT * FROM "{DRIFT_TABLE}" WHERE run_date = ? ORDER BY rowid', [day])
+    cfg, out = settings.monitoring, {}
+    for run in runs.to_dict("records"):
+        model = run["model"]
+        rows = scores[scores["model"] == model]
+        version = run["model_version"] if isinstance(run["model_version"], str) else None
+        if version != (rows["model_version"].mode().iloc[0] if len(rows) else None):
+            return None
+        status = run["status"]
+        if status not in ("checked", "too_few_rows", "not_scored"):  # the gate could not judge: try again
+            return None
+        if status != "not_scored":
+            status = "too_few_rows" if int(run["current_rows"]) < cfg.min_rows else "checked"
+        out[model] = ModelDrift(model, version,
+                                [_stored_check(c, cfg) for c in checks[checks["model"] == model].to_dict("records")],
+                                status, int(run["reference_rows"]), int(run["current_rows"]))
+    return {m: out[m] for m in models}
+
+
+def forget_gate_drift(wh: Warehouse, run_date: Any) -> None:
+    """A scoring run without a gate leaves no verdict of an earlier run about scores it replaced."""
+    if not wh.has_table(DRIFT_RUNS_TABLE):
+        return
+    day = _day(run_date).to_pydatetime()
+    for table in (DRIFT_TABLE, DRIFT_RUNS_TABLE):
+        if wh.has_table(table):
+            wh.con.execute(f'DELETE FROM "{table}" WHERE run_date = ?', [day])
+
+
 # =========================================================================================== gate
 
 
@@ -658,6 +716,8 @@ def run_gate(settings: Settings, run_date: Any, scorers: Mapping[str, Any] | Non
     """The scoring run's gate: drift of the day's scores, recorded, and what to do with the list."""
     cfg = settings.monitoring
     if cfg.gate == "off":
+        with open_warehouse(settings) as wh:
+            forget_gate_drift(wh, run_date)
         return GateDecision(_day(run_date), False, "off", [], "drift gate is off (monitoring.gate)")
     with open_warehouse(settings) as wh:
         results = drift_for_day(wh, settings, run_date, scorers, frames)
@@ -1198,7 +1258,12 @@ def drift_gate_task(settings: Settings, run_date: Any, scorers: Mapping[str, Any
 @task(name="check-drift", cache_policy=NO_CACHE)
 def check_drift_task(settings: Settings, run_date: Any) -> dict[str, ModelDrift]:
     with open_warehouse(settings) as wh:
-        results = drift_for_day(wh, settings, run_date)
+        results = stored_gate_drift(wh, settings, run_date)
+        if results is None:
+            results = drift_for_day(wh, settings, run_date)
+        else:
+            get_run_logger().info("drift of %s: the scoring run's gate statistics (same versions), judged again",
+                                  _day(run_date).date())
         checks, runs = drift_tables(results, run_date, settings.monitoring, source="monitor")
         write_drift(wh, checks, runs, run_date)
     log_drift(settings, results, run_date)
