@@ -506,22 +506,31 @@ def recent_population(wh: Warehouse, settings: Settings, run_date: Any, model: s
     return (pd.concat(filled, ignore_index=True) if len(filled) > 1 else frames[0]), len(frames)
 
 
+def scoring_version(scores: pd.DataFrame) -> str | None:
+    """The label of the version that scored a model's rows of the day (None: not scored)."""
+    return str(scores["model_version"].mode().iloc[0]) if len(scores) else None
+
+
+def pooled_status(rows: int, cfg: MonitoringSettings) -> str:
+    """A model's drift status from the size of its (pooled) population: too few rows are not judged."""
+    return "too_few_rows" if rows < cfg.min_rows else "checked"
+
+
 def model_drift(wh: Warehouse, settings: Settings, run_date: Any, model: str, scores: pd.DataFrame,
                 scorer: Any = None, current: pd.DataFrame | None = None) -> ModelDrift:
     """The day's population (pooled with the days before while small) against the scoring version's
     reference: every feature the version was trained with, and its scores."""
     cfg = settings.monitoring
-    if scores.empty:
+    label = scoring_version(scores)
+    if label is None:
         return ModelDrift(model, None, status="not_scored")
-    label = scores["model_version"].mode().iloc[0]
     try:
         reference = load_reference(settings, model, version_of_label(label)[1], scorer)
     except (LookupError, MlflowException, OSError, ValueError) as exc:
         return ModelDrift(model, label, status=f"no reference: {str(exc).splitlines()[0][:200]}")
     pooled, days = recent_population(wh, settings, run_date, model, current)
-    result = ModelDrift(model, label, reference_rows=len(reference.frame), current_rows=len(pooled))
-    if len(pooled) < cfg.min_rows:
-        result.status = "too_few_rows"
+    result = ModelDrift(model, label, status=pooled_status(len(pooled), cfg), reference_rows=len(reference.frame),
+                        current_rows=len(pooled))
     features = comparable_features(reference.frame, pooled, reference.features)
     result.checks = feature_drift(reference.frame, pooled, features, categorical_columns(model), cfg,
                                   reference.levels)
@@ -571,15 +580,15 @@ def write_drift(wh: Warehouse, checks: pd.DataFrame, runs: pd.DataFrame, run_dat
     wh.replace_partition(DRIFT_RUNS_TABLE, runs, where=where)
 
 
-def _stored_check(row: Mapping[str, Any], cfg: MonitoringSettings) -> FeatureDrift:
-    """A stored check's statistics, judged again under today's thresholds."""
-    def number(name: str) -> float | None:
-        return _finite(row[name])
+STORED_STATISTICS = ("psi", "statistic", "p_value", "reference_missing", "current_missing", "unseen_share")
 
+
+def _stored_check(row: Mapping[str, Any], cfg: MonitoringSettings) -> FeatureDrift:
+    """A stored check's statistics (NULL read back as NaN becomes None again), judged under today's thresholds."""
     unseen = row["unseen_values"]
-    check = FeatureDrift(str(row["feature"]), str(row["kind"]), str(row["test"]), number("psi"), number("statistic"),
-                         number("p_value"), number("reference_missing"), number("current_missing"),
-                         number("unseen_share"), unseen if isinstance(unseen, str) else None,
+    check = FeatureDrift(str(row["feature"]), str(row["kind"]), str(row["test"]),
+                         *(_finite(row[name]) for name in STORED_STATISTICS),
+                         unseen if isinstance(unseen, str) else None,
                          int(row["reference_rows"]), int(row["current_rows"]))
     return judge(check, cfg)
 
@@ -598,7 +607,7 @@ def stored_gate_drift(wh: Warehouse, settings: Settings, run_date: Any) -> dict[
     runs = wh.query(f'SELECT * FROM "{DRIFT_RUNS_TABLE}" WHERE run_date = ?', [day])
     scores = scores_of_day(wh, run_date)
     models = list(settings.training.models)
-    if len(runs) != runs["model"].nunique() or set(runs["model"]) != set(models) or (runs["source"] != "score").any():
+    if set(runs["model"]) != set(models) or (runs["source"] != "score").any():  # one row per model and day
         return None
     checks = wh.query(f'SELECT * FROM "{DRIFT_TABLE}" WHERE run_date = ? ORDER BY rowid', [day])
     cfg, out = settings.monitoring, {}
@@ -606,13 +615,13 @@ def stored_gate_drift(wh: Warehouse, settings: Settings, run_date: Any) -> dict[
         model = run["model"]
         rows = scores[scores["model"] == model]
         version = run["model_version"] if isinstance(run["model_version"], str) else None
-        if version != (rows["model_version"].mode().iloc[0] if len(rows) else None):
+        if version != scoring_version(rows):
             return None
         status = run["status"]
         if status not in ("checked", "too_few_rows", "not_scored"):  # the gate could not judge: try again
             return None
         if status != "not_scored":
-            status = "too_few_rows" if int(run["current_rows"]) < cfg.min_rows else "checked"
+            status = pooled_status(int(run["current_rows"]), cfg)
         out[model] = ModelDrift(model, version,
                                 [_stored_check(c, cfg) for c in checks[checks["model"] == model].to_dict("records")],
                                 status, int(run["reference_rows"]), int(run["current_rows"]))
@@ -621,12 +630,11 @@ def stored_gate_drift(wh: Warehouse, settings: Settings, run_date: Any) -> dict[
 
 def forget_gate_drift(wh: Warehouse, run_date: Any) -> None:
     """A scoring run without a gate leaves no verdict of an earlier run about scores it replaced."""
-    if not wh.has_table(DRIFT_RUNS_TABLE):
-        return
     day = _day(run_date).to_pydatetime()
-    for table in (DRIFT_TABLE, DRIFT_RUNS_TABLE):
-        if wh.has_table(table):
-            wh.con.execute(f'DELETE FROM "{table}" WHERE run_date = ?', [day])
+    with wh.transaction():
+        for table in (DRIFT_TABLE, DRIFT_RUNS_TABLE):
+            if wh.has_table(table):
+                wh.con.execute(f'DELETE FROM "{table}" WHERE run_date = ?', [day])
 
 
 # =========================================================================================== gate
