@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import warnings
 from datetime import datetime
@@ -503,6 +504,17 @@ def _print_scored(result: dict[str, Any]) -> None:
     console.print(f"task list: {result['files'].get('csv')}", soft_wrap=True)
 
 
+def runnable(name: str) -> str:
+    """How to type this environment's ``name`` command here: the bare name when the shell finds this one,
+    else its path (a fresh .venv is usually not activated, and `mlflow: command not found` is a dead end)."""
+    own = Path(sys.executable).parent / name
+    if not own.exists() or shutil.which(name) == str(own):
+        return name
+    with contextlib.suppress(ValueError):
+        return str(own.relative_to(Path.cwd()))
+    return str(own)
+
+
 @app.command()
 def run(
     customers: Annotated[int, typer.Option(help="size of the synthetic shop")] = 5_000,
@@ -520,10 +532,11 @@ def run(
     if ingest.get("rows_quarantined"):
         console.print(f"{ingest['rows_quarantined']:,} rows quarantined: see {ingest.get('report')}", soft_wrap=True)
     _print_scored(result["score"])
-    console.print("next: aftersales models (versions, aliases) | aftersales report (KPI report) | "
-                  "aftersales monitor (drift)", soft_wrap=True)
+    aftersales = runnable("aftersales")
+    console.print(f"next:\n  {aftersales} models    versions and aliases\n  {aftersales} report    the KPI report\n"
+                  f"  {aftersales} monitor   drift", soft_wrap=True)
     console.print("MLflow UI:", soft_wrap=True)
-    print(f"  mlflow ui --backend-store-uri {result['tracking_uri']} --port 5000")  # never wrapped: copy-paste
+    print(f"  {runnable('mlflow')} ui --backend-store-uri {result['tracking_uri']} --port 5000")  # never wrapped
 
 
 @app.command()

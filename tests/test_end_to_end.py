@@ -211,3 +211,21 @@ def test_unreachable_registry_fails_cleanly(cli) -> None:
     assert "the registry at http://127.0.0.1:9 cannot be reached" in result.output
     assert "No registered model" not in result.output and "Traceback" not in result.output
     assert time.monotonic() - started < 300
+
+
+def test_hints_name_commands_as_the_user_can_type_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh .venv is not on PATH: `mlflow ui ...` would be "command not found", `.venv/bin/mlflow ui` runs."""
+    from flows.cli import runnable
+
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    for name in ("python", "mlflow"):
+        (bin_dir / name).write_text("#!/bin/sh\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(bin_dir / "python"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert runnable("mlflow") == ".venv/bin/mlflow"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    assert runnable("mlflow") == "mlflow", "an activated environment: the bare name"
+    assert runnable("no-such-tool") == "no-such-tool"
