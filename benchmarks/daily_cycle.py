@@ -29,7 +29,8 @@ made after setup, so the cycle always ingests the same delta into the same wareh
 functions the scheduled flows call, in their order:
 
 1. ingest delta  ``ingest_batch`` (the ingest flow's ``load_batch``) on the delta folder;
-2. features      ``scoring_frame`` of each model at the run date D+1 (the query inside ``score_model``);
+2. features      ``scoring_frames`` at the run date D+1 (the score flow's ``build_features``: one pass
+                 for the two order models, one for churn);
 3. score         ``score_model`` of each champion on those frames (signature check, pyfunc predict,
                  risk, value at stake); ``bare`` = ``booster.inplace_predict`` on the same rows prepared;
 4. list          ``score_populations`` (scores written, tags, candidates explained), the drift gate,
@@ -62,7 +63,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pandas as pd
 import psutil
@@ -301,7 +301,7 @@ def cycle(delta_dir: Path, run_date: pd.Timestamp, chunk_rows: int) -> list[Stag
     from tasks.data.ingest import ingest_batch
     from tasks.data.warehouse import open_warehouse
     from tasks.models import scoring
-    from tasks.models.datasets import feature_columns, scoring_frame
+    from tasks.models.datasets import feature_columns, scoring_frames
     from tasks.monitoring.checks import check_drift_task, drift_gate_task, realised_performance_task
 
     settings = get_settings()
@@ -325,7 +325,7 @@ def cycle(delta_dir: Path, run_date: pd.Timestamp, chunk_rows: int) -> list[Stag
 
     def features() -> dict[str, pd.DataFrame]:
         with open_warehouse(settings, read_only=True) as wh:
-            return {m: scoring_frame(wh, m, run_date, settings) for m in champions}
+            return scoring_frames(wh, list(champions), run_date, settings)
 
     frames, stage = measure("features", features, lambda f: sum(len(x) for x in f.values()),
                             lambda f: ", ".join(f"{m} {len(x):,}" for m, x in f.items()))
@@ -334,8 +334,7 @@ def cycle(delta_dir: Path, run_date: pd.Timestamp, chunk_rows: int) -> list[Stag
     def score() -> dict[str, pd.DataFrame]:
         out = {}
         for model, champion in champions.items():
-            with mock.patch.object(scoring, "scoring_frame", lambda *_, f=frames[model].copy(), **__: f):
-                out[model] = scoring.score_model(None, champion, run_date, settings)
+            out[model] = scoring.score_model(None, champion, run_date, settings, frames[model])
         return out
 
     scored, stage = measure("score", score, lambda s: sum(len(x) for x in s.values()))

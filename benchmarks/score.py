@@ -52,7 +52,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -255,10 +254,9 @@ def scoring_pass(champions: dict[str, Any], frames: dict[str, pd.DataFrame], day
     took: dict[str, Took] = {"prepare": Took(), "bare": Took(), "explain": Took()}
     scored: dict[str, pd.DataFrame] = {}
     for model, champion in champions.items():
-        # score_model exactly, its feature query answered by (a fresh copy of) the resampled frame
-        with mock.patch.object(scoring, "scoring_frame", lambda *_, f=frames[model].copy(), **__: f):
-            scored[model], took[f"predict {model}"] = timed(
-                lambda c=champion: scoring.score_model(None, c, day, settings))
+        # score_model exactly, given the (resampled) frame the features stage built
+        scored[model], took[f"predict {model}"] = timed(
+            lambda c=champion, f=frames[model]: scoring.score_model(None, c, day, settings, f))
     for model, champion in champions.items():  # the same rows, prepared beforehand, booster alone
         prepared, spent = timed(lambda m=model, c=champion: c.scorer.prepare(scored[m][feature_columns(m)]))
         took["prepare"] += spent

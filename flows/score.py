@@ -19,6 +19,7 @@ from tasks.care.export import record_task_risks_task
 from tasks.care.interventions import build_task_list_task, load_history, task_list_summary, write_task_list_task
 from tasks.data.warehouse import open_warehouse, run_lock
 from tasks.insight.tags import current_tags
+from tasks.models.datasets import scoring_frames
 from tasks.models.scoring import (
     SCORES_TABLE,
     Champion,
@@ -39,15 +40,24 @@ def resolve_champions(settings: Settings, models: list[str]) -> tuple[dict[str, 
     return find_champions(settings, models)
 
 
+@task(name="build-features", cache_policy=NO_CACHE)
+def build_features(models: list[str], day: pd.Timestamp, settings: Settings) -> dict[str, pd.DataFrame]:
+    """Every scored model's population with its features as of the run date; the two order models
+    share one pass over the history (a reader of the warehouse)."""
+    with open_warehouse(settings, read_only=True) as wh:
+        return scoring_frames(wh, models, day, settings)
+
+
 @task(name="score-model", task_run_name="score-{model}", cache_policy=NO_CACHE)
-def score_one(model: str, champion: Champion, day: pd.Timestamp, settings: Settings) -> pd.DataFrame:
-    """One model's population at the run date, scored (a reader of the warehouse)."""
+def score_one(model: str, champion: Champion, day: pd.Timestamp, settings: Settings,
+              frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One model's population at the run date, scored; its features built here unless given."""
     if settings.dask.data_parallel:  # the prediction spread over a Dask cluster (tasks/models/distributed.py)
         from tasks.models.distributed import score_model_on_dask
 
         return score_model_on_dask(champion, day, settings)
     with open_warehouse(settings, read_only=True) as wh:
-        return score_model(wh, champion, day, settings)
+        return score_model(wh, champion, day, settings, frame)
 
 
 @task(name="explain-candidates", cache_policy=NO_CACHE)
@@ -108,9 +118,17 @@ def score_flow(run_date: date | None = None, models: list[str] | None = None) ->
         champions, skipped = resolved.result()
         for model, why in skipped.items():
             logger.warning("%s not scored: %s", model, why)
+        frames: dict[str, pd.DataFrame] = {}
+        if not settings.dask.data_parallel:  # on Dask each model's frame is built where it is scored
+            built = with_retries(build_features, settings)(list(champions), day, settings, return_state=True)
+            if built.is_failed():  # each model then builds its own, and fails or not on its own
+                logger.warning("shared features failed, built per model: %s", failure_reason(built))
+            else:
+                frames = built.result()
         scored: dict[str, pd.DataFrame] = {}
         for model, champion in list(champions.items()):
-            state = with_retries(score_one, settings)(model, champion, day, settings, return_state=True)
+            state = with_retries(score_one, settings)(model, champion, day, settings, frames.get(model),
+                                                      return_state=True)
             if state.is_failed():
                 skipped[model] = failure_reason(state)
                 champions.pop(model)

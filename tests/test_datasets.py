@@ -30,6 +30,7 @@ from tasks.models.datasets import (
     refit_rows,
     rolling_cutoffs,
     scoring_frame,
+    scoring_frames,
 )
 from tasks.models.features import order_features
 from tasks.models.labels import label_horizon_days, latest_matured_cutoff, population
@@ -292,6 +293,37 @@ def test_scoring_frame_is_the_population_with_features(wh: Warehouse, sets: dict
     rows = scoring_frame(wh, "return", END, S)
     direct = order_features(wh, END, rows["order_id"].tolist(), S)
     pd.testing.assert_frame_equal(rows.drop(columns=CUTOFF).reset_index(drop=True), direct)
+
+
+def test_the_order_models_share_one_feature_pass_with_the_same_frames(
+    wh: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15.2: one order pass serves return and negative_review, value for value as apart."""
+    from tasks.models import datasets
+
+    passes: list[int] = []
+    real = datasets.order_features
+
+    def counted(*args: object, **kwargs: object) -> pd.DataFrame:
+        passes.append(1)
+        return real(*args, **kwargs)
+
+    for day in (END - pd.Timedelta(days=d) for d in (105, 160, 235)):  # days both models have orders
+        apart = {model: scoring_frame(wh, model, day, S) for model in MODELS}
+        monkeypatch.setattr(datasets, "order_features", counted)
+        passes.clear()
+        together = scoring_frames(wh, list(MODELS), day, S)
+        monkeypatch.setattr(datasets, "order_features", real)
+        assert len(passes) == 1
+        shared = set(apart["return"]["order_id"]) & set(apart["negative_review"]["order_id"])
+        assert len(apart["return"]) and len(apart["negative_review"])
+        for model in MODELS:  # to the last bits a sum over lines in another order may move
+            pd.testing.assert_frame_equal(together[model], apart[model], check_exact=False, rtol=1e-12, atol=0)
+        if shared:  # an order in both populations has one set of features
+            one = together["return"].set_index("order_id").loc[sorted(shared)]
+            other = together["negative_review"].set_index("order_id").loc[sorted(shared)]
+            common = [c for c in one.columns if c in other.columns and c != CUTOFF]
+            pd.testing.assert_frame_equal(one[common].astype(str), other[common].astype(str))
 
 
 def test_empty_population_gives_an_empty_valid_frame(wh: Warehouse) -> None:

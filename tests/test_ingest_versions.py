@@ -15,7 +15,8 @@ from test_ingest import GOOD, write_tables
 
 from schemas.settings import Settings
 from tasks.data.ingest import ingest_batch
-from tasks.data.warehouse import Warehouse, as_of_sql, version_intervals_sql
+from tasks.data.warehouse import TABLES, Warehouse, as_of_changes_sql, as_of_sql, version_intervals_sql
+from tasks.models.features import table_as_of_sql
 
 FIRST, SECOND = "2026-03-01", "2026-04-01"
 
@@ -143,3 +144,30 @@ def test_an_older_warehouse_gets_valid_from_and_a_history(tmp_path: Path) -> Non
     ingest_batch(write_tables(tmp_path / "b2", second_export()), wh, Settings(), as_of=SECOND)
     assert as_of(wh, "orders", "2026-03-01").loc["o1", "carrier"] == "dhl"
     wh.close()
+
+
+def test_reading_only_the_keys_edited_after_the_cutoff_gives_the_full_as_of_view(
+    tmp_path: Path, history: Warehouse
+) -> None:
+    """Issue 15: the shortcut equals ``as_of_sql`` at every day, and a table none of whose keys was
+    edited after the cutoff is read as stored (no version SQL at all)."""
+    late = {"order_items": [dict(GOOD["order_items"], quantity="3")]}  # a version between two others
+    ingest_batch(write_tables(tmp_path / "late", late), history, Settings(), as_of="2026-03-05")
+    read_as_stored, read_through_versions = set(), set()
+    for day in pd.date_range("2026-01-10", "2026-04-20", freq="D"):
+        for table in TABLES:
+            if not history.has_rows(f"{table}_history"):
+                continue
+            cols = ", ".join(f'"{c}"' for c in TABLES[table].columns)
+            full = history.query(f"SELECT {cols} FROM ({as_of_sql(table)}) ORDER BY ALL", {"cutoff": day})
+            shortcut = table_as_of_sql(history, table, day)
+            sql = shortcut or f'SELECT {cols} FROM "{table}"'
+            got = history.query(f"SELECT {cols} FROM ({sql}) ORDER BY ALL", {"cutoff": day} if shortcut else None)
+            pd.testing.assert_frame_equal(got, full, obj=f"{table} at {day:%Y-%m-%d}")
+            changes = history.query(f"SELECT {cols} FROM ({as_of_changes_sql(table)}) ORDER BY ALL",
+                                    {"cutoff": day})
+            pd.testing.assert_frame_equal(changes, full, obj=f"{table} at {day:%Y-%m-%d}, versions read")
+            (read_through_versions if shortcut else read_as_stored).add((table, day))
+    assert ("orders", pd.Timestamp("2026-03-13")) in read_through_versions  # edited 03-15
+    assert ("orders", pd.Timestamp("2026-04-17")) in read_as_stored  # nothing edited since
+    assert ("order_items", pd.Timestamp("2026-03-07")) in read_through_versions  # the batch of 04-01

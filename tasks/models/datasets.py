@@ -317,6 +317,37 @@ def scoring_frame(wh: Warehouse, model: ModelName, as_of: Any, settings: Setting
     return out
 
 
+def scoring_frames(wh: Warehouse, models: list[ModelName], as_of: Any,
+                   settings: Settings | None = None) -> dict[ModelName, pd.DataFrame]:
+    """``scoring_frame`` of each model; the order models share one feature pass over their populations.
+
+    Why: an order's features do not depend on which other orders are asked for (the subset narrows
+    the rows, never the history), and most of a pass is reading that history: the return and
+    negative-review models score many of the same day's orders, so one pass serves both.
+    """
+    settings = settings or get_settings()
+    day = as_timestamp(as_of)
+    rows = {m: population(wh, m, day, settings) for m in models}
+    shared_models = [m for m in models if MODEL_ENTITY[m] == "order" and len(rows[m])]
+    shared = pd.DataFrame()
+    if len(shared_models) > 1:
+        key = entity_key(shared_models[0])
+        wanted = pd.concat([rows[m][[key]] for m in shared_models]).drop_duplicates(ignore_index=True)
+        shared = order_features(wh, day, wanted, settings, validate=False)
+    out = {}
+    for model in models:
+        if model in shared_models and len(shared_models) > 1:
+            key = entity_key(model)
+            feats = shared[shared[key].isin(rows[model][key])].reset_index(drop=True)
+            frame = feats.merge(rows[model][[key]], on=key, how="inner", validate="1:1")
+            frame.insert(len(key_columns(model)), CUTOFF, day)
+        else:
+            frame = _frame_at(wh, model, day, settings, with_label=False, rows=rows[model])
+        out[model] = _assemble([frame] if len(frame) else [], model, scoring_frame_schema(model))
+        out[model].attrs["model"] = model
+    return out
+
+
 def labelled_frame(wh: Warehouse, model: ModelName, as_of: Any, settings: Settings | None = None) -> pd.DataFrame:
     """The population at a date with features as of it and the label from after it (a backtest's rows)."""
     settings = settings or get_settings()

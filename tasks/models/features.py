@@ -50,7 +50,7 @@ from schemas.derived import (
 from schemas.settings import DEFAULTS_DIR, LabelSettings, Settings, get_settings
 from schemas.sources import PAYMENT_TYPES, TABLES, Events, Returns, Reviews, Tickets
 from schemas.text import TEXT_INSIGHTS_TABLE, TextInsights, complaint_column
-from tasks.data.warehouse import Warehouse, as_of_sql, history_table
+from tasks.data.warehouse import Warehouse, as_of_changes_sql, history_table, unsettled_keys_sql
 
 CATALOGUE_PATH = DEFAULTS_DIR / "feature_catalogue.csv"
 CATALOGUE_COLUMNS = ["name", "entity", "kind", "description", "sources", "null_without"]
@@ -173,8 +173,8 @@ def run_sql(wh: Warehouse, sql: str, params: dict[str, Any]) -> pd.DataFrame:
     return wh.query(sql, values)
 
 
-def table_as_of_sql(wh: Warehouse, table: str) -> str | None:
-    """SQL of ``table`` as it was known at ``$cutoff``, or None when no row of it was ever edited.
+def table_as_of_sql(wh: Warehouse, table: str, cutoff: pd.Timestamp) -> str | None:
+    """SQL of ``table`` as it was known at ``$cutoff``, or None when the stored rows are that already.
 
     Ingestion keeps superseded versions in ``<table>_history`` (the current one is the row itself,
     dated by ``_valid_from``); ``as_of_sql`` (tasks/data/warehouse.py) reads per key the latest
@@ -182,20 +182,23 @@ def table_as_of_sql(wh: Warehouse, table: str) -> str | None:
     its FIRST version (the row existed since its own event time; the feature code masks the facts
     that arrive later, such as a delivery). An edit made after the cutoff (a carrier, an amount, a
     cancellation, a ticket's category, a customer's region) is thus invisible at that cutoff.
-    Without history rows (a warehouse loaded once, or built before versions were kept) the stored
-    row is the only version, and the table is read as stored, at no cost.
+    Without history rows (a warehouse loaded once, or built before versions were kept), or when no
+    key was edited after the cutoff (the morning run after the night's delta), the stored row is
+    the version of every key and the table is read as stored, at no cost; otherwise only the keys
+    edited after the cutoff are read through their versions (``as_of_changes_sql``).
     """
     if table not in TABLES or not wh.has_rows(history_table(table)):
         return None
-    return as_of_sql(table)
+    unsettled = run_sql(wh, f"SELECT EXISTS ({unsettled_keys_sql(table)}) AS x", {"cutoff": cutoff})
+    return as_of_changes_sql(table) if bool(unsettled["x"].iloc[0]) else None
 
 
-def as_of_sources(wh: Warehouse) -> str:
+def as_of_sources(wh: Warehouse, cutoff: pd.Timestamp) -> str:
     """CTEs that shadow every source table with its view as of ``$cutoff`` (put right after ``WITH``).
 
-    Empty when the warehouse keeps one version per row: then the stored (latest) row is all there is.
+    Empty when every stored row is its version at the cutoff: then the stored row is all there is.
     """
-    parts = [f'"{table}" AS ({sql})' for table in TABLES if (sql := table_as_of_sql(wh, table))]
+    parts = [f'"{table}" AS ({sql})' for table in TABLES if (sql := table_as_of_sql(wh, table, cutoff))]
     return "".join(f"{part},\n" for part in parts)
 
 
@@ -565,7 +568,8 @@ def order_features(
     cutoff = as_timestamp(cutoff)
     with _subset_view(wh, orders, ENTITY_KEY["order"]) as subset:
         sql = numeric_as_double(
-            _order_features_sql(subset, windows, has_text_insights(wh), settings.labels, as_of_sources(wh)),
+            _order_features_sql(subset, windows, has_text_insights(wh), settings.labels,
+                                as_of_sources(wh, cutoff)),
             _text_columns("order"))
         raw = run_sql(wh, sql, {"cutoff": cutoff, "m": windows.smoothing_strength,
                                 "mc": windows.customer_smoothing_strength,
@@ -710,7 +714,8 @@ def customer_features(
     settings = settings or get_settings()
     cutoff = as_timestamp(cutoff)
     with _subset_view(wh, customers, ENTITY_KEY["customer"]) as subset:
-        sql = _customer_features_sql(subset, windows, has_text_insights(wh), settings.labels, as_of_sources(wh))
+        sql = _customer_features_sql(subset, windows, has_text_insights(wh), settings.labels,
+                                      as_of_sources(wh, cutoff))
         raw = run_sql(wh, numeric_as_double(sql, _text_columns("customer")),
                       {"cutoff": cutoff, "bad": settings.labels.negative_review_max_score})
     return finish_features(raw, "customer", available_sources(wh, cutoff), validate)

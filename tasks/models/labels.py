@@ -147,10 +147,10 @@ def population(wh: Warehouse, model: ModelName, cutoff: Any, settings: Settings 
     """The entities ``model`` scores at ``cutoff``: ``order_id, customer_id`` or ``customer_id``."""
     settings = settings or get_settings()
     check_label_settings(settings.labels)
-    keys = key_columns(model)
-    sql = (f"SELECT {', '.join(keys)} FROM ({population_sql(model, settings.labels, as_of_sources(wh))}) "
+    keys, cutoff = key_columns(model), as_timestamp(cutoff)
+    sql = (f"SELECT {', '.join(keys)} FROM ({population_sql(model, settings.labels, as_of_sources(wh, cutoff))}) "
            f"ORDER BY {keys[0]}")
-    return run_sql(wh, sql, {"cutoff": as_timestamp(cutoff)})
+    return run_sql(wh, sql, {"cutoff": cutoff})
 
 
 # ---- labels ----------------------------------------------------------------------------------
@@ -190,8 +190,9 @@ def labels(wh: Warehouse, model: ModelName, cutoff: Any, settings: Settings | No
             f"{model} labels at {as_timestamp(cutoff):%Y-%m-%d} have not matured: the data must reach "
             f"{label_horizon_days(model, settings.labels)} days past the cutoff"
         )
-    out = run_sql(wh, _label_sql(model, settings.labels, as_of_sources(wh)),
-                  {"cutoff": as_timestamp(cutoff), "bad": settings.labels.negative_review_max_score})
+    cutoff = as_timestamp(cutoff)
+    out = run_sql(wh, _label_sql(model, settings.labels, as_of_sources(wh, cutoff)),
+                  {"cutoff": cutoff, "bad": settings.labels.negative_review_max_score})
     return out.astype({LABEL: "int64"})
 
 

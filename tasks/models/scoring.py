@@ -235,9 +235,13 @@ def risk_of_rows(model: str, frame: pd.DataFrame) -> pd.Series:
     return pd.Series(model, index=frame.index)
 
 
-def score_model(wh: Warehouse, champion: Champion, run_date: pd.Timestamp, settings: Settings) -> pd.DataFrame:
-    """The model's population at the run date with probability, risk and value at stake."""
-    frame = scoring_frame(wh, champion.model, run_date, settings)
+def score_model(wh: Warehouse, champion: Champion, run_date: pd.Timestamp, settings: Settings,
+                frame: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The model's population at the run date with probability, risk and value at stake.
+
+    ``frame``: that population's ``scoring_frame`` when already built (``scoring_frames``).
+    """
+    frame = scoring_frame(wh, champion.model, run_date, settings) if frame is None else frame.copy()
     if frame.empty:  # the same columns, so downstream steps need no special case
         return frame.assign(probability=pd.Series(dtype=float), risk=pd.Series(dtype=str),
                             value_at_stake=pd.Series(dtype=float), model_version=pd.Series(dtype=str))
