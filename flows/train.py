@@ -21,10 +21,11 @@ from prefect.states import Failed
 
 from flows.promote import promote_flow
 from flows.runtime import task_runner
+from schemas.derived import MODEL_ENTITY
 from schemas.settings import Settings, get_settings
 from tasks.data.warehouse import open_warehouse
-from tasks.models.backtest import AsOfFit, fit_as_of, settings_as_of
-from tasks.models.datasets import NotEnoughData
+from tasks.models.backtest import AsOfFit, fit_as_of, prebuild_order_frames, settings_as_of
+from tasks.models.datasets import FrameCache, NotEnoughData
 from tasks.models.features import CATALOGUE_PATH
 from tasks.models.registry import RegisteredVersion, configure, log_refused_run, log_training_run
 from tasks.models.training import DataSplits
@@ -46,10 +47,20 @@ def settings_for_run(settings: Settings, cutoff: date | None = None, **label_win
     return Settings(**data)
 
 
-def fit_model(model: str, settings: Settings) -> AsOfFit:
+def fit_model(model: str, settings: Settings, cache: FrameCache | None = None) -> AsOfFit:
     """One model as of the run's date: plan, frame, rolling origins, guard, refit (``fit_as_of``)."""
     with open_warehouse(settings, read_only=True) as wh:  # Dask workers in other processes read too
-        return fit_as_of(wh, model, settings)
+        return fit_as_of(wh, model, settings, cache)
+
+
+@task(name="build-order-training-frames", cache_policy=NO_CACHE)
+def order_training_frames(models: list[str], settings: Settings) -> FrameCache:
+    """The order models' training frames built together: one feature pass per cutoff they share
+    (most of a frame is reading the history, the same for both)."""
+    cache: FrameCache = {}
+    with open_warehouse(settings, read_only=True) as wh:
+        prebuild_order_frames(wh, models, settings, cache)
+    return cache
 
 
 def log_reference_sample(registered: RegisteredVersion, splits: DataSplits, settings: Settings) -> None:
@@ -72,10 +83,12 @@ def log_reference_sample(registered: RegisteredVersion, splits: DataSplits, sett
 
 
 @task(name="train-and-register", cache_policy=NO_CACHE)
-def train_and_register(model: str, settings: Settings) -> dict[str, Any]:
-    """One model end to end; a model without enough data or signal is skipped with the reason."""
+def train_and_register(model: str, settings: Settings, cache: FrameCache | None = None) -> dict[str, Any]:
+    """One model end to end; a model without enough data or signal is skipped with the reason.
+
+    ``cache``: training frames already built (``order_training_frames``)."""
     try:
-        fit = fit_model(model, settings)
+        fit = fit_model(model, settings, cache)
     except NotEnoughData as exc:
         return {"model": model, "skipped": str(exc)}
     if not fit.registrable:
@@ -169,8 +182,13 @@ def train_flow(models: list[str] | None = None, cutoff: date | None = None,
     unknown = sorted(set(models) - set(settings.training.baseline_rules))
     if unknown:
         return Failed(message=f"unknown model(s) {unknown}; known: {sorted(settings.training.baseline_rules)}")
-    futures = [train_and_register.submit(model, settings) for model in models]
-    results = [future.result() for future in futures]
+    together = [m for m in models if MODEL_ENTITY[m] == "order"] if settings.prefect.task_runner != "dask" else []
+    futures = {m: train_and_register.submit(m, settings) for m in models if m not in together or len(together) < 2}
+    if len(together) > 1:  # while the others fit, the order models' frames are built in one pass a cutoff
+        built = order_training_frames(together, settings, return_state=True)
+        cache = {} if built.is_failed() else built.result()  # failed: each fit builds (and fails) on its own
+        futures |= {m: train_and_register.submit(m, settings, cache) for m in together}
+    results = [futures[model].result() for model in models]
     summary = training_summary(results)
     create_markdown_artifact(summary, key="training-summary", description="model vs baselines on the test window")
     for result in results:

@@ -122,7 +122,8 @@ class SplitSettings(BaseModel):
         None, description="days between customer-model cutoffs; default 7 on up to two years of data, else 14")
     order_step_days: int = Field(1, description="days between order-model cutoffs (daily: every moment is seen)")
     max_cutoffs: int = Field(
-        150, description="most cutoffs per training frame; a longer history widens the step (said in the run)")
+        150, description="most cutoffs per training frame; beyond it customer models widen their step, order "
+        "models keep the newest cutoffs at their own step (a scoring day's moments); said in the run")
     min_history_days: int | None = Field(
         None, description="first cutoff this long after the first order; default span/12, at least a step, "
         "at most 30")

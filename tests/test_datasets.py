@@ -22,6 +22,7 @@ from tasks.models.datasets import (
     LeakageError,
     NotEnoughData,
     build_training_frame,
+    build_training_frames,
     build_training_set,
     check_fold,
     feature_columns,
@@ -324,6 +325,36 @@ def test_the_order_models_share_one_feature_pass_with_the_same_frames(
             other = together["negative_review"].set_index("order_id").loc[sorted(shared)]
             common = [c for c in one.columns if c in other.columns and c != CUTOFF]
             pd.testing.assert_frame_equal(one[common].astype(str), other[common].astype(str))
+
+
+def test_the_order_models_training_frames_built_together_equal_those_built_apart(
+    wh: Warehouse, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15.2: one order pass per shared cutoff, the same rows and values as apart (also sampled)."""
+    from tasks.models import datasets
+
+    real, passes = datasets.order_features, []
+
+    def counted(*args: object, **kwargs: object) -> pd.DataFrame:
+        passes.append(args[1])
+        return real(*args, **kwargs)
+
+    same_day = S.split.model_copy(update={"as_of": "2026-05-20"})  # both plans end on the same cutoff
+    for settings in (S.model_copy(update={"split": same_day}),
+                     S.model_copy(update={"split": same_day.model_copy(update={"max_training_rows": 40})})):
+        plans = {m: plan_cutoffs(wh, m, settings) for m in ("return", "negative_review")}
+        assert plans["return"].cutoffs == plans["negative_review"].cutoffs
+        apart = {m: build_training_frame(wh, m, p, settings) for m, p in plans.items()}
+        monkeypatch.setattr(datasets, "order_features", counted)
+        passes.clear()
+        together = build_training_frames(wh, plans, settings)
+        monkeypatch.setattr(datasets, "order_features", real)
+        assert len(passes) == len(set(passes)) <= len(plans["return"].cutoffs), "one order pass per cutoff"
+        for model in plans:
+            assert len(together[model]) == len(apart[model]) > 0
+            pd.testing.assert_frame_equal(together[model], apart[model], check_exact=False, rtol=1e-12, atol=0)
+            assert together[model].attrs["notes"] == apart[model].attrs["notes"]
+    assert any("max_training_rows" in n for n in together["return"].attrs["notes"])
 
 
 def test_empty_population_gives_an_empty_valid_frame(wh: Warehouse) -> None:

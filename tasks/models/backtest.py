@@ -33,7 +33,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from schemas.derived import CUTOFF, LABEL, ModelName
+from schemas.derived import CUTOFF, LABEL, MODEL_ENTITY, ModelName
 from schemas.settings import Settings
 from tasks.data.warehouse import Warehouse
 from tasks.models.datasets import (
@@ -42,6 +42,7 @@ from tasks.models.datasets import (
     NotEnoughData,
     build_training_frame,
     feature_columns,
+    fill_training_cache,
     labelled_frame,
     origin_folds,
     plan_cutoffs,
@@ -141,6 +142,26 @@ def refuse_without_outcomes(wh: Warehouse, model: ModelName) -> None:
     if not wh.has_table(table) or int(wh.query(f'SELECT count(*) AS n FROM "{table}"')["n"].iloc[0]) == 0:
         raise NotEnoughData(f"{model}: the data has no {table}, so there is no outcome to learn from "
                             f"(map a {table} file to train it)")
+
+
+def prebuild_order_frames(wh: Warehouse, models: Sequence[ModelName], settings: Settings,
+                          cache: FrameCache) -> list[ModelName]:
+    """Fill ``cache`` with the training frames of the order models among ``models``, built together:
+    one feature pass per cutoff they share (their fits then find every cutoff built). A model that
+    cannot be planned is left to its own fit, which says why. Returns the models prebuilt."""
+    plans = {}
+    for model in models:
+        if MODEL_ENTITY[model] != "order":
+            continue
+        try:
+            refuse_without_outcomes(wh, model)
+            plans[model] = plan_cutoffs(wh, model, settings)
+        except NotEnoughData:
+            continue
+    if len(plans) < 2:
+        return []
+    fill_training_cache(wh, plans, settings, cache)
+    return sorted(plans)
 
 
 def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:

@@ -263,32 +263,97 @@ def build_training_frame(
 
     Populations and labels come first (cheap); beyond ``split.max_training_rows`` a stable share of
     customers is kept (the same customers whatever else the data holds); features are computed for
-    the kept rows only. ``cache`` keeps finished cutoffs across calls (a backtest over many dates).
+    the kept rows only. ``cache`` keeps finished cutoffs (and their labels) across calls: a backtest
+    over many dates, or the order models' frames built together (``build_training_frames``).
     Notes for the run are in ``frame.attrs["notes"]``.
     """
-    settings, widened = frame_settings(model, plan, settings or get_settings())
+    return build_training_frames(wh, {model: plan}, settings, cache)[model]
+
+
+def _labels_cached(wh: Warehouse, model: ModelName, cutoff: pd.Timestamp, settings: Settings,
+                   cache: FrameCache) -> pd.DataFrame:
+    key = (f"{model}:labels:{settings.labels.moment_window_days:g}", cutoff)
+    if key not in cache:
+        cache[key] = labels(wh, model, cutoff, settings)
+    return cache[key]
+
+
+def build_training_frames(
+    wh: Warehouse, plans: dict[ModelName, CutoffPlan], settings: Settings | None = None,
+    cache: FrameCache | None = None,
+) -> dict[ModelName, pd.DataFrame]:
+    """``build_training_frame`` of each planned model; at a cutoff two order models share, one order
+    feature pass serves both (``fill_training_cache``)."""
     cache = cache if cache is not None else {}
-    rows = {c: labels(wh, model, c, settings) for c in plan.cutoffs}
-    total = sum(len(r) for r in rows.values())
-    notes: list[str] = [widened] if widened else []
-    share = 1.0
-    if total > settings.split.max_training_rows:
-        share = settings.split.max_training_rows / total
-        notes.append(f"{total:,} training rows exceed split.max_training_rows={settings.split.max_training_rows:,}: "
-                     f"a stable {share:.0%} of customers is kept")
-    frames = []
-    for cutoff, labelled in rows.items():
-        if share < 1.0 and len(labelled):
-            keep_ids = labelled[SAMPLE_KEY] if SAMPLE_KEY in labelled else labelled[entity_key(model)]
-            labelled = labelled[stable_share(keep_ids, settings.training.seed) < share]
-        key = (model, cutoff) if share == 1.0 else (f"{model}@{share:.6f}", cutoff)
-        if key not in cache:
-            cache[key] = _frame_at(wh, model, cutoff, settings, with_label=True, rows=labelled)
-        if len(cache[key]):
-            frames.append(cache[key])
-    out = _assemble(frames, model, training_set_schema(model))
-    out.attrs.update(model=model, notes=notes, rows_before_sampling=total)
+    todo, meta = fill_training_cache(wh, plans, settings, cache)
+    out = {}
+    for model, cutoffs in todo.items():
+        _, notes, total = meta[model]
+        frames = [cache[key] for key, _ in cutoffs.values() if len(cache[key])]
+        out[model] = _assemble(frames, model, training_set_schema(model))
+        out[model].attrs.update(model=model, notes=notes, rows_before_sampling=total)
     return out
+
+
+Todo = dict[ModelName, dict[pd.Timestamp, tuple[tuple[str, pd.Timestamp], pd.DataFrame]]]
+Meta = dict[ModelName, tuple[Settings, list[str], int]]
+
+
+def fill_training_cache(wh: Warehouse, plans: dict[ModelName, CutoffPlan], settings: Settings | None,
+                        cache: FrameCache) -> tuple[Todo, Meta]:
+    """Every planned (model, cutoff) frame in ``cache``, with the key each is kept under; the order
+    models' cutoffs they share take one feature pass (the union of their kept rows: a subset narrows
+    rows, never history). Also returns per model its settings, run notes and rows before sampling."""
+    base = settings or get_settings()
+    todo: Todo = {}
+    meta: Meta = {}
+    for model, plan in plans.items():
+        model_settings, widened = frame_settings(model, plan, base)
+        rows = {c: _labels_cached(wh, model, c, model_settings, cache) for c in plan.cutoffs}
+        total = sum(len(r) for r in rows.values())
+        notes: list[str] = [widened] if widened else []
+        share = 1.0
+        if total > model_settings.split.max_training_rows:
+            share = model_settings.split.max_training_rows / total
+            notes.append(f"{total:,} training rows exceed split.max_training_rows="
+                         f"{model_settings.split.max_training_rows:,}: a stable {share:.0%} of customers is kept")
+        todo[model] = {}
+        for cutoff, labelled in rows.items():
+            if share < 1.0 and len(labelled):
+                keep_ids = labelled[SAMPLE_KEY] if SAMPLE_KEY in labelled else labelled[entity_key(model)]
+                labelled = labelled[stable_share(keep_ids, model_settings.training.seed) < share]
+            key = (model, cutoff) if share == 1.0 else (f"{model}@{share:.6f}", cutoff)
+            todo[model][cutoff] = (key, labelled)
+        meta[model] = (model_settings, notes, total)
+    _share_order_passes(wh, todo, meta, cache)
+    for model, cutoffs in todo.items():
+        for cutoff, (key, labelled) in cutoffs.items():
+            if key not in cache:
+                cache[key] = _frame_at(wh, model, cutoff, meta[model][0], with_label=True, rows=labelled)
+    return todo, meta
+
+
+def _share_order_passes(wh: Warehouse, todo: Todo, meta: Meta, cache: FrameCache) -> None:
+    """Fill the cache for cutoffs where two or more order models (with the same label settings) still
+    need rows: one ``order_features`` call on their union, each model's rows taken from it."""
+    order_models = [m for m in todo if MODEL_ENTITY[m] == "order"]
+    groups: dict[tuple[pd.Timestamp, str], list[ModelName]] = {}
+    for model in order_models:
+        for cutoff, (key, labelled) in todo[model].items():
+            if key not in cache and len(labelled):
+                groups.setdefault((cutoff, meta[model][0].labels.model_dump_json()), []).append(model)
+    for (cutoff, _), models in groups.items():
+        if len(models) < 2:
+            continue
+        key_column = entity_key(models[0])
+        wanted = pd.concat([todo[m][cutoff][1][[key_column]] for m in models]).drop_duplicates(ignore_index=True)
+        shared = order_features(wh, cutoff, wanted, meta[models[0]][0], validate=False)
+        for model in models:
+            key, labelled = todo[model][cutoff]
+            feats = shared[shared[key_column].isin(labelled[key_column])].reset_index(drop=True)
+            frame = feats.merge(labelled[[key_column, LABEL]], on=key_column, how="inner", validate="1:1")
+            frame.insert(len(key_columns(model)), CUTOFF, cutoff)
+            cache[key] = frame
 
 
 def build_training_set(
