@@ -395,6 +395,47 @@ def test_a_price_change_in_one_category_is_detected_on_price_features_only(shop:
                                                                                 "avg_order_value"}
 
 
+def test_the_first_mornings_pooled_days_take_one_pass_a_day_and_equal_the_days_computed_alone(
+    shop: Shop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15: no earlier day kept (a fresh warehouse path), the gate computes the pooled days of
+    both order models in one feature pass a day, value for value as each day's own scoring frame."""
+    from tasks.models import datasets
+    from tasks.models.datasets import scoring_frame
+    from tasks.monitoring.checks import fill_population_pools, population_columns, population_path
+
+    copy = Path(shutil.copy(shop.stable, tmp_path / "fresh.duckdb"))
+    settings = shop.settings(copy)
+    score_day(settings, RUN_DATE)
+    real, passes = datasets.order_features, []
+
+    def counted(*args: object, **kwargs: object) -> pd.DataFrame:
+        passes.append(args[1])
+        return real(*args, **kwargs)
+
+    wh = Warehouse(copy)
+    try:
+        monkeypatch.setattr(datasets, "order_features", counted)
+        days = fill_population_pools(wh, settings, RUN_DATE, ["return", "negative_review", "churn"])
+        pooled = [pd.Timestamp(RUN_DATE) - pd.Timedelta(days=b) for b in range(1, days + 1)]
+        sizes = {(d, m): len(pd.read_parquet(population_path(settings, m, d)))
+                 for d in pooled for m in ("return", "negative_review")}
+        assert days == settings.monitoring.drift_pool_days - 1
+        assert len(passes) == days == sum(sizes[d, "return"] > 0 and sizes[d, "negative_review"] > 0 for d in pooled)
+        assert fill_population_pools(wh, settings, RUN_DATE, ["return", "negative_review"]) == 0
+        assert len(passes) == days  # kept: nothing computed twice
+        monkeypatch.setattr(datasets, "order_features", real)
+        for back in (1, days):
+            day = pd.Timestamp(RUN_DATE) - pd.Timedelta(days=back)
+            for model in ("return", "negative_review"):
+                kept = pd.read_parquet(population_path(settings, model, day))
+                alone = scoring_frame(wh, model, day, settings)[population_columns(model)]
+                assert len(alone), (day, model)
+                pd.testing.assert_frame_equal(kept, alone, check_exact=False, rtol=1e-12, atol=0)
+    finally:
+        wh.close()
+
+
 def test_realised_performance_only_for_matured_runs_and_as_sklearn_computes_it(shop: Shop, monkeypatch) -> None:
     from flows.score import score_flow
     from tasks.care.treatment import treatment_mask

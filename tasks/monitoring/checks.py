@@ -51,6 +51,7 @@ from uuid import UUID
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
@@ -78,7 +79,7 @@ from schemas.settings import MonitoringSettings, Settings
 from schemas.tasks import TASK_TABLE, ControlGroup, TaskList
 from tasks.care.treatment import treatment_mask
 from tasks.data.warehouse import Warehouse, open_warehouse
-from tasks.models.datasets import categorical_columns, feature_columns, scoring_frame
+from tasks.models.datasets import categorical_columns, feature_columns, scoring_frame, scoring_frames
 from tasks.models.evaluation import calibration_bins, classification_metrics, reliability_table
 from tasks.models.labels import data_end, entity_key, key_columns, label_matured, labels
 from tasks.models.registry import configure, ensure_experiment
@@ -466,6 +467,41 @@ def scores_of_day(wh: Warehouse, run_date: Any, model: str | None = None) -> pd.
     return frame[frame["model"] == model].reset_index(drop=True) if model else frame
 
 
+def population_columns(model: str) -> list[str]:
+    return [*key_columns(model), *feature_columns(model)]
+
+
+def population_path(settings: Settings, model: str, day: pd.Timestamp) -> Path:
+    warehouse = hashlib.sha1(str(Path(settings.warehouse_path).resolve()).encode()).hexdigest()[:12]
+    return settings.reports_dir / "monitoring" / "populations" / warehouse / model / f"{day:%Y-%m-%d}.parquet"
+
+
+def population_kept(settings: Settings, model: str, day: pd.Timestamp) -> bool:
+    """A kept frame with other columns than the code's features (a feature added since) does not count."""
+    path = population_path(settings, model, day)
+    return path.exists() and pq.read_schema(path).names == population_columns(model)
+
+
+def fill_population_pools(wh: Warehouse, settings: Settings, run_date: Any, models: Sequence[str]) -> int:
+    """The pooled days no run has kept yet, both order models' frames from one feature pass a day.
+
+    Why: the first morning (or the first after the kept frames were removed) has no earlier days kept,
+    and computing them model by model reads each day's history twice (on a 1M-customer shop the
+    gate's first morning spent 280 s there). Returns the number of days computed.
+    """
+    order_models = [m for m in models if entity_key(m) == "order_id"]
+    day, filled = _day(run_date), 0
+    for back in range(1, settings.monitoring.drift_pool_days):
+        earlier = day - pd.Timedelta(days=back)
+        missing = [m for m in order_models if not population_kept(settings, m, earlier)]
+        if len(missing) < 2:  # one model alone computes its own in population_frame
+            continue
+        for model, frame in scoring_frames(wh, missing, earlier, settings).items():
+            population_frame(wh, settings, model, earlier, frame)
+        filled += 1
+    return filled
+
+
 def population_frame(wh: Warehouse, settings: Settings, model: str, day: pd.Timestamp,
                      current: pd.DataFrame | None = None) -> pd.DataFrame:
     """The model's scored population of ``day`` (keys and features), computed once and kept per warehouse.
@@ -473,13 +509,10 @@ def population_frame(wh: Warehouse, settings: Settings, model: str, day: pd.Time
     The scoring run's own frame (``current``) is kept as is; a day computed here is the same point-in-time
     frame. A kept frame with other columns than the code's features (a feature added since) is recomputed.
     """
-    columns = [*key_columns(model), *feature_columns(model)]
-    warehouse = hashlib.sha1(str(Path(settings.warehouse_path).resolve()).encode()).hexdigest()[:12]
-    path = settings.reports_dir / "monitoring" / "populations" / warehouse / model / f"{day:%Y-%m-%d}.parquet"
-    if current is None and path.exists():
-        kept = pd.read_parquet(path)
-        if list(kept.columns) == columns:
-            return kept
+    columns = population_columns(model)
+    path = population_path(settings, model, day)
+    if current is None and population_kept(settings, model, day):
+        return pd.read_parquet(path)
     frame = (current if current is not None else scoring_frame(wh, model, day, settings))[columns]
     path.parent.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(path, index=False)
@@ -546,6 +579,7 @@ def drift_for_day(wh: Warehouse, settings: Settings, run_date: Any, scorers: Map
                   frames: Mapping[str, pd.DataFrame] | None = None) -> dict[str, ModelDrift]:
     """Every configured model's drift on the day's scoring run (models without scores: ``not_scored``)."""
     scores = scores_of_day(wh, run_date)
+    fill_population_pools(wh, settings, run_date, [m for m in settings.training.models if (scores["model"] == m).any()])
     out = {}
     for model in settings.training.models:
         rows = scores[scores["model"] == model]
