@@ -101,7 +101,8 @@ def _quiet_defaults() -> None:
     from flows.runtime import clean_leaked_servers
 
     stopped = clean_leaked_servers(settings)
-    import prefect  # noqa: F401  (configures Prefect's logging, which _console_quiet then adjusts)
+    import prefect.main  # noqa: F401  (configures Prefect's logging, which _console_quiet then adjusts; a bare
+    # `import prefect` does not, and the first `from prefect import flow` would then undo the quieting)
 
     _console_quiet()
     if stopped:

@@ -92,6 +92,30 @@ def test_score_without_a_champion_fails_cleanly(cli, home: Path) -> None:
     assert log.is_file() and str(log) in result.stderr and "no champion" in log.read_text()
 
 
+def test_prefect_internal_errors_go_to_the_log_file_not_the_console(home: Path, prefect_api: None) -> None:
+    """A command's console stays quiet when Prefect's own services log an error later in the run.
+
+    CI once printed a ``prefect._internal.concurrency`` ERROR line beside the one-line refusal: a
+    bare ``import prefect`` does not set up Prefect's logging, so the first ``from prefect import
+    flow`` after the CLI quieted the console set it up again with a fresh stderr handler.
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    script = (
+        "import logging\n"
+        "from flows import cli\n"
+        "cli._quiet_defaults()\n"
+        "import flows.score  # the flows' imports, as a command makes them after start-up\n"
+        "logging.getLogger('prefect._internal.concurrency').error('planted service failure')\n"
+    )
+    env = {**os.environ, "AFTERSALES_PATHS__HOME": str(home / "home"), "PREFECT_API_URL": PREFECT_API_URL.value()}
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "planted service failure" not in result.stderr + result.stdout
+    assert "planted service failure" in (home / "home" / "logs" / "aftersales.log").read_text()
+
+
 @pytest.mark.parametrize("args, said", [
     (("promote", "foo"), "unknown model 'foo'; choose from return, negative_review, churn"),
     (("ingest", "/no/such/dir"), "/no/such/dir is not a folder"),
