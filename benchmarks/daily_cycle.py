@@ -431,11 +431,10 @@ def main() -> None:
 
 def kept_pool_days(settings: Settings, run_date: pd.Timestamp, forget: bool) -> int:
     """Earlier days of the drift pool kept by earlier runs (the fewest over the order models)."""
-    from tasks.models.labels import entity_key
-    from tasks.monitoring.checks import population_kept, population_path
+    from tasks.monitoring.checks import earlier_pool_days, order_models_of, population_kept, population_path
 
-    order_models = [m for m in settings.training.models if entity_key(m) == "order_id"]
-    days = [run_date - pd.Timedelta(days=k) for k in range(1, settings.monitoring.drift_pool_days)]
+    order_models = order_models_of(settings.training.models)
+    days = earlier_pool_days(run_date, settings.monitoring)
     if forget:
         for model in order_models:
             for day in days:

@@ -482,6 +482,16 @@ def population_kept(settings: Settings, model: str, day: pd.Timestamp) -> bool:
     return path.exists() and pq.read_schema(path).names == population_columns(model)
 
 
+def earlier_pool_days(run_date: Any, cfg: MonitoringSettings) -> list[pd.Timestamp]:
+    """The run dates before ``run_date`` whose order populations the drift pool adds to the day's."""
+    day = _day(run_date)
+    return [day - pd.Timedelta(days=back) for back in range(1, cfg.drift_pool_days)]
+
+
+def order_models_of(models: Iterable[str]) -> list[str]:
+    return [m for m in models if entity_key(m) == "order_id"]
+
+
 def fill_population_pools(wh: Warehouse, settings: Settings, run_date: Any, models: Sequence[str]) -> int:
     """The pooled days no run has kept yet, both order models' frames from one feature pass a day.
 
@@ -489,10 +499,8 @@ def fill_population_pools(wh: Warehouse, settings: Settings, run_date: Any, mode
     and computing them model by model reads each day's history twice (on a 1M-customer shop the
     gate's first morning spent 280 s there). Returns the number of days computed.
     """
-    order_models = [m for m in models if entity_key(m) == "order_id"]
-    day, filled = _day(run_date), 0
-    for back in range(1, settings.monitoring.drift_pool_days):
-        earlier = day - pd.Timedelta(days=back)
+    order_models, filled = order_models_of(models), 0
+    for earlier in earlier_pool_days(run_date, settings.monitoring):
         missing = [m for m in order_models if not population_kept(settings, m, earlier)]
         if len(missing) < 2:  # one model alone computes its own in population_frame
             continue
@@ -533,8 +541,8 @@ def recent_population(wh: Warehouse, settings: Settings, run_date: Any, model: s
     day = _day(run_date)
     frames = [population_frame(wh, settings, model, day, current)]
     if entity_key(model) == "order_id":
-        frames += [population_frame(wh, settings, model, day - pd.Timedelta(days=k))
-                   for k in range(1, settings.monitoring.drift_pool_days)]
+        frames += [population_frame(wh, settings, model, earlier)
+                   for earlier in earlier_pool_days(day, settings.monitoring)]
     filled = [f for f in frames if len(f)]
     return (pd.concat(filled, ignore_index=True) if len(filled) > 1 else frames[0]), len(frames)
 
