@@ -135,6 +135,18 @@ def _server_limit(settings: Settings, name: str | None) -> str | None:
     return limit if _limits_seen[key] else None
 
 
+def _limit_busy(limit: str, occupy: int) -> bool:
+    """Whether the server's limit has fewer free slots than asked for (unknown: busy)."""
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            found = client.read_global_concurrency_limit_by_name(limit)
+    except Exception:  # the notice is a courtesy: any doubt says it
+        return True
+    return (found.active_slots or 0) + occupy > found.limit
+
+
 @contextlib.contextmanager
 def _server_slots(settings: Settings, name: str | None, shared: bool, label: str) -> Iterator[None]:
     limit = _server_limit(settings, name)
@@ -152,8 +164,9 @@ def _server_slots(settings: Settings, name: str | None, shared: bool, label: str
             return
     except TimeoutError:
         pass
-    _notice(f"waiting for {label}: another run holds the Prefect concurrency limit {limit!r}; "
-            f"waiting up to {cfg.lock_wait_seconds:.0f} s")
+    if _limit_busy(limit, occupy):  # a slow server also times the first try out: say so only when held
+        _notice(f"waiting for {label}: another run holds the Prefect concurrency limit {limit!r}; "
+                f"waiting up to {cfg.lock_wait_seconds:.0f} s")
     try:
         with concurrency(limit, occupy=occupy, timeout_seconds=cfg.lock_wait_seconds, lease_duration=lease,
                          strict=True):

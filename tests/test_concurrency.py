@@ -197,6 +197,23 @@ def test_on_a_prefect_server_the_global_concurrency_limit_queues_writers(home: P
     assert entered.is_set()
 
 
+def test_the_waiting_notice_is_said_only_while_the_servers_slots_are_held(home: Path, prefect_api: None) -> None:
+    """A first try that times out on a slow server is not "another run holds" (CI once said so)."""
+    from prefect.concurrency.sync import concurrency
+
+    from flows.deployments import ensure_concurrency_limits
+    from tasks.locks import _limit_busy
+
+    settings = Settings(paths={"home": home})
+    ensure_concurrency_limits(settings)
+    assert not _limit_busy("aftersales-warehouse", 1)
+    assert settings.prefect.warehouse_slots > 1
+    with concurrency("aftersales-warehouse", occupy=1, strict=True):  # a reader holds one slot
+        assert not _limit_busy("aftersales-warehouse", 1), "another reader enters at once"
+        assert _limit_busy("aftersales-warehouse", settings.prefect.warehouse_slots), "a writer waits"
+    assert _limit_busy("aftersales-no-such-limit", 1), "unknown: the notice is said"
+
+
 def test_a_killed_commands_embedded_server_is_stopped_by_the_next_start(home: Path, tmp_path: Path) -> None:
     """kill -9 of a command leaves its embedded Prefect server running, re-parented; the next
     command's start-up stops it (it was recorded with its pid, port and parent in <home>/run)."""
