@@ -139,6 +139,13 @@ def _failure_message(state: Any) -> str:
     return (state.message or "failed").splitlines()[0]
 
 
+def _run(what: str, flow: Any, /, *args: Any, **kwargs: Any) -> Any:
+    """Run a flow and give its value, or one clear line and exit code 1 when it failed."""
+    from flows.runtime import run_flow_state
+
+    return _finish(run_flow_state(flow, *args, **kwargs), what)
+
+
 def _finish(state: Any, what: str) -> Any:
     """Turn a failed flow run into one clear line and exit code 1, never a traceback."""
     if state.is_failed() or state.is_crashed():
@@ -205,7 +212,7 @@ def ingest(
     _quiet_defaults()
     from flows.ingest import ingest_flow
 
-    summary = _finish(ingest_flow(data_dir, mapping, as_of, force, return_state=True), "ingestion")
+    summary = _run("ingestion", ingest_flow, data_dir, mapping, as_of, force)
     console.print(f"[green]batch {summary['batch_id']}[/]: {summary['rows_in']:,} rows in, "
                   f"{summary['rows_valid']:,} valid, {summary['rows_quarantined']:,} quarantined")
     for warning in summary["warnings"]:
@@ -238,15 +245,13 @@ def train(
 
     _, runner = _settings_with_runner()
     if promote:
-        result = _finish(retrain_flow.with_options(task_runner=runner)(models=models, promote=True,
-                                                                          return_state=True), "retraining")
+        result = _run("retraining", retrain_flow.with_options(task_runner=runner), models=models, promote=True)
         _print_trained(result["training"])
         for decision in result["promotions"]:
             console.print(f"[bold]{decision['model']}[/]: {decision['message']}")
         return
     day = cutoff.date() if cutoff else None
-    result = _finish(train_flow.with_options(task_runner=runner)(models=models, cutoff=day, return_state=True),
-                     "training")
+    result = _run("training", train_flow.with_options(task_runner=runner), models=models, cutoff=day)
     _print_trained(result["models"])
 
 
@@ -294,7 +299,7 @@ def promote(
     _quiet_defaults()
     from flows.promote import promote_flow
 
-    result = _finish(promote_flow(model, force=force, return_state=True), "promotion")
+    result = _run("promotion", promote_flow, model, force=force)
     colour = "green" if result["promoted"] else "yellow"
     console.print(f"[{colour}]{result['decision']}[/]: {result['message']}")
 
@@ -370,8 +375,7 @@ def backtest(
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from None
     names = [m for given in (models or ["all"]) for m in given.split(",")]
-    result = _finish(backtest_flow(models=names, dates=[d.date() for d in days], out=out, return_state=True),
-                     "backtest")
+    result = _run("backtest", backtest_flow, models=names, dates=[d.date() for d in days], out=out)
     for summary in result["models"]:
         console.print(_backtest_table(summary))
         k = f"precision at the top {_top_k()}"
@@ -481,14 +485,14 @@ def score(
     from flows.score import as_day, backfill_flow, score_flow
 
     if start or end:
-        results = _finish(backfill_flow(as_day(start), as_day(end), models=models, return_state=True), "backfill")
+        results = _run("backfill", backfill_flow, as_day(start), as_day(end), models=models)
         for r in results:
             line = f"{r['tasks']} tasks, {r['control']} held out" if r["ok"] else f"[red]failed:[/] {r['message']}"
             console.print(f"{r['run_date']}: {line}")
         if not all(r["ok"] for r in results):
             raise typer.Exit(1)
         return
-    result = _finish(score_flow(run_date=as_day(run_date), models=models, return_state=True), "scoring")
+    result = _run("scoring", score_flow, run_date=as_day(run_date), models=models)
     _print_scored(result)
 
 
@@ -527,7 +531,7 @@ def run(
     _quiet_defaults()
     from flows.main import main_flow
 
-    result = _finish(main_flow(customers=customers, seed=seed, return_state=True), "the main job")
+    result = _run("the main job", main_flow, customers=customers, seed=seed)
     _print_trained(result["training"])
     ingest = result.get("ingest") or {}
     if ingest.get("rows_quarantined"):
@@ -548,7 +552,7 @@ def segments(
     _quiet_defaults()
     from flows.segments import segments_flow
 
-    result = _finish(segments_flow(run_date=run_date, return_state=True), "segmentation")
+    result = _run("segmentation", segments_flow, run_date=run_date)
     console.print(f"[green]{result['run_date']}[/]: {result['customers']:,} customers, {result['tags']:,} tags held "
                   f"(+{result['gained']:,} / -{result['lost']:,} today); {result['k']} segments, "
                   f"silhouette {result['silhouette']}")
@@ -567,7 +571,7 @@ def journeys(
     _quiet_defaults()
     from flows.journeys import journeys_flow
 
-    result = _finish(journeys_flow(run_date=run_date, return_state=True), "journey analysis")
+    result = _run("journey analysis", journeys_flow, run_date=run_date)
     console.print(f"[green]{result['run_date']}[/]: {result['journeys']:,} journeys ({result['open']:,} open), "
                   f"{result['slow_stages']} slow stages")
     for model, accuracy in result["accuracy"].items():
@@ -583,7 +587,7 @@ def service_scores(
     _quiet_defaults()
     from flows.service_scores import service_scores_flow
 
-    result = _finish(service_scores_flow(run_date=run_date, return_state=True), "service scoring")
+    result = _run("service scoring", service_scores_flow, run_date=run_date)
     console.print(f"[green]{result['run_date']}[/]: {result['tickets']:,} tickets scored")
     for row in result["team_ranking"]:
         console.print(f"  {row['rank']}. {row['team']}: {row['score']} ({row['tickets']} tickets)")
@@ -600,8 +604,7 @@ def text(
     _quiet_defaults()
     from flows.text import text_flow
 
-    result = _finish(text_flow(train_until=train_until.date() if train_until else None, return_state=True),
-                     "text analysis")
+    result = _run("text analysis", text_flow, train_until=train_until.date() if train_until else None)
     auc = result["sentiment_test_roc_auc"]
     console.print(f"[green]{result['stored']:,} texts scored[/]; sentiment ROC-AUC on the later window "
                   f"{'n/a' if auc is None else f'{auc:.3f}'}; MLflow run {result['run_id']}")
@@ -626,7 +629,7 @@ def alerts(
     _quiet_defaults()
     from flows.alerts import alerts_flow
 
-    result = _finish(alerts_flow(as_of=as_of, weeks=weeks, return_state=True), "product early warning")
+    result = _run("product early warning", alerts_flow, as_of=as_of, weeks=weeks)
     console.print(f"[green]{result['alerts']} alerts[/] in {len(result['weeks'])} weeks checked "
                   f"(data as of {result['as_of'][:10]}): {', '.join(result['products']) or 'none'}")
     for note in result.get("notes", []):
@@ -645,7 +648,7 @@ def report(
     _quiet_defaults()
     from flows.report import report_flow
 
-    result = _finish(report_flow(as_of=as_of, out=out, return_state=True), "report")
+    result = _run("report", report_flow, as_of=as_of, out=out)
     console.print(f"[green]report[/] (data as of {result['as_of'][:10]}, {result['alerts']} early warnings): "
                   f"{result['report']}")
     for line in result.get("sources", []):
@@ -667,7 +670,7 @@ def monitor(
     from flows.monitor import monitor_flow
     from flows.score import as_day
 
-    result = _finish(monitor_flow(run_date=as_day(run_date), models=models, return_state=True), "monitoring")
+    result = _run("monitoring", monitor_flow, run_date=as_day(run_date), models=models)
     console.print(f"[green]{result['run_date']}[/]: drift of the scored population vs the training reference")
     for model, drift in result["drift"].items():
         verdict = "[red]severe drift[/]" if drift["severe"] else drift["status"]
@@ -779,7 +782,7 @@ def uplift(
     from flows.score import as_day
     from flows.uplift import uplift_flow
 
-    result = _finish(uplift_flow(as_day(since), as_day(until), return_state=True), "uplift")
+    result = _run("uplift", uplift_flow, as_day(since), as_day(until))
     if not result["table"]:  # no control or no closed window yet: the report is one sentence, say it
         console.print(result["markdown"].removeprefix("## Uplift of care tasks").strip(), highlight=False)
     else:
@@ -814,7 +817,7 @@ def outcomes_import(
     _quiet_defaults()
     from flows.outcomes import outcomes_import_flow
 
-    result = _finish(outcomes_import_flow(path, mapping, return_state=True), "outcomes import")
+    result = _run("outcomes import", outcomes_import_flow, path, mapping)
     console.print(result["markdown"])
     console.print(f"report: {result['report']}")
 from flows.board import board_cli  # noqa: E402  (typer only at import; the web stack loads when serving)

@@ -10,6 +10,7 @@ from prefect import flow, task
 from prefect.states import Failed
 
 from flows.ingest import ingest_flow
+from flows.runtime import run_flow_state
 from flows.score import score_flow
 from flows.segments import segments_flow
 from flows.train import train_flow
@@ -38,9 +39,9 @@ def main_flow(customers: int = 5_000, seed: int = 42) -> dict[str, Any] | Failed
     settings = get_settings()
     step(1, 5, f"generating a synthetic shop of {customers:,} customers")
     data_dir = generate(customers, seed)
-    steps = [("ingestion", "ingesting and validating it", lambda: ingest_flow(data_dir, return_state=True)),
+    steps = [("ingestion", "ingesting and validating it", lambda: run_flow_state(ingest_flow, data_dir)),
              ("training", f"training {len(settings.training.models)} models (the longest step)",
-              lambda: train_flow(return_state=True))]
+              lambda: run_flow_state(train_flow))]
     results: dict[str, Any] = {}
     for number, (name, what, run) in enumerate(steps, start=2):
         step(number, 5, what)
@@ -52,11 +53,11 @@ def main_flow(customers: int = 5_000, seed: int = 42) -> dict[str, Any] | Failed
     today: date = (pd.Timestamp(settings.generator.end_date) + pd.Timedelta(days=1)).date()
     # tags and segments as of the run date first: the playbook reads them and agents see them on each task
     step(4, 5, f"tags and segments as of {today}")
-    tagged = segments_flow(run_date=today, return_state=True)
+    tagged = run_flow_state(segments_flow, run_date=today)
     if tagged.is_failed():
         return Failed(message=f"tags and segments: {tagged.message}")
     step(5, 5, f"scoring {today} and writing the task list")
-    scored = score_flow(run_date=today, return_state=True)
+    scored = run_flow_state(score_flow, run_date=today)
     if scored.is_failed():
         return Failed(message=f"scoring: {scored.message}")
     return {"ingest": results["ingestion"], "training": results["training"]["models"],

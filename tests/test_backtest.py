@@ -15,9 +15,16 @@ import pandas as pd
 import pytest
 from test_datasets import END, load, random_shop  # tests/ is on sys.path
 
+from flows.runtime import run_flow_state
 from schemas.derived import CUTOFF, LABEL
 from schemas.settings import Settings
-from tasks.models.backtest import NotMatured, check_matured, fit_as_of, guard_message, settings_as_of
+from tasks.models.backtest import (
+    NotMatured,
+    check_matured,
+    fit_as_of,
+    guard_message,
+    settings_as_of,
+)
 from tasks.models.datasets import build_training_frame, feature_columns, plan_cutoffs
 from tasks.models.labels import labels
 from tests.md_tables import row_starting, table_rows
@@ -151,7 +158,7 @@ def test_a_5_positive_model_is_refused_and_nothing_is_registered(
     reviews.loc[reviews.sample(5, random_state=1).index, "score"] = 1  # five bad reviews in 14 months
     settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
     load(settings.warehouse_path, shop).close()
-    state = train_flow(models=["negative_review"], return_state=True)
+    state = run_flow_state(train_flow, models=["negative_review"])
     assert state.is_failed()  # the only model asked for was not trained: the command exits non-zero
     assert "not registered" in state.message and "at least 30 are needed" in state.message
     assert "positive label" in state.message

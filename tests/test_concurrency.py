@@ -214,6 +214,60 @@ def test_the_waiting_notice_is_said_only_while_the_servers_slots_are_held(home: 
     assert _limit_busy("aftersales-no-such-limit", 1), "unknown: the notice is said"
 
 
+@pytest.fixture
+def lost_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A loaded server that commits a run's final state but whose answer is lost: the client sends the
+    same request again, as its retry does, and the server answers with the state it stored."""
+    from prefect.client.orchestration.base import BaseClient
+
+    send = BaseClient.request
+
+    def request(self, method, path, params=None, path_params=None, **kwargs):
+        answer = send(self, method, path, params=params, path_params=path_params, **kwargs)
+        if path == "/flow_runs/{id}/set_state" and kwargs.get("json", {}).get("state", {}).get("type") == "COMPLETED":
+            answer = send(self, method, path, params=params, path_params=path_params, **kwargs)
+        return answer
+
+    monkeypatch.setattr(BaseClient, "request", request)
+
+
+def test_a_completed_run_keeps_its_value_when_the_servers_answer_was_lost(prefect_api: None, lost_answers) -> None:
+    """CI once failed `aftersales monitor` with MissingResult: the API's copy of a completed state has no data."""
+    import typer
+    from prefect import flow
+    from prefect.exceptions import MissingResult
+    from prefect.states import Completed
+
+    from flows.cli import _run
+    from flows.runtime import run_flow_state
+
+    @flow
+    def summary(tasks: int) -> dict:
+        return {"tasks": tasks}
+
+    @flow
+    def broken() -> None:
+        raise ValueError("orders.csv row 7, column ordered_at: not a date")
+
+    @flow
+    def flagged() -> Completed:  # a named state with a value, as the score flow ships a flagged list
+        return Completed(name="Flagged", data={"tasks": 5}, message="task list shipped flagged")
+
+    with pytest.raises(MissingResult):  # what Prefect's own return_state gives on such a server
+        summary(3, return_state=True).result()
+    assert run_flow_state(summary, 3).result() == {"tasks": 3}
+    assert _run("scoring", summary, tasks=4) == {"tasks": 4}
+    shipped = run_flow_state(flagged)
+    assert shipped.name == "Flagged" and shipped.message == "task list shipped flagged"
+    assert shipped.result() == {"tasks": 5}
+    failed = run_flow_state(broken)
+    assert failed.is_failed() and "row 7, column ordered_at" in failed.message
+    with pytest.raises(ValueError, match="row 7"):
+        failed.result()
+    with pytest.raises(typer.Exit):
+        _run("ingestion", broken)
+
+
 def test_a_killed_commands_embedded_server_is_stopped_by_the_next_start(home: Path, tmp_path: Path) -> None:
     """kill -9 of a command leaves its embedded Prefect server running, re-parented; the next
     command's start-up stops it (it was recorded with its pid, port and parent in <home>/run)."""

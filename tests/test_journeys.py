@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from shared_shop import RUN, shop_copy
 
+from flows.runtime import run_flow_state
 from schemas.analytics import (
     JOURNEY_EVALUATION_TABLE,
     JOURNEY_PATHS_TABLE,
@@ -204,6 +205,6 @@ def test_a_shop_without_delivery_dates_is_told_so(settings: Settings, prefect_ap
             "total_amount": 10.0}))
     finally:
         wh.close()
-    state = journeys_flow(run_date=day(60).date(), return_state=True)
+    state = run_flow_state(journeys_flow, run_date=day(60).date())
     assert state.is_failed()
     assert "no order delivered by" in state.message and "map delivered_at" in state.message

@@ -24,6 +24,7 @@ from test_monitoring import (
     trained_shop,
 )
 
+from flows.runtime import run_flow_state
 from schemas.monitoring import DECISIONS_TABLE, GATE_TABLE
 from schemas.settings import get_settings, reset_settings_cache
 from tasks.data.warehouse import Warehouse
@@ -82,7 +83,7 @@ def flow_runs(flow_name: str) -> list:
 def score(**kwargs) -> dict:
     from flows.score import score_flow
 
-    state = score_flow(run_date=DAY, return_state=True, **kwargs)
+    state = run_flow_state(score_flow, run_date=DAY, **kwargs)
     assert not state.is_failed(), state.message
     return state.result()
 
@@ -102,7 +103,7 @@ def test_severe_drift_ships_the_list_flagged(shop: Shop, use) -> None:
     from flows.score import score_flow
 
     settings = use(shop.shifted, gate="flag")
-    state = score_flow(run_date=DAY, return_state=True)
+    state = run_flow_state(score_flow, run_date=DAY)
     assert state.is_completed() and state.name == "Flagged", "not a plain green Completed (issue 14.6)"
     assert "shipped flagged" in state.message
     result = state.result()
@@ -175,7 +176,7 @@ def test_crossing_a_threshold_triggers_exactly_one_retrain_then_cools_down(shop:
     # embedded mode: a subflow, whatever deployments other tests registered on the shared test server
     settings = use(shop.shifted, retrain="subflow")
     assert flow_runs("retrain") == []
-    state = monitor_flow(run_date=DAY, return_state=True)
+    state = run_flow_state(monitor_flow, run_date=DAY)
     assert not state.is_failed(), state.message
     result = state.result()
     decisions = {d["model"]: d for d in result["decisions"]}
@@ -189,7 +190,7 @@ def test_crossing_a_threshold_triggers_exactly_one_retrain_then_cools_down(shop:
     client = MlflowClient(settings.tracking_uri)
     assert str(client.get_model_version_by_alias("aftersales-return", "challenger").version) == "2"
 
-    again = monitor_flow(run_date=DAY, return_state=True).result()
+    again = run_flow_state(monitor_flow, run_date=DAY).result()
     assert {d["model"]: d["decision"] for d in again["decisions"]} == {
         "return": "cooldown", "negative_review": "cooldown", "churn": "none"}
     assert len(flow_runs("retrain")) == 1, "no second retrain inside the cool-down"
@@ -219,7 +220,7 @@ def test_with_a_deployment_on_the_server_the_trigger_runs_the_deployment(shop: S
     use(shop.shifted, cooldown_days="0")
     deployment_id = retrain_flow.to_deployment(name="weekly-retrain").apply()
     try:
-        result = monitor_flow(run_date=DAY, return_state=True).result()
+        result = run_flow_state(monitor_flow, run_date=DAY).result()
         chosen = [d for d in result["decisions"] if d["decision"] == "retrain"]
         assert {d["model"] for d in chosen} == {"return", "negative_review"}
         assert {d["trigger"] for d in chosen} == {"deployment"}
@@ -236,7 +237,7 @@ def test_a_retrain_that_cannot_start_is_recorded_as_failed(shop: Shop, use) -> N
     from flows.monitor import monitor_flow
 
     use(shop.shifted, cooldown_days="0", retrain="deployment", retrain_deployment="retrain/no-such-deployment")
-    result = monitor_flow(run_date=DAY, return_state=True).result()
+    result = run_flow_state(monitor_flow, run_date=DAY).result()
     failed = {d["model"]: d for d in result["decisions"] if d["decision"] == "failed"}
     assert set(failed) == {"return", "negative_review"} and failed["return"]["flow_run_id"] is None
     assert "the retrain failed" in failed["return"]["reason"]

@@ -23,6 +23,7 @@ from mlflow import MlflowClient
 from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
+from flows.runtime import run_flow_state
 from schemas.monitoring import PERFORMANCE_TABLE
 from schemas.settings import MonitoringSettings, Settings, reset_settings_cache
 from tasks.data.warehouse import Warehouse
@@ -284,7 +285,7 @@ def build_trained_shop(root: Path, customers: int = 3_000, seed: int = 5) -> Pat
         ingest_batch(root / "data", wh, settings)
     finally:
         wh.close()
-    state = train_flow(return_state=True)
+    state = run_flow_state(train_flow)
     assert not state.is_failed(), state.message
     return settings.warehouse_path
 
@@ -445,7 +446,7 @@ def test_realised_performance_only_for_matured_runs_and_as_sklearn_computes_it(s
     monkeypatch.setenv("AFTERSALES_PATHS__WAREHOUSE", str(shop.stable))
     reset_settings_cache()
     settings = shop.settings()
-    state = score_flow(run_date=pd.Timestamp(MATURED).date(), return_state=True)  # scores + that day's list
+    state = run_flow_state(score_flow, run_date=pd.Timestamp(MATURED).date())  # scores + that day's list
     assert not state.is_failed(), state.message
     score_day(settings, IMMATURE)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from test_text import shop_warehouse  # the shared generated shop (tests/ is on sys.path)
 
+from flows.runtime import run_flow_state
 from schemas.settings import Settings
 from schemas.text import ALERTS_TABLE, TEXT_INSIGHTS_TABLE
 from tasks.data.warehouse import Warehouse
@@ -124,7 +125,7 @@ def test_text_flow_fails_in_words_on_an_empty_warehouse(prefect_api, settings) -
     from flows.text import text_flow
 
     Warehouse(settings.warehouse_path).close()
-    state = text_flow(return_state=True)
+    state = run_flow_state(text_flow)
     assert state.is_failed() and "holds no review, ticket or return text: nothing to learn from" in state.message
     assert "ingest" not in state.message  # an empty warehouse is a shop without texts, not a missing step
 
