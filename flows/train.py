@@ -24,7 +24,7 @@ from flows.runtime import task_runner
 from schemas.derived import MODEL_ENTITY
 from schemas.settings import Settings, get_settings
 from tasks.data.warehouse import open_warehouse
-from tasks.models.backtest import AsOfFit, fit_as_of, prebuild_order_frames, settings_as_of
+from tasks.models.backtest import AsOfFit, describe_laps, fit_as_of, prebuild_order_frames, settings_as_of
 from tasks.models.datasets import FrameCache, NotEnoughData
 from tasks.models.features import CATALOGUE_PATH
 from tasks.models.registry import RegisteredVersion, configure, log_refused_run, log_training_run
@@ -95,6 +95,7 @@ def train_and_register(model: str, settings: Settings, cache: FrameCache | None 
         log_refused_run(model, settings, fit.refusal or "not registered", fit.counts, fit.notes)
         return {"model": model, "skipped": fit.refusal, "counts": fit.counts}
     assert fit.trained is not None and fit.splits is not None
+    get_run_logger().info("%s fitted in %.1f s: %s", model, fit.seconds, describe_laps(fit.timings))
     registered = log_training_run(model, settings, fit.trained, fit.baselines, fit.splits, fit.rule,
                                   feature_catalogue=CATALOGUE_PATH)
     log_reference_sample(registered, fit.splits, settings)
@@ -103,7 +104,8 @@ def train_and_register(model: str, settings: Settings, cache: FrameCache | None 
             "aliases": registered.aliases, "metrics": _metrics_of(fit, settings),
             "rows": {"train": len(splits.X_train), "validation": len(splits.X_valid), "test": len(splits.X_test)},
             "test_window": _window(splits.t_test), "as_of": fit.trained.extra_params.get("as_of"),
-            "chosen": fit.tuning.describe() if fit.tuning else None, "notes": fit.notes}
+            "chosen": fit.tuning.describe() if fit.tuning else None, "notes": fit.notes,
+            "seconds": {"fit": round(fit.seconds, 1), **{step: round(s, 1) for step, s in fit.timings.items()}}}
 
 
 def _window(t: pd.Series | None) -> str | None:

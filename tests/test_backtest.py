@@ -21,6 +21,7 @@ from schemas.settings import Settings
 from tasks.models.backtest import (
     NotMatured,
     check_matured,
+    describe_laps,
     fit_as_of,
     guard_message,
     settings_as_of,
@@ -76,6 +77,12 @@ def test_the_registered_model_is_refitted_on_every_matured_cutoff(wh) -> None:
     calibrator = fit.trained.model.calibrator
     assert "recentred" in calibrator.describe() and "recentred" in fit.trained.calibration_method
     assert refit_scores.mean() == pytest.approx(fit.splits.y_test.mean(), abs=1e-4)
+    # where the fit's time went, step by step, as metrics beside the run (issue 15.3: find where it goes)
+    steps = {k: v for k, v in fit.trained.extra_metrics.items() if k.startswith("seconds_")}
+    assert {"seconds_training_frame", "seconds_tuning", "seconds_out_of_fold_boosters", "seconds_calibration",
+            "seconds_refit_booster", "seconds_refit_baselines"} <= set(steps)
+    assert all(v >= 0 for v in steps.values()) and 0 < sum(steps.values()) <= fit.seconds + 1e-3
+    assert describe_laps({"tuning": 2.0, "refit booster": 5.3}) == "refit booster 5.3 s, tuning 2.0 s"
     plain = fit_as_of(wh, "return", S.model_copy(update={"training": S.training.model_copy(
         update={"recentre_calibration": False})}))
     assert "recentred" not in plain.trained.calibration_method and plain.trained.model.calibrator.recentring == 0

@@ -127,6 +127,16 @@ class Stopwatch:
         self._last = now
 
 
+def lap_metrics(laps: dict[str, float]) -> dict[str, float]:
+    """The steps' seconds as MLflow metrics (``seconds_tuning`` ...): runs compared side by side."""
+    return {"seconds_" + "_".join(name.replace("-", " ").split()): round(seconds, 3) for name, seconds in laps.items()}
+
+
+def describe_laps(laps: dict[str, float]) -> str:
+    """Where a fit's time went, longest first, in words for the run log."""
+    return ", ".join(f"{name} {seconds:,.1f} s" for name, seconds in sorted(laps.items(), key=lambda kv: -kv[1]))
+
+
 def guard_message(model: str, counts: dict[str, tuple[int, int]], minimum: int) -> str | None:
     """Words for every set with fewer than ``minimum`` positive labels, or None when all have enough."""
     short = [f"{positives:,} positive label{'s' if positives != 1 else ''} in the {name}"
@@ -314,7 +324,7 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
         n_calibration=all_rows.size, validation_split="rolling-origin",
         calibration_method=final_cal["model"].describe(), calibration_share=0.0, fit_seconds=fit.seconds,
         notes=notes, extra_params=_run_params(plan, tuning, folds, test_cal["model"].describe()),
-        extra_metrics=interval_metrics(fit.intervals, INTERVAL_PREFIX)
+        extra_metrics=interval_metrics(fit.intervals, INTERVAL_PREFIX) | lap_metrics(clock.laps)
         | {"tuning_best_score": float(tuning.table.loc[tuning.table["chosen"], "score"].iloc[0])})
     return fit
 
