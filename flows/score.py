@@ -12,7 +12,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, Failed, State
 
-from flows.runtime import failure_reason, run_day, run_name, with_retries
+from flows.runtime import failure_reason, run_day, run_flow_state, run_name, with_retries
 from schemas.settings import Settings, get_settings
 from schemas.tasks import ScoredRows, TaskList
 from tasks.care.export import record_task_risks_task
@@ -205,7 +205,7 @@ def backfill_flow(start: date, end: date, models: list[str] | None = None) -> li
     days = [start + timedelta(days=k) for k in range((end - start).days + 1)]
     results = []
     for day in days:
-        state = score_flow(run_date=day, models=models, return_state=True)
+        state = run_flow_state(score_flow, run_date=day, models=models)
         results.append({"run_date": str(day), "ok": not state.is_failed(),
                         **({"message": state.message} if state.is_failed() else state.result())})
     return results

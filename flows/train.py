@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from flows.promote import promote_flow
-from flows.runtime import task_runner
+from flows.runtime import run_flow_state, task_runner
 from schemas.derived import MODEL_ENTITY
 from schemas.settings import Settings, get_settings
 from tasks.data.warehouse import open_warehouse
@@ -207,7 +207,7 @@ def train_flow(models: list[str] | None = None, cutoff: date | None = None,
 def retrain_flow(models: list[str] | None = None, promote: bool = True) -> dict[str, Any] | Failed:
     """The weekly retrain: new challengers, each promoted only if it beats its champion."""
     runner = task_runner(get_settings())  # a subflow keeps its own runner unless given this one
-    trained = train_flow.with_options(task_runner=runner)(models=models, return_state=True)
+    trained = run_flow_state(train_flow.with_options(task_runner=runner), models=models)
     if trained.is_failed():
         return Failed(message=trained.message)
     results = trained.result()
