@@ -95,7 +95,6 @@ def train_and_register(model: str, settings: Settings, cache: FrameCache | None 
         log_refused_run(model, settings, fit.refusal or "not registered", fit.counts, fit.notes)
         return {"model": model, "skipped": fit.refusal, "counts": fit.counts}
     assert fit.trained is not None and fit.splits is not None
-    get_run_logger().info("%s fitted in %.1f s: %s", model, fit.seconds, describe_laps(fit.timings))
     registered = log_training_run(model, settings, fit.trained, fit.baselines, fit.splits, fit.rule,
                                   feature_catalogue=CATALOGUE_PATH)
     log_reference_sample(registered, fit.splits, settings)
@@ -198,6 +197,8 @@ def train_flow(models: list[str] | None = None, cutoff: date | None = None,
             logger.warning("%s skipped: %s", result["model"], result["skipped"].removeprefix(f"{result['model']}: "))
         else:
             logger.info("%s: version %s %s", result["model"], result["version"], result["aliases"])
+            steps = {step: s for step, s in result["seconds"].items() if step != "fit"}
+            logger.info("%s fitted in %.1f s: %s", result["model"], result["seconds"]["fit"], describe_laps(steps))
     if all("skipped" in r for r in results):
         return Failed(message="no model could be trained: " + "; ".join(r["skipped"] for r in results))
     return {"models": results, "summary": summary}
