@@ -104,7 +104,7 @@ def train_and_register(model: str, settings: Settings, cache: FrameCache | None 
             "rows": {"train": len(splits.X_train), "validation": len(splits.X_valid), "test": len(splits.X_test)},
             "test_window": _window(splits.t_test), "as_of": fit.trained.extra_params.get("as_of"),
             "chosen": fit.tuning.describe() if fit.tuning else None, "notes": fit.notes,
-            "seconds": {"fit": round(fit.seconds, 1), **{step: round(s, 1) for step, s in fit.timings.items()}}}
+            "seconds": round(fit.seconds, 1), "step_seconds": fit.timings}
 
 
 def _window(t: pd.Series | None) -> str | None:
@@ -197,8 +197,8 @@ def train_flow(models: list[str] | None = None, cutoff: date | None = None,
             logger.warning("%s skipped: %s", result["model"], result["skipped"].removeprefix(f"{result['model']}: "))
         else:
             logger.info("%s: version %s %s", result["model"], result["version"], result["aliases"])
-            steps = {step: s for step, s in result["seconds"].items() if step != "fit"}
-            logger.info("%s fitted in %.1f s: %s", result["model"], result["seconds"]["fit"], describe_laps(steps))
+            logger.info("%s fitted in %.1f s: %s", result["model"], result["seconds"],
+                        describe_laps(result["step_seconds"]))
     if all("skipped" in r for r in results):
         return Failed(message="no model could be trained: " + "; ".join(r["skipped"] for r in results))
     return {"models": results, "summary": summary}
