@@ -157,21 +157,21 @@ def _server_slots(settings: Settings, name: str | None, shared: bool, label: str
 
     cfg = settings.prefect
     occupy = 1 if shared else cfg.warehouse_slots if name == "warehouse" else 1
-    lease = cfg.lock_lease_seconds
-    try:
-        with concurrency(limit, occupy=occupy, timeout_seconds=1, lease_duration=lease, strict=True):
-            yield
-            return
-    except TimeoutError:
-        pass
-    if _limit_busy(limit, occupy):  # a slow server also times the first try out: say so only when held
+    # One acquisition, never a short first try: a try that times out while its request is in flight
+    # leaves the slots the server granted with nobody to release them (a test server never takes them
+    # back; a real one after the lease). CI once hung an hour on such a leak.
+    if _limit_busy(limit, occupy):
         _notice(f"waiting for {label}: another run holds the Prefect concurrency limit {limit!r}; "
                 f"waiting up to {cfg.lock_wait_seconds:.0f} s")
+    entered = False
     try:
-        with concurrency(limit, occupy=occupy, timeout_seconds=cfg.lock_wait_seconds, lease_duration=lease,
-                         strict=True):
+        with concurrency(limit, occupy=occupy, timeout_seconds=cfg.lock_wait_seconds,
+                         lease_duration=cfg.lock_lease_seconds, strict=True):
+            entered = True
             yield
     except TimeoutError as exc:
+        if entered:  # the guarded work's own timeout, not the wait
+            raise
         raise LockTimeoutError(f"{label} is still busy after {cfg.lock_wait_seconds:.0f} s (Prefect concurrency "
                                f"limit {limit!r}); try again later") from exc
 

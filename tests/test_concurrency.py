@@ -13,6 +13,8 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -166,7 +168,23 @@ def test_a_file_locked_by_another_program_is_retried_then_named(home: Path) -> N
         other.wait(10)
 
 
-def test_on_a_prefect_server_the_global_concurrency_limit_queues_writers(home: Path, prefect_api: None) -> None:
+@pytest.fixture
+def server_limits(home: Path, prefect_api: None) -> Iterator[Settings]:
+    """Settings whose concurrency limits exist on the session's test server under a name of their own,
+    deleted afterwards: limits left behind would send every later test's writer through them."""
+    from prefect.client.orchestration import get_client
+
+    from flows.deployments import ensure_concurrency_limits
+
+    settings = Settings(paths={"home": home}, prefect={"limit_prefix": f"test-{uuid.uuid4().hex[:8]}-"})
+    limits = ensure_concurrency_limits(settings)
+    yield settings
+    with get_client(sync_client=True) as client:
+        for name in limits:
+            client.delete_global_concurrency_limit_by_name(name)
+
+
+def test_on_a_prefect_server_the_global_concurrency_limit_queues_writers(server_limits: Settings) -> None:
     """With the limit the deploy step creates, a writer waits while another run holds the slots
     (a run on another machine would do so through the same server)."""
     from prefect.client.orchestration import get_client
@@ -174,10 +192,10 @@ def test_on_a_prefect_server_the_global_concurrency_limit_queues_writers(home: P
 
     from flows.deployments import ensure_concurrency_limits
 
-    settings = Settings(paths={"home": home})
-    limits = ensure_concurrency_limits(settings)
-    assert limits == {"aftersales-warehouse": settings.prefect.warehouse_slots, "aftersales-registry": 1}
-    ensure_concurrency_limits(settings)  # twice: still one of each
+    settings = server_limits
+    prefix = settings.prefect.limit_prefix
+    assert ensure_concurrency_limits(settings) == {f"{prefix}warehouse": settings.prefect.warehouse_slots,
+                                                   f"{prefix}registry": 1}  # twice: still one of each
     entered = threading.Event()
 
     def writer() -> None:
@@ -185,33 +203,57 @@ def test_on_a_prefect_server_the_global_concurrency_limit_queues_writers(home: P
             entered.set()
             wh.replace_table("t", pd.DataFrame({"a": [1]}))
 
-    with concurrency("aftersales-warehouse", occupy=settings.prefect.warehouse_slots, strict=True):
+    with concurrency(f"{prefix}warehouse", occupy=settings.prefect.warehouse_slots, strict=True):
         thread = threading.Thread(target=writer)
         thread.start()
         time.sleep(4)
         assert not entered.is_set(), "the writer waits for the server's slots"
         with get_client(sync_client=True) as client:
-            limit = client.read_global_concurrency_limit_by_name("aftersales-warehouse")
+            limit = client.read_global_concurrency_limit_by_name(f"{prefix}warehouse")
         assert limit.active_slots == settings.prefect.warehouse_slots
     thread.join(120)
     assert entered.is_set()
 
 
-def test_the_waiting_notice_is_said_only_while_the_servers_slots_are_held(home: Path, prefect_api: None) -> None:
+def test_the_waiting_notice_is_said_only_while_the_servers_slots_are_held(server_limits: Settings) -> None:
     """A first try that times out on a slow server is not "another run holds" (CI once said so)."""
     from prefect.concurrency.sync import concurrency
 
-    from flows.deployments import ensure_concurrency_limits
     from tasks.locks import _limit_busy
 
-    settings = Settings(paths={"home": home})
-    ensure_concurrency_limits(settings)
-    assert not _limit_busy("aftersales-warehouse", 1)
+    settings = server_limits
+    limit = f"{settings.prefect.limit_prefix}warehouse"
+    assert not _limit_busy(limit, 1)
     assert settings.prefect.warehouse_slots > 1
-    with concurrency("aftersales-warehouse", occupy=1, strict=True):  # a reader holds one slot
-        assert not _limit_busy("aftersales-warehouse", 1), "another reader enters at once"
-        assert _limit_busy("aftersales-warehouse", settings.prefect.warehouse_slots), "a writer waits"
+    with concurrency(limit, occupy=1, strict=True):  # a reader holds one slot
+        assert not _limit_busy(limit, 1), "another reader enters at once"
+        assert _limit_busy(limit, settings.prefect.warehouse_slots), "a writer waits"
     assert _limit_busy("aftersales-no-such-limit", 1), "unknown: the notice is said"
+
+
+def test_a_slow_servers_grant_is_not_leaked(server_limits: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CI once hung an hour: a 1-s first try timed out while the server was granting the slots, nobody
+    released them, and the test server never takes expired leases back. Every grant here answers 1.5 s late."""
+    import asyncio
+
+    from prefect.client.orchestration import PrefectClient, get_client
+
+    grant = PrefectClient.increment_concurrency_slots_with_lease
+
+    async def late_grant(self, *args, **kwargs):
+        answer = await grant(self, *args, **kwargs)
+        await asyncio.sleep(1.5)
+        return answer
+
+    monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", late_grant)
+    settings = server_limits.model_copy(update={"prefect": server_limits.prefect.model_copy(
+        update={"lock_wait_seconds": 20.0})})
+    for _ in range(2):  # the second writer finds every slot free again
+        with open_warehouse(settings) as wh:
+            wh.replace_table("t", pd.DataFrame({"a": [1]}))
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(f"{settings.prefect.limit_prefix}warehouse")
+    assert (limit.active_slots or 0) == 0
 
 
 @pytest.fixture
