@@ -174,6 +174,10 @@ class Warehouse:
         ).fetchall()
         return bool(rows and rows[0][0])
 
+    def table_names(self) -> set[str]:
+        """Every table and view, in one catalog read (for a caller that would ask ``has_table`` often)."""
+        return {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+
     def row_count(self, name: str) -> int:
         if not self.has_table(name):
             return 0

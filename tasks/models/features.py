@@ -34,6 +34,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from schemas.derived import (
@@ -187,10 +188,35 @@ def table_as_of_sql(wh: Warehouse, table: str, cutoff: pd.Timestamp) -> str | No
     the version of every key and the table is read as stored, at no cost; otherwise only the keys
     edited after the cutoff are read through their versions (``as_of_changes_sql``).
     """
-    if table not in TABLES or not wh.has_rows(history_table(table)):
-        return None
-    unsettled = run_sql(wh, f"SELECT EXISTS ({unsettled_keys_sql(table)}) AS x", {"cutoff": cutoff})
-    return as_of_changes_sql(table) if bool(unsettled["x"].iloc[0]) else None
+    return _unsettled_tables(wh, cutoff).get(table)
+
+
+def _unsettled_tables(wh: Warehouse, cutoff: pd.Timestamp) -> dict[str, str]:
+    """``as_of_changes_sql`` of each source table with a key edited after the cutoff, in one query.
+
+    Why: a training frame asks this at every cutoff, and three catalog or count queries per table
+    took a fifth of a small shop's frame. Now: one read of the catalog, one query for which
+    histories hold rows, and (only for those) one query for which have keys edited after the cutoff.
+    """
+    present = wh.table_names()
+    tables = [t for t in TABLES if t in present and history_table(t) in present]
+    if not tables:
+        return {}
+    tables = _tables_with_rows(wh, {t: f'SELECT 1 FROM "{history_table(t)}"' for t in tables}, cutoff)
+    if not tables:
+        return {}
+    unsettled = _tables_with_rows(wh, {t: unsettled_keys_sql(t) for t in tables}, cutoff)
+    return {t: as_of_changes_sql(t) for t in TABLES if t in unsettled}
+
+
+def _tables_with_rows(wh: Warehouse, relations: dict[str, str], cutoff: pd.Timestamp) -> set[str]:
+    """The names whose relation has at least one row, in one statement.
+
+    A ``UNION ALL`` of ``LIMIT 1`` reads: DuckDB plans ``SELECT EXISTS (...), EXISTS (...)`` as
+    joins (40 ms for nine empty tables here, against 2 ms this way).
+    """
+    parts = " UNION ALL ".join(f"(SELECT '{name}' AS name FROM ({sql}) LIMIT 1)" for name, sql in relations.items())
+    return set(run_sql(wh, parts, {"cutoff": cutoff})["name"])
 
 
 def as_of_sources(wh: Warehouse, cutoff: pd.Timestamp) -> str:
@@ -198,8 +224,7 @@ def as_of_sources(wh: Warehouse, cutoff: pd.Timestamp) -> str:
 
     Empty when every stored row is its version at the cutoff: then the stored row is all there is.
     """
-    parts = [f'"{table}" AS ({sql})' for table in TABLES if (sql := table_as_of_sql(wh, table, cutoff))]
-    return "".join(f"{part},\n" for part in parts)
+    return "".join(f'"{table}" AS ({sql}),\n' for table, sql in _unsettled_tables(wh, cutoff).items())
 
 
 def orders_as_of_sql(labels: LabelSettings | None = None) -> str:
@@ -260,9 +285,13 @@ def _tickets_as_of_sql() -> str:
     FROM tickets WHERE opened_at <= $cutoff"""
 
 
-def has_text_insights(wh: Warehouse) -> bool:
-    """``text_insights`` exists with the columns the features read (``aftersales text`` has run)."""
-    return wh.has_table(TEXT_INSIGHTS_TABLE) and set(TEXT_INSIGHT_COLUMNS) <= set(wh.columns(TEXT_INSIGHTS_TABLE))
+def has_text_insights(wh: Warehouse, tables: set[str] | None = None) -> bool:
+    """``text_insights`` exists with the columns the features read (``aftersales text`` has run).
+
+    ``tables``: the warehouse's table names when the caller has them already (saves a catalog read).
+    """
+    present = TEXT_INSIGHTS_TABLE in (tables if tables is not None else wh.table_names())
+    return present and set(TEXT_INSIGHT_COLUMNS) <= set(wh.columns(TEXT_INSIGHTS_TABLE))
 
 
 def _texts_as_of_sql(present: bool) -> str:
@@ -299,21 +328,20 @@ def _text_features_sql(alias: str, prefix: str) -> str:
         {complaints}"""
 
 
-def available_sources(wh: Warehouse, cutoff: pd.Timestamp) -> dict[str, bool]:
+def available_sources(wh: Warehouse, cutoff: pd.Timestamp, tables: set[str] | None = None) -> dict[str, bool]:
     """Which optional sources had any row by the cutoff (point-in-time, so later loads change nothing).
 
     Also the derived ``text_insights``: False when it does not exist (yet) or has no text by then.
+    One query for all of them (asked at every cutoff of a training frame).
     """
-    out = {}
-    for table, column in OPTIONAL_SOURCE_TIME.items():
-        out[table] = bool(run_sql(wh, f'SELECT EXISTS (SELECT 1 FROM "{table}" WHERE "{column}" <= $cutoff) AS x',
-                                  {"cutoff": cutoff})["x"].iloc[0])
-    for table, column in DERIVED_SOURCE_TIME.items():
-        present = has_text_insights(wh) if table == TEXT_INSIGHTS_TABLE else wh.has_table(table)
-        out[table] = present and bool(run_sql(
-            wh, f'SELECT EXISTS (SELECT 1 FROM "{table}" WHERE "{column}" <= $cutoff) AS x', {"cutoff": cutoff}
-        )["x"].iloc[0])
-    return out
+    tables = tables if tables is not None else wh.table_names()
+    asked = dict(OPTIONAL_SOURCE_TIME)
+    derived_present = {table: (has_text_insights(wh, tables) if table == TEXT_INSIGHTS_TABLE else table in tables)
+                       for table in DERIVED_SOURCE_TIME}
+    asked |= {table: column for table, column in DERIVED_SOURCE_TIME.items() if derived_present[table]}
+    known = _tables_with_rows(wh, {table: f'SELECT 1 FROM "{table}" WHERE "{column}" <= $cutoff'
+                                   for table, column in asked.items()}, cutoff)
+    return {table: table in known for table in (*OPTIONAL_SOURCE_TIME, *DERIVED_SOURCE_TIME)}
 
 
 @contextmanager
@@ -566,15 +594,16 @@ def order_features(
     """
     settings = settings or get_settings()
     cutoff = as_timestamp(cutoff)
+    tables = wh.table_names()
     with _subset_view(wh, orders, ENTITY_KEY["order"]) as subset:
         sql = numeric_as_double(
-            _order_features_sql(subset, windows, has_text_insights(wh), settings.labels,
+            _order_features_sql(subset, windows, has_text_insights(wh, tables), settings.labels,
                                 as_of_sources(wh, cutoff)),
             _text_columns("order"))
         raw = run_sql(wh, sql, {"cutoff": cutoff, "m": windows.smoothing_strength,
                                 "mc": windows.customer_smoothing_strength,
                                 "bad": settings.labels.negative_review_max_score})
-    return finish_features(raw, "order", available_sources(wh, cutoff), validate)
+    return finish_features(raw, "order", available_sources(wh, cutoff, tables), validate)
 
 
 # ---- customer features -----------------------------------------------------------------------
@@ -713,12 +742,13 @@ def customer_features(
     """
     settings = settings or get_settings()
     cutoff = as_timestamp(cutoff)
+    tables = wh.table_names()
     with _subset_view(wh, customers, ENTITY_KEY["customer"]) as subset:
-        sql = _customer_features_sql(subset, windows, has_text_insights(wh), settings.labels,
+        sql = _customer_features_sql(subset, windows, has_text_insights(wh, tables), settings.labels,
                                       as_of_sources(wh, cutoff))
         raw = run_sql(wh, numeric_as_double(sql, _text_columns("customer")),
                       {"cutoff": cutoff, "bad": settings.labels.negative_review_max_score})
-    return finish_features(raw, "customer", available_sources(wh, cutoff), validate)
+    return finish_features(raw, "customer", available_sources(wh, cutoff, tables), validate)
 
 
 def _text_columns(entity: Entity) -> list[str]:
@@ -730,25 +760,38 @@ def _text_columns(entity: Entity) -> list[str]:
 # ---- shared finishing --------------------------------------------------------------------------
 def categorize(values: pd.Series, fixed: Sequence[str] = ()) -> pd.Series:
     """A ``category`` series with sorted levels that always include ``unknown``; nulls → unknown."""
-    text = values.astype("string").fillna(UNKNOWN).str.strip().replace("", UNKNOWN)
-    levels = sorted(set(text.unique()) | set(fixed) | {UNKNOWN})
-    return pd.Series(pd.Categorical(text.astype(str), categories=levels), index=values.index, name=values.name)
+    found = pd.Categorical(values.astype("string"))  # cleans each distinct value once, not each row
+    cleaned = [str(level).strip() or UNKNOWN for level in found.categories]
+    levels = sorted(set(cleaned) | set(fixed) | {UNKNOWN})
+    position = {level: i for i, level in enumerate(levels)}
+    recode = np.array([position[level] for level in cleaned] + [position[UNKNOWN]], dtype=np.int64)
+    codes = recode[np.where(found.codes < 0, len(cleaned), found.codes)]
+    return pd.Series(pd.Categorical.from_codes(codes, categories=levels), index=values.index, name=values.name)
 
 
 def finish_features(raw: pd.DataFrame, entity: Entity, available: dict[str, bool],
                     validate: bool = True) -> pd.DataFrame:
-    """Null features of absent optional sources, set categories and dtypes, validate the contract."""
-    df = raw.copy()
-    for feature in feature_registry(entity):
-        if feature.kind == "categorical":
-            df[feature.name] = categorize(df[feature.name], FIXED_LEVELS.get(feature.name, ()))
-            continue
-        df[feature.name] = pd.to_numeric(df[feature.name], errors="coerce").astype("float64")
-        if any(not available.get(src, True) for src in feature.needs):
-            df[feature.name] = float("nan")
+    """Null features of absent optional sources, set categories and dtypes, validate the contract.
+
+    Column blocks, not a loop of single-column writes: a training frame finishes every cutoff, and
+    60 writes each took most of a small cutoff's finishing time.
+    """
+    registry = feature_registry(entity)
+    columns = list(FEATURE_MODELS[entity].to_schema().columns)
+    numeric = [f.name for f in registry if f.kind != "categorical"]
+    unknown = [f.name for f in registry if f.kind != "categorical" and any(not available.get(s, True) for s in f.needs)]
+    values = raw[numeric]
+    if any(dtype != "float64" for dtype in values.dtypes):
+        values = values.apply(pd.to_numeric, errors="coerce")
+    values = values.astype("float64")
+    if unknown:
+        values = values.assign(**dict.fromkeys(unknown, float("nan")))
+    categories = {f.name: categorize(raw[f.name], FIXED_LEVELS.get(f.name, ()))
+                  for f in registry if f.kind == "categorical"}
+    keys = [c for c in columns if c not in values.columns and c not in categories]
+    df = pd.concat([raw[keys], values, pd.DataFrame(categories, index=raw.index)], axis=1)[columns]
+    df = df.reset_index(drop=True)
     model = FEATURE_MODELS[entity]
-    columns = list(model.to_schema().columns)
-    df = df[columns].reset_index(drop=True)
     return model.validate(df, lazy=True) if validate else df
 
 
