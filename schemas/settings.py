@@ -131,6 +131,9 @@ class SplitSettings(BaseModel):
         14, description="order models: each origin evaluates the pooled cutoffs of this many days ending at it")
     max_training_rows: int = Field(
         1_000_000, description="more rows: a stable sample of entities is kept (said in the run)")
+    frame_threads: int | None = Field(
+        None, ge=1, description="cutoffs whose features are built side by side, each on its own DuckDB cursor; "
+        "default: the machine's cores")
 
 
 class XGBSettings(BaseModel):

@@ -7,6 +7,7 @@ later backend (partitioned Parquet on object storage read by Dask) can sit besid
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -176,7 +177,9 @@ class Warehouse:
 
     def table_names(self) -> set[str]:
         """Every table and view, in one catalog read (for a caller that would ask ``has_table`` often)."""
-        return {r[0] for r in self.con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+        sql = ("SELECT table_name FROM duckdb_tables() "  # information_schema.tables: the same names, 2x slower
+               "UNION ALL SELECT view_name FROM duckdb_views() WHERE NOT internal")
+        return {r[0] for r in self.con.execute(sql).fetchall()}
 
     def row_count(self, name: str) -> int:
         if not self.has_table(name):
@@ -244,6 +247,18 @@ class Warehouse:
             self.con.execute("COMMIT")
         finally:
             self._in_transaction = False
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    def cursor(self) -> Warehouse:
+        """Another connection to the same database, for one thread (a DuckDB connection serves one at a
+        time). It does not see an open transaction's rows; close it when done."""
+        twin = copy.copy(self)
+        twin.con = self.con.cursor()
+        twin._in_transaction = False
+        return twin
 
     def register(self, name: str, df: pd.DataFrame) -> None:
         self.con.register(name, df)
