@@ -170,10 +170,7 @@ class Warehouse:
 
     # ---- reading -------------------------------------------------------------------------
     def has_table(self, name: str) -> bool:
-        rows = self.con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
-        ).fetchall()
-        return bool(rows and rows[0][0])
+        return name in self.table_names()
 
     def table_names(self) -> set[str]:
         """Every table and view, in one catalog read (for a caller that would ask ``has_table`` often)."""
