@@ -499,6 +499,16 @@ def score(
 def _print_scored(result: dict[str, Any]) -> None:
     console.print(f"[green]{result['run_date']}[/]: {result['tasks']} tasks, {result['control']} held out "
                   f"as control; models {', '.join(result['models'].values())}")
+    scored = result.get("scored") or {}
+    if scored:
+        rows = "; ".join(f"{model} {n['rows']:,} rows, {n['above_floor']:,} at or above it"
+                         for model, n in scored.items())
+        console.print(f"scored against the probability floor {result['min_probability']:g} "
+                      f"(scoring.min_probability): {rows}", soft_wrap=True)
+    if funnel := result.get("funnel"):
+        steps = " → ".join(f"{n:,} {step}" for step, n in funnel.items())
+        console.print(f"customers: {steps} (expected value = probability × value at stake × the action's effect − "
+                      "its cost)", soft_wrap=True)
     for model, why in (result.get("skipped") or {}).items():
         console.print(f"[yellow]{model} not scored:[/] {escape(why)}", soft_wrap=True)
     gate = result.get("drift_gate") or {}

@@ -29,6 +29,7 @@ from tasks.models.scoring import (
     score_model,
     scored_rows,
     scores_table,
+    scoring_funnel,
 )
 from tasks.monitoring.checks import drift_gate_task, empty_task_lists
 
@@ -170,7 +171,8 @@ def score_flow(run_date: date | None = None, models: list[str] | None = None) ->
         create_table_artifact(counts, key="care-tasks-by-queue", description=f"tasks per queue, {day:%Y-%m-%d}")
     result = {"run_date": str(day.date()), "models": versions, "tasks": len(tasks), "control": len(control),
               "files": {k: str(v) for k, v in paths.items()}, "summary": summary, "drift_gate": gate.as_dict(),
-              "skipped": skipped}
+              "skipped": skipped, "scored": scoring_funnel(scored, settings),
+              "min_probability": settings.scoring.min_probability, "funnel": tasks.attrs.get("funnel", {})}
     if gate.flagged or gate.held:
         emit_flagged(day, gate, result)
         return Completed(name="Flagged" if gate.flagged else "Held", data=result,

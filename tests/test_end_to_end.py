@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -160,6 +161,16 @@ def test_score_writes_one_list_per_day_and_rerun_replaces_it(cli, home: Path) ->
     csv = home / "home" / "reports" / "tasks" / RUN_DATE / "tasks.csv"
     tasks = pd.read_csv(csv)
     assert len(tasks) > 0 and tasks["customer_id"].is_unique
+    # where the scored rows went: the user sees how many cleared the probability floor, per model
+    funnel = re.search(r"churn ([\d,]+) rows, ([\d,]+) at or above it", out)
+    assert "probability floor 0.15 (scoring.min_probability)" in out and funnel, out
+    scored, above = (int(n.replace(",", "")) for n in funnel.groups())
+    assert scored >= above > 0
+    steps = re.search(r"customers: ([\d,]+) above the floor → ([\d,]+) with a positive expected value → "
+                      r"([\d,]+) not cooling down → ([\d,]+) held out as control → ([\d,]+) tasks within capacity", out)
+    assert steps, out
+    above_customers, positive, fresh, control, listed = (int(n.replace(",", "")) for n in steps.groups())
+    assert above_customers >= positive >= fresh >= control + listed and listed == len(tasks)
     assert not tasks["why"].str.contains("_").any(), "agents never read raw feature names"
     first = counts(home)["task_list"]
     cli("score", "--date", RUN_DATE)

@@ -141,6 +141,21 @@ def test_low_probability_and_unprofitable_rows_are_dropped(playbook, catalogue):
     scored = frame([row("low", "return", 0.10), row("cheap", "return", 0.5, value=2.0), row("ok", "return", 0.5)])
     tasks, _ = build_task_list(scored, playbook, cfg(), catalogue=catalogue)
     assert tasks["customer_id"].tolist() == ["ok"]
+    # the list says where each dropped customer went: below the floor (not counted), unprofitable
+    assert tasks.attrs["funnel"] == {"above the floor": 2, "with a positive expected value": 1,
+                                     "not cooling down": 1, "held out as control": 0, "tasks within capacity": 1}
+
+
+def test_the_funnel_counts_cooling_control_and_capacity(playbook, catalogue):
+    scored = many(40, "return", seed=3)
+    history = scored.head(5)[["customer_id"]].assign(run_date=pd.Timestamp(DAY) - pd.Timedelta(days=2),
+                                                      probability=0.99)
+    tasks, control = build_task_list(scored, playbook, cfg(control_share=0.2, queue_capacity={"returns": 10}),
+                                     history, catalogue=catalogue)
+    funnel = tasks.attrs["funnel"]
+    assert funnel["above the floor"] == funnel["with a positive expected value"] == 40
+    assert funnel["not cooling down"] == 35
+    assert funnel["held out as control"] == len(control) > 0 and funnel["tasks within capacity"] == len(tasks) == 10
 
 
 def test_capacity_is_respected_per_queue_highest_value_first(playbook, catalogue):

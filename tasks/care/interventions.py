@@ -441,8 +441,11 @@ def build_task_list(
     rows = add_expected_value(apply_playbook(rows, playbook, catalogue), cfg, effects)
     ordered = order_within_customer(rows)
     leads = lead_rows(ordered)
+    funnel = {"above the floor": len(leads)}
     leads = leads[leads[EXPECTED_VALUE] > 0]
+    funnel["with a positive expected value"] = len(leads)
     leads = leads[~cooling_mask(leads, history, day, cfg) & ~cooling_mask(leads, held_out, day, cfg)]
+    funnel["not cooling down"] = len(leads)
     holds = active_holds(assignments, day)
     already_held = held_mask(leads[ScoredRows.customer_id], leads[ScoredRows.risk], holds)
     drawn = ~already_held & ~recently_treated(history, leads, day, labels) & draw_control(leads, cfg, day)
@@ -457,7 +460,10 @@ def build_task_list(
     held = describe(control, ordered, playbook, catalogue, language)
     held[ControlGroup.within_capacity] = control_flag
     held = add_hold_columns(held, control, holds, drawn[is_control], day, cfg, labels)
-    return tasks.reset_index(drop=True), ControlGroup.validate(held, lazy=True).reset_index(drop=True)
+    tasks = tasks.reset_index(drop=True)
+    # where the day's customers went, step by step (the CLI says it: "4 tasks" of 2,417 scored needs a why)
+    tasks.attrs["funnel"] = funnel | {"held out as control": len(control), "tasks within capacity": len(tasks)}
+    return tasks, ControlGroup.validate(held, lazy=True).reset_index(drop=True)
 
 
 def add_hold_columns(held: pd.DataFrame, control: pd.DataFrame, holds: pd.DataFrame, new: np.ndarray,
