@@ -24,6 +24,28 @@ def test_real_exports_smoke(tmp_path):
         for metric in ("roc_auc", "pr_auc", "brier", "p@100", "p@1%"):
             assert math.isfinite(both.loc[scorer, metric]), (scorer, metric)
     assert "not scored by the platform: 0" in done.stdout
+    assert "95 % paired bootstrap interval" in done.stdout
+    for metric in ("roc_auc", "pr_auc", "brier", "p@100"):  # each gap printed with its interval
+        line = next(row for row in done.stdout.splitlines() if row.strip().startswith(metric + " "))
+        assert "includes 0" in line or "excludes 0" in line, line
+
+
+def test_paired_differences_tell_a_tie_from_a_real_gap():
+    """The same scores give a zero gap with a zero-width interval; a scorer that knows the labels
+    beats noise with an interval clear of zero; intervals contain their point gap."""
+    import numpy as np
+
+    real_exports = _yardstick()
+    rng = np.random.default_rng(3)
+    y = (rng.random(600) < 0.2).astype(int)
+    noise = rng.random(600)
+    tie = real_exports.paired_differences(y, noise, noise, resamples=200).set_index("metric")
+    assert (tie["platform_minus_logistic"] == 0).all() and (tie["low"] == 0).all() and (tie["high"] == 0).all()
+    informed = np.clip(0.6 * y + 0.5 * rng.random(600), 0, 1)
+    gap = real_exports.paired_differences(y, informed, noise, resamples=200).set_index("metric")
+    assert gap.loc["roc_auc", "low"] > 0 and gap.loc["pr_auc", "low"] > 0 and gap.loc["p@100", "low"] > 0
+    assert gap.loc["brier", "high"] < 0  # lower is better
+    assert ((gap["low"] <= gap["platform_minus_logistic"]) & (gap["platform_minus_logistic"] <= gap["high"])).all()
 
 
 def test_yardstick_definitions_match_the_platform(tmp_path_factory):
