@@ -260,6 +260,9 @@ def _print_trained(results: list[dict[str, Any]]) -> None:
     for r in results:
         if "skipped" in r:
             console.print(f"[yellow]{r['model']} skipped:[/] {r['skipped'].removeprefix(r['model'] + ': ')}")
+        elif not r.get("new_version", True):
+            console.print(f"{r['model']}: identical to version {r['version']} (the same rows, code and "
+                          f"configuration): nothing new registered", soft_wrap=True)
 
 
 def _models_table(results: list[dict[str, Any]]) -> Table:

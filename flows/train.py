@@ -24,10 +24,23 @@ from flows.runtime import run_flow_state, task_runner
 from schemas.derived import MODEL_ENTITY
 from schemas.settings import Settings, get_settings
 from tasks.data.warehouse import open_warehouse
-from tasks.models.backtest import AsOfFit, describe_laps, fit_as_of, prebuild_order_frames, settings_as_of
+from tasks.models.backtest import (
+    AsOfFit,
+    ExistingVersion,
+    describe_laps,
+    fit_as_of,
+    prebuild_order_frames,
+    settings_as_of,
+)
 from tasks.models.datasets import FrameCache, NotEnoughData
 from tasks.models.features import CATALOGUE_PATH
-from tasks.models.registry import RegisteredVersion, configure, log_refused_run, log_training_run
+from tasks.models.registry import (
+    RegisteredVersion,
+    configure,
+    identical_version,
+    log_refused_run,
+    log_training_run,
+)
 from tasks.models.training import DataSplits
 from tasks.templates import markdown_table
 
@@ -47,10 +60,11 @@ def settings_for_run(settings: Settings, cutoff: date | None = None, **label_win
     return Settings(**data)
 
 
-def fit_model(model: str, settings: Settings, cache: FrameCache | None = None) -> AsOfFit:
+def fit_model(model: str, settings: Settings, cache: FrameCache | None = None,
+              existing: ExistingVersion | None = None) -> AsOfFit:
     """One model as of the run's date: plan, frame, rolling origins, guard, refit (``fit_as_of``)."""
     with open_warehouse(settings, read_only=True) as wh:  # Dask workers in other processes read too
-        return fit_as_of(wh, model, settings, cache)
+        return fit_as_of(wh, model, settings, cache, existing)
 
 
 @task(name="build-order-training-frames", cache_policy=NO_CACHE)
@@ -88,9 +102,12 @@ def train_and_register(model: str, settings: Settings, cache: FrameCache | None 
 
     ``cache``: training frames already built (``order_training_frames``)."""
     try:
-        fit = fit_model(model, settings, cache)
+        fit = fit_model(model, settings, cache,
+                        existing=lambda splits, rule: identical_version(model, settings, splits, rule))
     except NotEnoughData as exc:
         return {"model": model, "skipped": str(exc)}
+    if fit.existing is not None:
+        return _unchanged_result(fit, fit.existing)
     if not fit.registrable:
         log_refused_run(model, settings, fit.refusal or "not registered", fit.counts, fit.notes)
         return {"model": model, "skipped": fit.refusal, "counts": fit.counts}
@@ -105,6 +122,19 @@ def train_and_register(model: str, settings: Settings, cache: FrameCache | None 
             "test_window": _window(splits.t_test), "as_of": fit.trained.extra_params.get("as_of"),
             "chosen": fit.tuning.describe() if fit.tuning else None, "notes": fit.notes,
             "seconds": round(fit.seconds, 1), "step_seconds": fit.timings}
+
+
+def _unchanged_result(fit: AsOfFit, existing: RegisteredVersion) -> dict[str, Any]:
+    """The result of a fit skipped because a version was trained on exactly these rows: its metrics."""
+    assert fit.splits is not None
+    splits = fit.splits
+    said = (f"identical to version {existing.version} (the same rows, code and configuration): not fitted "
+            f"again; its registered test metrics are shown")
+    return {"model": fit.model, "version": existing.version, "new_version": False, "aliases": existing.aliases,
+            "metrics": existing.metrics,
+            "rows": {"train": len(splits.X_train), "validation": len(splits.X_valid), "test": len(splits.X_test)},
+            "test_window": _window(splits.t_test), "as_of": f"{fit.plan.as_of:%Y-%m-%d %H:%M}", "chosen": None,
+            "notes": [said, *existing.notes], "seconds": round(fit.seconds, 1), "step_seconds": fit.timings}
 
 
 def _window(t: pd.Series | None) -> str | None:

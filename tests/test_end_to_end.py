@@ -143,9 +143,13 @@ def test_train_registers_every_model_and_lists_them(cli, home: Path) -> None:
     client = registry(home)
     names = ("aftersales-return", "aftersales-negative-review", "aftersales-churn")
     before = {name: len(client.search_model_versions(f"name = '{name}'")) for name in names}
-    cli("train")  # identical data and code: no new versions (issue 14.3)
+    again = cli("train").output  # identical data and code: no new versions (issue 14.3), and no second fit
     after = {name: len(client.search_model_versions(f"name = '{name}'")) for name in names}
     assert after == before == dict.fromkeys(names, 1)
+    for model in ("return", "negative_review", "churn"):
+        assert f"{model}: identical to version 1" in again
+    table = [line for line in out.splitlines() if line.split()[:1] in (["return"], ["negative_review"], ["churn"])]
+    assert table and all(line in again for line in table), "the skipped fits report the registered metrics"
 
 
 def test_models_fits_80_columns(cli) -> None:

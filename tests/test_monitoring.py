@@ -361,6 +361,27 @@ def test_a_stable_period_raises_nothing(shop: Shop) -> None:
         assert gate_decision(results, day, CFG).action == "none"
 
 
+def test_retraining_on_unchanged_data_reuses_the_version_without_fitting(shop: Shop) -> None:
+    """The same rows, code and configuration: the registered version and its test metrics are
+    returned before any booster is fitted (the fit would only reproduce them), nothing is logged."""
+    from flows.train import train_and_register
+    from tasks.models.registry import configure
+
+    settings = shop.settings()
+    client = configure(settings)
+    name = settings.registered_model_name("churn")
+    versions = {str(v.version) for v in client.search_model_versions(f"name = '{name}'")}
+    result = train_and_register.fn("churn", settings)
+    assert result["new_version"] is False and result["version"] in versions
+    assert "not fitted again" in result["notes"][0]
+    assert "tuning" not in result["step_seconds"] and "refit booster" not in result["step_seconds"]
+    registered = client.get_run(client.get_model_version(name, result["version"]).run_id).data.metrics
+    for metric in ("test_roc_auc", "test_pr_auc", "test_brier"):
+        assert result["metrics"][metric] == registered[metric]
+    assert 0 < result["metrics"]["baseline_logreg_test_roc_auc"] < 1, "the baselines' metrics come back too"
+    assert {str(v.version) for v in client.search_model_versions(f"name = '{name}'")} == versions
+
+
 def test_a_new_always_late_carrier_is_detected_on_delivery_features_only(shop: Shop) -> None:
     results = drift_of(shop, shop.late_carrier)
     print("late carrier:", figures(results, DELIVERY | PRICE | CHURN_DELIVERY | {"probability"}))

@@ -303,3 +303,17 @@ def test_recentring_moves_the_level_of_a_map_and_keeps_its_order():
     single = Calibrator("identity", scale="score").recentre(raw, 0.2)
     assert single.recentring == 0, "a rule's score is no probability: nothing to re-anchor"
     assert Calibrator("sigmoid").fit(raw, y).recentre(raw, 0.0).recentring == 0, "a window of one class moves nothing"
+
+
+def test_the_training_config_hash_ignores_how_fast_the_frame_is_built() -> None:
+    """Thread counts of the frame build change no row (tests/test_datasets.py), so they must not make
+    a rerun on unchanged data look like a new configuration; the booster grid does."""
+    from schemas.settings import BoosterConfig, Settings
+    from tasks.models.training import RuleSpec, training_config_hash
+
+    rule = RuleSpec("recency_days")
+    base = training_config_hash(Settings(), rule, 0.0)
+    assert training_config_hash(Settings(split={"frame_threads": 1}), rule, 0.0) == base
+    assert training_config_hash(Settings(split={"frame_threads": 3}), rule, 0.0) == base
+    other_grid = [BoosterConfig(max_depth=3, learning_rate=0.1)]
+    assert training_config_hash(Settings(training={"grid": other_grid}), rule, 0.0) != base

@@ -24,7 +24,7 @@ compares model, logistic regression and rule on those rows.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,10 +108,27 @@ class AsOfFit:
     intervals: pd.DataFrame | None = None
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per step, for the run log
+    existing: Any = None  # what ``fit_as_of``'s ``existing`` found for these rows: nothing was fitted
 
     @property
     def registrable(self) -> bool:
         return self.refusal is None and self.trained is not None
+
+
+# given a fit's splits and rule before any booster is fitted: the version already trained on them, if any
+ExistingVersion = Callable[[DataSplits, RuleSpec], Any]
+
+
+def split_rows(X: pd.DataFrame, y: np.ndarray, cutoffs: pd.Series, refit: np.ndarray, evaluated: np.ndarray,
+               test: np.ndarray) -> DataSplits:
+    """The refit rows, every origin's evaluated rows and the newest origin's, with their cutoffs."""
+    def part(rows: np.ndarray) -> tuple[pd.DataFrame, pd.Series, pd.Series]:
+        return (X.iloc[rows].reset_index(drop=True), pd.Series(y[rows], name=LABEL),
+                cutoffs.iloc[rows].reset_index(drop=True))
+
+    (X_train, y_train, t_train), (X_valid, y_valid, t_valid), (X_test, y_test, t_test) = map(
+        part, (refit, evaluated, test))
+    return DataSplits(X_train, y_train, X_valid, y_valid, X_test, y_test, t_train, t_valid, t_test)
 
 
 class Stopwatch:
@@ -178,8 +195,14 @@ def _stack(parts: Sequence[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.array([], dtype=float)
 
 
-def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameCache | None = None) -> AsOfFit:
-    """Plan, build, tune on the older origins, test on the newest, guard, refit, calibrate (see module)."""
+def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameCache | None = None,
+              existing: ExistingVersion | None = None) -> AsOfFit:
+    """Plan, build, tune on the older origins, test on the newest, guard, refit, calibrate (see module).
+
+    ``existing``: asked once the rows are known; when it names a version trained on exactly these
+    rows with this code and configuration, nothing is fitted (``fit.existing``). Fitting again would
+    reproduce that version (fixed seeds), so a rerun on unchanged data costs its frame, not its fit.
+    """
     started = time.perf_counter()
     clock = Stopwatch()
     refuse_without_outcomes(wh, model)
@@ -216,6 +239,14 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
         fit.seconds = time.perf_counter() - started
         return fit
 
+    all_rows = _stack([f.evaluate for f in folds]).astype(int)
+    fit.splits = split_rows(X, y, frame[CUTOFF], refit, all_rows, newest.evaluate)
+    fit.existing = existing(fit.splits, rule) if existing is not None else None
+    if fit.existing is not None:
+        clock.lap("looking for an identical version")
+        fit.seconds = time.perf_counter() - started
+        return fit
+
     positives = float(y[refit].sum())
     spw = class_weight(refit.size - positives, positives, settings.training.class_weighting)
     data = FoldMatrix(X, y, settings)
@@ -246,7 +277,6 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
         oof["baseline_rule"].append(RuleModel(rule).fit(X.iloc[f.train]).score(X.iloc[f.evaluate]))
         clock.lap("out-of-fold baselines")
     origin_of_row = _stack([np.full(f.evaluate.size, k) for k, f in enumerate(folds)])
-    all_rows = _stack([f.evaluate for f in folds]).astype(int)
     decay = settings.training.calibration_decay
 
     def calibrators(count: int) -> dict[str, Any]:
@@ -310,13 +340,7 @@ def fit_as_of(wh: Warehouse, model: ModelName, settings: Settings, cache: FrameC
     fit.intervals = bootstrap_intervals(y[test_rows], {n: test_scores[n] for n in SCORERS}, cfg.top_k,
                                         cfg.bootstrap_resamples, cfg.confidence, cfg.seed, clusters)
     clock.lap("bootstrap intervals")
-    cutoffs = frame[CUTOFF]
-    fit.splits = DataSplits(
-        X.iloc[refit].reset_index(drop=True), pd.Series(y[refit], name=LABEL),
-        X.iloc[all_rows].reset_index(drop=True), pd.Series(y[all_rows], name=LABEL),
-        X.iloc[test_rows].reset_index(drop=True), pd.Series(y[test_rows], name=LABEL),
-        cutoffs.iloc[refit].reset_index(drop=True), cutoffs.iloc[all_rows].reset_index(drop=True),
-        cutoffs.iloc[test_rows].reset_index(drop=True), test_scores=test_scores)
+    fit.splits.test_scores = test_scores
     fit.seconds = time.perf_counter() - started
     fit.trained = TrainedModel(
         model=registered, params=tuning.params, best_iteration=tuning.rounds - 1, scale_pos_weight=spw,

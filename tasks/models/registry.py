@@ -479,6 +479,7 @@ class RegisteredVersion:
     train_data_hash: str
     code_version: str
     metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 def find_existing_version(
@@ -499,6 +500,36 @@ def find_existing_version(
         and v.tags.get("training_config_hash") == config_hash
     ]
     return min(matches, key=lambda v: int(v.version)) if matches else None
+
+
+def identical_version(model: str, settings: Settings, splits: DataSplits, rule: RuleSpec | None,
+                      calibration_share: float = 0.0, code: str | None = None) -> RegisteredVersion | None:
+    """The version already trained on exactly these rows with this code and configuration, with the
+    test metrics and notes it was registered with; asked before fitting, so a rerun on unchanged
+    data skips a fit whose result is known (``log_training_run`` makes the same match after one).
+    ``calibration_share`` 0: the rolling-origin fit's (``fit_as_of``)."""
+    from tasks.models.evaluation import prefixed
+    from tasks.models.training import training_config_hash
+
+    client = configure(settings)
+    name = settings.registered_model_name(model)
+    data_hash = training_data_hash(splits, settings.mlflow.dedupe_significant_digits)
+    code = code or code_version()
+    found = find_existing_version(client, name, data_hash, code,
+                                  training_config_hash(settings, rule, calibration_share))
+    if found is None or found.run_id is None:
+        return None
+    metrics = dict(client.get_run(found.run_id).data.metrics)
+    with contextlib.suppress(MlflowException, OSError):  # the parent run's own metrics still stand
+        for scorer, values in mlflow.artifacts.load_dict(f"runs:/{found.run_id}/metrics/test_metrics.json").items():
+            metrics |= prefixed(values, SCORER_PREFIX.get(scorer, f"{scorer}_test_"))
+    notes: list[str] = []
+    with contextlib.suppress(MlflowException, OSError):
+        notes = mlflow.artifacts.load_text(f"runs:/{found.run_id}/notes.txt").splitlines()
+    return RegisteredVersion(
+        model=model, registered_model=name, version=str(found.version), run_id=found.run_id, is_new=False,
+        aliases=sorted(a for a, v in current_aliases(client, name).items() if v == str(found.version)),
+        train_data_hash=data_hash, code_version=code, metrics=metrics, notes=notes)
 
 
 def _significant(values: np.ndarray, digits: int) -> np.ndarray:
