@@ -201,7 +201,8 @@ def generate(
 def ingest(
     data_dir: Annotated[Path, typer.Argument(help="folder with <table>.csv/.parquet files")],
     mapping: Annotated[Path | None, typer.Option(help="mapping file for foreign column names/codes")] = None,
-    as_of: Annotated[datetime | None, typer.Option(help="batch time; later timestamps are rejected")] = None,
+    as_of: Annotated[datetime | None, typer.Option(
+        metavar="DATE", help="batch time; later timestamps are rejected")] = None,
     force: Annotated[bool, typer.Option(help="re-read files already loaded with the same content")] = False,
 ) -> None:
     """Validate and load a batch of files into the warehouse (quarantine keeps bad rows)."""
@@ -230,10 +231,11 @@ def _settings_with_runner():
 
 @app.command()
 def train(
-    models: Annotated[list[str] | None,
-                      typer.Option("--model", help="return, negative_review, churn; repeatable")] = None,
+    models: Annotated[list[str] | None, typer.Option(
+        "--model", metavar="MODEL", help="return, negative_review, churn; repeatable")] = None,
     cutoff: Annotated[datetime | None, typer.Option(
-        help="train as of this date: no label closing after it is used (default: the latest data)")] = None,
+        metavar="DATE", help="train as of this date: no label closing after it is used (default: the latest data)")
+    ] = None,
     promote: Annotated[bool, typer.Option(help="then promote each challenger that beats its champion")] = False,
 ) -> None:
     """Train risk models on point-in-time data, compare with baselines, register challengers."""
@@ -360,10 +362,11 @@ def _backtest_table(summary: dict[str, Any]) -> Table:
 @app.command()
 def backtest(
     models: Annotated[list[str] | None, typer.Option(
-        "--model", help="return, negative_review, churn or all; repeatable (default: all)")] = None,
-    at: Annotated[list[datetime] | None, typer.Option("--at", help="a date to backtest; repeatable")] = None,
-    start: Annotated[datetime | None, typer.Option("--from", help="first date of a grid")] = None,
-    end: Annotated[datetime | None, typer.Option("--to", help="last date of a grid")] = None,
+        "--model", metavar="MODEL", help="return, negative_review, churn or all; repeatable (default: all)")] = None,
+    at: Annotated[list[datetime] | None, typer.Option(
+        "--at", metavar="DATE", help="a date to backtest; repeatable")] = None,
+    start: Annotated[datetime | None, typer.Option("--from", metavar="DATE", help="first date of a grid")] = None,
+    end: Annotated[datetime | None, typer.Option("--to", metavar="DATE", help="last date of a grid")] = None,
     every: Annotated[str, typer.Option(help="grid step, e.g. 14d or 2w")] = "14d",
     out: Annotated[Path | None, typer.Option(help="folder for the CSV files (default: reports/backtest/...)")] = None,
 ) -> None:
@@ -473,12 +476,13 @@ def models(
 
 @app.command()
 def score(
-    run_date: Annotated[datetime | None, typer.Option("--date", help="day to score (default: today, UTC)")] = None,
-    start: Annotated[datetime | None, typer.Option("--from", help="first day of a backfill")] = None,
-    end: Annotated[datetime | None, typer.Option("--to", help="last day of a backfill")] = None,
+    run_date: Annotated[datetime | None, typer.Option(
+        "--date", metavar="DATE", help="day to score (default: today, UTC)")] = None,
+    start: Annotated[datetime | None, typer.Option("--from", metavar="DATE", help="first day of a backfill")] = None,
+    end: Annotated[datetime | None, typer.Option("--to", metavar="DATE", help="last day of a backfill")] = None,
     models: Annotated[list[str] | None,
-                      typer.Option("--model", help="return, negative_review, churn; repeatable "
-                                                   "(default: every model with a champion)")] = None,
+                      typer.Option("--model", metavar="MODEL", help="return, negative_review, churn; repeatable "
+                                   "(default: every model with a champion)")] = None,
 ) -> None:
     """Score with the current champions and write the day's care task list (or backfill a range)."""
     models = _check_models(models)
@@ -559,7 +563,8 @@ def run(
 
 @app.command()
 def segments(
-    run_date: Annotated[datetime | None, typer.Option("--date", help="as-of day (default: today, UTC)")] = None,
+    run_date: Annotated[datetime | None, typer.Option(
+        "--date", metavar="DATE", help="as-of day (default: today, UTC)")] = None,
 ) -> None:
     """Recompute behaviour tags (with their history) and customer segments; log the run to MLflow."""
     _quiet_defaults()
@@ -578,7 +583,8 @@ def segments(
 
 @app.command()
 def journeys(
-    run_date: Annotated[datetime | None, typer.Option("--date", help="as-of day (default: today, UTC)")] = None,
+    run_date: Annotated[datetime | None, typer.Option(
+        "--date", metavar="DATE", help="as-of day (default: today, UTC)")] = None,
 ) -> None:
     """After-sales paths, slow stages and the next-step model against the naive baseline."""
     _quiet_defaults()
@@ -594,7 +600,8 @@ def journeys(
 
 @app.command(name="service-scores")
 def service_scores(
-    run_date: Annotated[datetime | None, typer.Option("--date", help="as-of day (default: today, UTC)")] = None,
+    run_date: Annotated[datetime | None, typer.Option(
+        "--date", metavar="DATE", help="as-of day (default: today, UTC)")] = None,
 ) -> None:
     """Service-quality scores per agent, team, channel, category and week, with shrinkage."""
     _quiet_defaults()
@@ -611,7 +618,8 @@ def service_scores(
 
 @app.command()
 def text(
-    train_until: Annotated[datetime | None, typer.Option(help="train only on texts up to this day (backtests)")] = None,
+    train_until: Annotated[datetime | None, typer.Option(
+        metavar="DATE", help="train only on texts up to this day (backtests)")] = None,
 ) -> None:
     """Learn sentiment and complaint reasons from review/ticket/return texts; score every text."""
     _quiet_defaults()
@@ -635,7 +643,8 @@ def text(
 
 @app.command()
 def alerts(
-    as_of: Annotated[datetime | None, typer.Option(help="data time to judge by (default: the latest data)")] = None,
+    as_of: Annotated[datetime | None, typer.Option(
+        metavar="DATE", help="data time to judge by (default: the latest data)")] = None,
     weeks: Annotated[int | None, typer.Option(help="complete weeks to check (0 = all; default: settings)")] = None,
 ) -> None:
     """Product early warning: weekly return / negative-review spikes against history and category."""
@@ -654,7 +663,8 @@ def alerts(
 
 @app.command()
 def report(
-    as_of: Annotated[datetime | None, typer.Option(help="data time to report on (default: the latest data)")] = None,
+    as_of: Annotated[datetime | None, typer.Option(
+        metavar="DATE", help="data time to report on (default: the latest data)")] = None,
     out: Annotated[Path | None, typer.Option(help="HTML file to write (default: reports/kpi/...)")] = None,
 ) -> None:
     """The after-sales KPI report: one self-contained HTML file."""
@@ -670,10 +680,10 @@ def report(
 
 @app.command()
 def monitor(
-    run_date: Annotated[datetime | None,
-                        typer.Option("--date", help="scoring date to judge (default: today, UTC)")] = None,
-    models: Annotated[list[str] | None,
-                      typer.Option("--model", help="return, negative_review, churn; repeatable")] = None,
+    run_date: Annotated[datetime | None, typer.Option(
+        "--date", metavar="DATE", help="scoring date to judge (default: today, UTC)")] = None,
+    models: Annotated[list[str] | None, typer.Option(
+        "--model", metavar="MODEL", help="return, negative_review, churn; repeatable")] = None,
 ) -> None:
     """Drift of the day's scores, realised performance of matured runs, and retrain triggers."""
     models = _check_models(models)
@@ -701,7 +711,7 @@ def monitor(
 @app.command()
 def serve(
     only: Annotated[list[str] | None,
-                    typer.Option("--deployment", help="serve only this deployment; repeatable")] = None,
+                    typer.Option("--deployment", metavar="NAME", help="serve only this deployment; repeatable")] = None,
     inbox: Annotated[Path | None, typer.Option(help="folder daily-ingest reads (default: prefect.inbox)")] = None,
     ephemeral: Annotated[bool, typer.Option(help="serve without a Prefect server: manual runs only, "
                                                   "cron never fires")] = False,
@@ -787,8 +797,8 @@ def deploy(
 
 @app.command()
 def uplift(
-    since: Annotated[datetime | None, typer.Option(help="first task-list day to include")] = None,
-    until: Annotated[datetime | None, typer.Option(help="last task-list day to include")] = None,
+    since: Annotated[datetime | None, typer.Option(metavar="DATE", help="first task-list day to include")] = None,
+    until: Annotated[datetime | None, typer.Option(metavar="DATE", help="last task-list day to include")] = None,
 ) -> None:
     """Return, review and churn rates of contacted vs control customers, with 95% intervals."""
     _quiet_defaults()

@@ -64,6 +64,17 @@ def test_help_lists_every_command(cli) -> None:
         assert command in out
 
 
+def test_command_help_names_what_to_type(cli) -> None:
+    """Flags carry no placeholder, dates say DATE: typer 0.29 printed <bool> beside every flag and
+    --help, and <datetime> (earlier versions: the list of accepted formats) beside dates."""
+    for command, wanted in (("train", ("--cutoff", "DATE", "--model", "MODEL")),
+                            ("score", ("--date", "DATE", "--from", "--to")),
+                            ("ingest", ("--as-of", "DATE", "--force"))):
+        out = cli(command, "--help").output
+        assert "<bool>" not in out and "<datetime>" not in out and "%Y" not in out, out
+        assert all(word in out for word in wanted), out
+
+
 def test_generate_and_ingest_twice_changes_nothing(cli, home: Path) -> None:
     data = home / "shop"
     cli("generate", "--customers", "2500", "--seed", "3", "--out", str(data))
