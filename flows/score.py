@@ -23,6 +23,7 @@ from tasks.models.datasets import scoring_frames
 from tasks.models.scoring import (
     SCORES_TABLE,
     Champion,
+    customers_above_floor,
     explain,
     find_champions,
     list_candidates,
@@ -32,6 +33,8 @@ from tasks.models.scoring import (
     scoring_funnel,
 )
 from tasks.monitoring.checks import drift_gate_task, empty_task_lists
+
+CONSIDERED = "among each risk's best by probability × value (scoring.explain_headroom × capacity)"
 
 
 @task(name="resolve-champions", cache_policy=NO_CACHE)
@@ -79,6 +82,16 @@ def score_populations(champions: dict[str, Champion], scored: dict[str, pd.DataF
     if not rows:  # nobody eligible: an empty frame of the contract, so the day gets a valid empty list
         rows = [ScoredRows.validate(pd.DataFrame(columns=list(ScoredRows.to_schema().columns)))]
     return pd.concat(rows, ignore_index=True)
+
+
+def customer_funnel(above_floor: int, listing: dict[str, int]) -> dict[str, int]:
+    """Where the day's customers went: every one above the floor, then the list's own steps, whose
+    first are the customers ``list_candidates`` kept (each risk's best by probability x value)."""
+    if not listing:
+        return {}
+    steps = dict(listing)
+    considered = steps.pop("above the floor")
+    return {"above the floor": above_floor, CONSIDERED: considered, **steps}
 
 
 def _links(settings: Settings, champions: dict[str, Champion], paths: dict[str, Any]) -> str:
@@ -172,7 +185,8 @@ def score_flow(run_date: date | None = None, models: list[str] | None = None) ->
     result = {"run_date": str(day.date()), "models": versions, "tasks": len(tasks), "control": len(control),
               "files": {k: str(v) for k, v in paths.items()}, "summary": summary, "drift_gate": gate.as_dict(),
               "skipped": skipped, "scored": scoring_funnel(scored, settings),
-              "min_probability": settings.scoring.min_probability, "funnel": tasks.attrs.get("funnel", {})}
+              "min_probability": settings.scoring.min_probability,
+              "funnel": customer_funnel(customers_above_floor(scored, settings), tasks.attrs.get("funnel", {}))}
     if gate.flagged or gate.held:
         emit_flagged(day, gate, result)
         return Completed(name="Flagged" if gate.flagged else "Held", data=result,

@@ -181,11 +181,13 @@ def test_score_writes_one_list_per_day_and_rerun_replaces_it(cli, home: Path) ->
     assert "probability floor 0.15 (scoring.min_probability)" in out and funnel, out
     scored, above = (int(n.replace(",", "")) for n in funnel.groups())
     assert scored >= above > 0
-    steps = re.search(r"customers: ([\d,]+) above the floor → ([\d,]+) with a positive expected value → "
+    steps = re.search(r"customers: ([\d,]+) above the floor → ([\d,]+) among each risk's best by probability × "
+                      r"value \(scoring.explain_headroom × capacity\) → ([\d,]+) with a positive expected value → "
                       r"([\d,]+) not cooling down → ([\d,]+) held out as control → ([\d,]+) tasks within capacity", out)
     assert steps, out
-    above_customers, positive, fresh, control, listed = (int(n.replace(",", "")) for n in steps.groups())
-    assert above_customers >= positive >= fresh >= control + listed and listed == len(tasks)
+    above_customers, considered, positive, fresh, control, listed = (int(n.replace(",", "")) for n in steps.groups())
+    assert above_customers >= considered >= positive >= fresh >= control + listed and listed == len(tasks)
+    assert above_customers >= above, "every churn row above the floor is a customer above it"
     assert not tasks["why"].str.contains("_").any(), "agents never read raw feature names"
     first = counts(home)["task_list"]
     cli("score", "--date", RUN_DATE)

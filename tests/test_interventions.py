@@ -382,3 +382,22 @@ def test_measured_uplift_pulls_the_prior_and_the_list_says_so(playbook, catalogu
     harmful = effects.assign(effect=-0.3)
     tasks, _ = build_task_list(scored, playbook, cfg(), effects=harmful, catalogue=catalogue)
     assert "a" not in set(tasks["customer_id"]), "an action measured to backfire has no positive value"
+
+
+def test_the_days_funnel_starts_with_every_customer_above_the_floor():
+    """The list sees only each risk's best rows (``list_candidates``); the funnel the user reads
+    starts before that cut, with every customer above the floor, so the cut is a named step."""
+    from flows.score import CONSIDERED, customer_funnel
+    from schemas.settings import Settings
+    from tasks.models.scoring import customers_above_floor
+
+    scored = {"churn": pd.DataFrame({"customer_id": ["a", "b", "c", "d"], "probability": [0.9, 0.5, 0.2, 0.1]}),
+              "return": pd.DataFrame({"customer_id": ["a", "e"], "probability": [0.3, 0.16]})}
+    assert customers_above_floor(scored, Settings(scoring={"min_probability": 0.15})) == 4  # a, b, c, e
+    assert customers_above_floor(scored, Settings(scoring={"min_probability": 0.4})) == 2
+    listing = {"above the floor": 2, "with a positive expected value": 1, "not cooling down": 1,
+               "held out as control": 0, "tasks within capacity": 1}
+    funnel = customer_funnel(4, listing)
+    assert list(funnel) == ["above the floor", CONSIDERED, *list(listing)[1:]]
+    assert funnel["above the floor"] == 4 and funnel[CONSIDERED] == 2
+    assert customer_funnel(4, {}) == {}

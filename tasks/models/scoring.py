@@ -268,6 +268,14 @@ def scoring_funnel(scored: dict[str, pd.DataFrame], settings: Settings) -> dict[
             for model, frame in scored.items()}
 
 
+def customers_above_floor(scored: dict[str, pd.DataFrame], settings: Settings) -> int:
+    """Distinct customers with any row at or above ``scoring.min_probability``: the funnel's first step
+    (before ``list_candidates`` keeps each risk's best, where a big day loses most of them)."""
+    floor = settings.scoring.min_probability
+    ids = [frame.loc[frame["probability"] >= floor, "customer_id"].astype(str) for frame in scored.values()]
+    return int(pd.concat(ids).nunique()) if ids else 0
+
+
 def list_candidates(scored: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     """Rows that can reach the list: above the floor and among the best by expected value.
 
