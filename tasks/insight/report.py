@@ -413,32 +413,32 @@ class Kpi:
     fmt: Callable[[Any], str]
     better: str  # "up" or "down"
     explain: str
-    source: str  # the source it needs (absent: "no ... data")
+    sources: tuple[str, ...]  # what it counts; none of them exported: "no ... data", not a zero
     basis: str  # the count it rests on (too thin below report.min_count)
     basis_words: str
 
 
 KPIS = [
     Kpi("satisfaction", "Service satisfaction", lambda v: num(v, 2, " / 5"), "up",
-        "average rating customers gave their support contact", "tickets", "n_tickets", "tickets"),
+        "average rating customers gave their support contact", ("tickets",), "n_tickets", "tickets"),
     Kpi("review_score", "Average review", lambda v: num(v, 2, " / 5"), "up", "average product review score",
-        "reviews", "n_reviews", "reviews"),
+        ("reviews",), "n_reviews", "reviews"),
     Kpi("complaint_rate", "Complaints per 100 orders", lambda v: num(v, 1), "down",
-        "complaint tickets plus 1-2 star reviews, per 100 orders placed", "orders", "orders", "orders"),
+        "complaint tickets plus 1-2 star reviews, per 100 orders placed", ("tickets", "reviews"), "orders", "orders"),
     Kpi("first_response_hours", "First response time", lambda v: num(v, 1, " h"), "down",
-        "median hours until a customer's ticket first got an answer", "tickets", "n_tickets", "tickets"),
+        "median hours until a customer's ticket first got an answer", ("tickets",), "n_tickets", "tickets"),
     Kpi("response_target_share", "Answered within target", lambda v: pct(v, 0), "up",
-        "share of tickets answered within the response target", "tickets", "n_tickets", "tickets"),
+        "share of tickets answered within the response target", ("tickets",), "n_tickets", "tickets"),
     Kpi("handling_hours", "Time to resolve", lambda v: num(v, 1, " h"), "down",
-        "median hours from opening a ticket to solving it", "tickets", "n_resolved", "solved tickets"),
+        "median hours from opening a ticket to solving it", ("tickets",), "n_resolved", "solved tickets"),
     Kpi("first_contact_resolution", "Solved without escalation", lambda v: pct(v, 0), "up",
-        "solved tickets that were neither escalated nor reopened", "tickets", "n_resolved", "solved tickets"),
-    Kpi("return_rate", "Return rate", lambda v: pct(v, 1), "down", "returns per item delivered", "returns", "units",
+        "solved tickets that were neither escalated nor reopened", ("tickets",), "n_resolved", "solved tickets"),
+    Kpi("return_rate", "Return rate", lambda v: pct(v, 1), "down", "returns per item delivered", ("returns",), "units",
         "items delivered"),
     Kpi("failure_rate", "Product failure rate", lambda v: pct(v, 1), "down",
-        "items returned as faulty, per item delivered", "returns", "units", "items delivered"),
+        "items returned as faulty, per item delivered", ("returns",), "units", "items delivered"),
     Kpi("negative_review_rate", "Negative reviews", lambda v: pct(v, 1), "down", "share of reviews with 1-2 stars",
-        "reviews", "n_reviews", "reviews"),
+        ("reviews",), "n_reviews", "reviews"),
 ]
 
 
@@ -462,9 +462,10 @@ def kpi_cards(data: ReportData, settings: Settings) -> list[dict[str, str]]:
         n_now, n_before = data.recent.get(kpi.basis, 0.0), data.previous.get(kpi.basis, 0.0)
         explain = kpi.explain.replace("the response target", f"{settings.report.response_target_hours:g} hours")
         card = {"title": kpi.title, "explain": explain}
-        if not data.has(kpi.source):
-            card |= {"value": f"no {SOURCE_WORDS[kpi.source]} data", "change_class": "flat",
-                     "change": "the shop exports no " + SOURCE_WORDS[kpi.source], "before": ""}
+        if not any(data.has(source) for source in kpi.sources):
+            missing = " or ".join(SOURCE_WORDS[source] for source in kpi.sources)
+            card |= {"value": f"no {missing} data", "change_class": "flat",
+                     "change": f"the shop exports no {missing}", "before": ""}
         elif _num(n_now) < floor:
             card |= {"value": kpi.fmt(now) if _num(n_now) > 0 else "–", "change_class": "thin",
                      "change": f"too thin: only {_num(n_now):,.0f} {kpi.basis_words} (fewer than {floor})",
@@ -837,7 +838,7 @@ def build_report(wh: Warehouse, settings: Settings, as_of: Any = None, out: Path
     path = Path(out) if out else settings.reports_dir / "kpi" / f"aftersales_report_{data.win.as_of:%Y-%m-%d}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(data, settings), encoding="utf-8")
-    headline = {k.key: (data.recent.get(k.key) if data.has(k.source) else None) for k in KPIS}
+    headline = {k.key: (data.recent.get(k.key) if any(data.has(s) for s in k.sources) else None) for k in KPIS}
     return path, {"as_of": str(data.win.as_of), "headline": headline,
                   "alerts": 0 if data.alerts is None else len(data.alerts), "highlights": highlights(data, settings),
                   "sources": source_lines(data)}
