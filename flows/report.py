@@ -23,7 +23,7 @@ def report_flow(as_of: datetime | None = None, out: Path | None = None) -> dict[
     lines = [f"# After-sales report, data as of {figures['as_of'][:10]}", "", f"File: `{path}`", "",
              *(f"- {line}" for line in figures["sources"]), ""]
     lines += [f"- {kpis[key].title}: " + (kpis[key].fmt(value) if value is not None else
-                                          f"no {kpis[key].source} data")
+                                          f"no {kpis[key].missing()} data")
               for key, value in figures["headline"].items()]
     create_markdown_artifact("\n".join(lines), key="kpi-report", description="after-sales KPI report")
     logger.info("report written to %s", path)

@@ -417,6 +417,10 @@ class Kpi:
     basis: str  # the count it rests on (too thin below report.min_count)
     basis_words: str
 
+    def missing(self) -> str:
+        """The sources it counts, in words, for "no ... data" (none of them is exported)."""
+        return " or ".join(SOURCE_WORDS[source] for source in self.sources)
+
 
 KPIS = [
     Kpi("satisfaction", "Service satisfaction", lambda v: num(v, 2, " / 5"), "up",
@@ -463,9 +467,8 @@ def kpi_cards(data: ReportData, settings: Settings) -> list[dict[str, str]]:
         explain = kpi.explain.replace("the response target", f"{settings.report.response_target_hours:g} hours")
         card = {"title": kpi.title, "explain": explain}
         if not any(data.has(source) for source in kpi.sources):
-            missing = " or ".join(SOURCE_WORDS[source] for source in kpi.sources)
-            card |= {"value": f"no {missing} data", "change_class": "flat",
-                     "change": f"the shop exports no {missing}", "before": ""}
+            card |= {"value": f"no {kpi.missing()} data", "change_class": "flat",
+                     "change": f"the shop exports no {kpi.missing()}", "before": ""}
         elif _num(n_now) < floor:
             card |= {"value": kpi.fmt(now) if _num(n_now) > 0 else "–", "change_class": "thin",
                      "change": f"too thin: only {_num(n_now):,.0f} {kpi.basis_words} (fewer than {floor})",
