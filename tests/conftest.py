@@ -15,6 +15,10 @@ import pytest
 
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="aftersales-tests-"))
 os.environ.setdefault("PREFECT_HOME", str(_SESSION_HOME / "prefect"))
+if worker := os.environ.get("PYTEST_XDIST_WORKER"):
+    # .ci/run runs the suite on pytest-xdist workers: each gets its own Prefect home (database, profiles),
+    # so no two processes share one SQLite file; the MLflow stores and warehouses are per test already
+    os.environ["PREFECT_HOME"] = str(Path(os.environ["PREFECT_HOME"]) / worker)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
