@@ -10,6 +10,7 @@ quantile sketches, so it is not bit-identical to a single-process ``hist`` fit).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -167,8 +168,13 @@ def test_the_train_flow_fits_on_dask_by_settings_alone(shop, client) -> None:
                                        "prefect": shop.prefect.model_copy(update={"dask_address":
                                                                                   client.scheduler.address}),
                                        "training": shop.training.model_copy(update={"seed": shop.training.seed + 1})})
-    with get_task_stream(client) as stream:
+    with get_task_stream(client) as stream, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         out = train_and_register.fn("churn", settings)
     assert "version" in out and "skipped" not in out and out["new_version"], out
-    assert any("frompandas" in str(t["key"]) for t in stream.data)  # the refit's rows went to the workers
+    # the refit's rows went to the workers as files they read, not inside the task graph
+    assert any("read_parquet" in str(t["key"]) for t in stream.data)
+    assert not [w for w in caught if "large graph" in str(w.message)], [str(w.message) for w in caught]
+    snapshots = shop.paths.home / "snapshots" / "training"
+    assert not snapshots.exists() or not any(snapshots.iterdir())  # removed after the fit
     assert any("xgboost.dask" in note for note in out["notes"]), out["notes"]

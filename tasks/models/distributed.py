@@ -15,7 +15,8 @@ Why this shape:
   and the task list stay on the flow: they are global (one ranking, queue capacities) and touch
   only the few hundred rows that can make the list.
 - **Training**: the booster is fitted with ``xgboost.dask`` on a ``DaskQuantileDMatrix`` made from
-  the training frame partitioned over the workers, with the same parameters, early stopping,
+  the training frame partitioned over the workers (Parquet partitions in the snapshot folder, read
+  by the workers, removed after the fit), with the same parameters, early stopping,
   class weighting and calibration as ``training.train_model``. ``xgboost.dask`` is not bit-identical
   to a single-process ``hist`` fit (quantile sketches are merged across workers), so the model's
   metrics match within a tolerance, not to the last bit (tests/test_distributed.py).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -158,10 +160,25 @@ def score_model_on_dask(champion: Any, run_date: pd.Timestamp, settings: Setting
 # ----------------------------------------------------------------------------------------- training
 
 
-def _dask_frame(frame: pd.DataFrame | pd.Series, parts: int) -> Any:
-    import dask.dataframe as dd
+@contextmanager
+def training_partitions(frame: pd.DataFrame, settings: Settings, parts: int) -> Iterator[Any]:
+    """The training rows as a Dask frame whose partitions the workers read from a Parquet snapshot
+    (``dask.snapshot_dir``, like the scoring frames), removed after the fit.
 
-    return dd.from_pandas(frame, npartitions=max(1, min(parts, len(frame))), sort=False)
+    Why: ``dd.from_pandas`` puts the rows into the task graph, which the scheduler then ships to the
+    workers (17 MiB for a small test shop, with distributed's "large graph" warning); the graph now
+    names files. ``meta`` is the frame's own empty slice, so categorical levels are known exactly.
+    """
+    import dask.dataframe as dd
+    from dask import delayed
+
+    folder = Path(settings.dask.snapshot_dir or settings.paths.home / "snapshots") / "training" / uuid.uuid4().hex
+    try:
+        paths = write_partitions(frame, folder, max(1, min(parts, len(frame))))
+        yield dd.from_delayed([delayed(pd.read_parquet)(path) for path in paths], meta=frame.iloc[:0],
+                              verify_meta=False)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def fit_booster_on_dask(X: pd.DataFrame, y: np.ndarray, categories: dict[str, list[str]], params: dict[str, Any],
@@ -181,9 +198,10 @@ def fit_booster_on_dask(X: pd.DataFrame, y: np.ndarray, categories: dict[str, li
     from tasks.models.training import prepare_features
 
     prepared = prepare_features(X, list(X.columns), categories).reset_index(drop=True)
-    parts = n_partitions(client, settings, len(prepared))
-    matrix = dxgb.DaskQuantileDMatrix(client, _dask_frame(prepared, parts),
-                                      _dask_frame(pd.Series(np.asarray(y, dtype=float)), parts),
-                                      enable_categorical=True, max_bin=settings.training.xgb.max_bin)
-    out = dxgb.train(client, params, matrix, num_boost_round=max(1, rounds), verbose_eval=False)
+    label = "__label__"
+    prepared[label] = np.asarray(y, dtype=float)
+    with training_partitions(prepared, settings, n_partitions(client, settings, len(prepared))) as rows:
+        matrix = dxgb.DaskQuantileDMatrix(client, rows.drop(columns=label), rows[label], enable_categorical=True,
+                                          max_bin=settings.training.xgb.max_bin)
+        out = dxgb.train(client, params, matrix, num_boost_round=max(1, rounds), verbose_eval=False)
     return out["booster"]
