@@ -31,7 +31,7 @@ def test_benchmark_runs_in_smoke_mode(script: Path, tmp_path: Path) -> None:
     assert "--smoke" in script.read_text(encoding="utf-8"), f"{script.name} needs a --smoke mode"
     # the session's settings stay out, its thread share (conftest.py, under pytest-xdist) stays in
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("AFTERSALES_") or k.endswith(("__NTHREAD", "__THREADS"))} | {
+           if not k.startswith("AFTERSALES_") or k.endswith(("__NTHREAD", "THREADS"))} | {
         "AFTERSALES_PATHS__HOME": str(tmp_path / "home"), "PYTHONPATH": str(script.parents[1]),
         # smoke figures mean nothing: the cheapest training that still has an older origin to tune on
         "AFTERSALES_SPLIT__MAX_CUTOFFS": "90", "AFTERSALES_SPLIT__BACKTEST_ORIGINS": "2",

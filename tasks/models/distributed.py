@@ -75,9 +75,13 @@ def n_partitions(client: Any, settings: Settings, rows: int) -> int:
     return max(1, min(rows, workers * settings.dask.partitions_per_worker))
 
 
+def snapshot_root(settings: Settings) -> Path:
+    """Where frames are written for the workers (storage every worker reads)."""
+    return Path(settings.dask.snapshot_dir or settings.paths.home / "snapshots")
+
+
 def snapshot_folder(settings: Settings, run_date: pd.Timestamp, model: str) -> Path:
-    base = settings.dask.snapshot_dir or settings.paths.home / "snapshots"
-    return Path(base) / f"{run_date:%Y-%m-%d}" / model
+    return snapshot_root(settings) / f"{run_date:%Y-%m-%d}" / model
 
 
 def write_partitions(frame: pd.DataFrame, folder: Path, parts: int) -> list[str]:
@@ -172,9 +176,9 @@ def training_partitions(frame: pd.DataFrame, settings: Settings, parts: int) -> 
     import dask.dataframe as dd
     from dask import delayed
 
-    folder = Path(settings.dask.snapshot_dir or settings.paths.home / "snapshots") / "training" / uuid.uuid4().hex
+    folder = snapshot_root(settings) / "training" / uuid.uuid4().hex
     try:
-        paths = write_partitions(frame, folder, max(1, min(parts, len(frame))))
+        paths = write_partitions(frame, folder, parts)
         yield dd.from_delayed([delayed(pd.read_parquet)(path) for path in paths], meta=frame.iloc[:0],
                               verify_meta=False)
     finally:
