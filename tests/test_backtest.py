@@ -81,7 +81,8 @@ def test_the_registered_model_is_refitted_on_every_matured_cutoff(wh) -> None:
     steps = {k: v for k, v in fit.trained.extra_metrics.items() if k.startswith("seconds_")}
     assert {"seconds_training_frame", "seconds_tuning", "seconds_out_of_fold_boosters", "seconds_calibration",
             "seconds_refit_booster", "seconds_refit_baselines"} <= set(steps)
-    assert all(v >= 0 for v in steps.values()) and 0 < sum(steps.values()) <= fit.seconds + 1e-3
+    # each lap is rounded to the millisecond, so the sum may exceed the whole by half a millisecond a step
+    assert all(v >= 0 for v in steps.values()) and 0 < sum(steps.values()) <= fit.seconds + 5e-4 * len(steps)
     assert describe_laps({"tuning": 2.0, "refit booster": 5.3}) == "refit booster 5.3 s, tuning 2.0 s"
     plain = fit_as_of(wh, "return", S.model_copy(update={"training": S.training.model_copy(
         update={"recentre_calibration": False})}))
