@@ -132,8 +132,11 @@ class SplitSettings(BaseModel):
     max_training_rows: int = Field(
         1_000_000, description="more rows: a stable sample of entities is kept (said in the run)")
     frame_threads: int | None = Field(
-        None, ge=1, description="cutoffs whose features are built side by side, each on its own DuckDB cursor; "
-        "default: the machine's cores")
+        None, ge=1, description="batches of cutoffs (split.feature_batch_rows) whose labels and features are "
+        "built side by side, each on its own DuckDB cursor; default: the machine's cores")
+    feature_batch_rows: int = Field(
+        20_000_000, ge=1, description="cutoffs whose labels or features one query builds (a LATERAL join "
+        "DuckDB plans once): as many as keep cutoffs x the largest source table's rows under this, one at least")
 
 
 class XGBSettings(BaseModel):

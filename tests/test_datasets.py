@@ -16,6 +16,7 @@ import pytest
 
 from schemas.derived import CUTOFF, LABEL, UNKNOWN, training_set_schema
 from schemas.settings import Settings
+from schemas.sources import TABLES
 from tasks.data.warehouse import Warehouse
 from tasks.models.datasets import (
     Fold,
@@ -26,6 +27,7 @@ from tasks.models.datasets import (
     build_training_set,
     check_fold,
     feature_columns,
+    frame_settings,
     origin_folds,
     plan_cutoffs,
     refit_rows,
@@ -34,8 +36,8 @@ from tasks.models.datasets import (
     scoring_frames,
     side_by_side,
 )
-from tasks.models.features import order_features
-from tasks.models.labels import label_horizon_days, latest_matured_cutoff, population
+from tasks.models.features import cutoff_batches, order_features
+from tasks.models.labels import label_horizon_days, labels, labels_at_cutoffs, latest_matured_cutoff, population
 
 END = pd.Timestamp("2026-06-01")
 DAYS = 430
@@ -447,3 +449,29 @@ def test_cutoffs_built_side_by_side_equal_those_built_one_after_another(
     others: list[Warehouse] = []
     side_by_side(wh, [others.append] * 4, threads=2)
     assert len(others) == 4 and wh not in others
+
+
+def test_many_cutoffs_to_a_query_equal_one_query_per_cutoff(wh: Warehouse, planned: dict[str, pd.DataFrame]) -> None:
+    """The training frames (features of many cutoffs per LATERAL query, all of them here, then two at
+    a time) equal the frames built one cutoff and one query at a time, row for row."""
+    for model in MODELS:
+        plan = plan_cutoffs(wh, model, S)
+        one_by_one = build_training_set(wh, model, list(plan.cutoffs), frame_settings(model, plan, S)[0])
+        assert len(one_by_one) > 0 and len(plan.cutoffs) > 2
+        pd.testing.assert_frame_equal(planned[model], one_by_one, check_exact=False, rtol=1e-12, atol=0)
+        many = labels_at_cutoffs(wh, model, plan.cutoffs, S)
+        assert many[CUTOFF].is_monotonic_increasing and set(many[CUTOFF]) <= set(plan.cutoffs)
+        for cutoff in plan.cutoffs:
+            alone, part = labels(wh, model, cutoff, S), many[many[CUTOFF] == cutoff]
+            assert len(part) == len(alone)
+            if len(alone):
+                pd.testing.assert_frame_equal(part.drop(columns=CUTOFF).reset_index(drop=True), alone)
+    with pytest.raises(ValueError, match="not matured"):
+        labels_at_cutoffs(wh, "return", [*plan.cutoffs, END - pd.Timedelta(days=5)], S)
+    largest = max(wh.row_count(table) for table in TABLES)
+    pairs = S.model_copy(update={"split": S.split.model_copy(update={"feature_batch_rows": 2 * largest + 1})})
+    assert {len(batch) for batch in cutoff_batches(wh, plan.cutoffs, pairs)[:-1]} == {2}
+    assert len(cutoff_batches(wh, plan.cutoffs, S)) == 1
+    batched = build_training_frames(wh, {m: plan_cutoffs(wh, m, pairs) for m in MODELS}, pairs, cache={})
+    for model in MODELS:
+        pd.testing.assert_frame_equal(batched[model], planned[model], check_exact=False, rtol=1e-12, atol=0)

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from schemas.derived import TEXT_COMPLAINTS, UNKNOWN, CustomerFeatures, OrderFeatures
+from schemas.derived import CUTOFF, TEXT_COMPLAINTS, UNKNOWN, CustomerFeatures, OrderFeatures
 from schemas.settings import Settings
 from schemas.sources import TABLES
 from schemas.text import TEXT_INSIGHTS_TABLE, TextInsights, complaint_column
@@ -21,10 +21,13 @@ from tasks.data.warehouse import Warehouse, history_table
 from tasks.models.features import (
     CATALOGUE_PATH,
     WINDOWS,
+    available_at,
     available_sources,
     customer_features,
     feature_catalogue,
     feature_registry,
+    features_at_cutoffs,
+    first_source_rows,
     order_features,
     write_feature_catalogue,
 )
@@ -623,6 +626,37 @@ def test_without_row_versions_the_edits_would_leak(wh: Warehouse) -> None:
     assert after.loc["o3", "carrier"] == "fedex" and before.loc["o3", "carrier"] == "ups"
     assert (before.loc["o4", "region"], after.loc["o4", "region"]) == ("south", "east")  # the customer moved
     assert after.loc["o3", "order_value"] == 999 and after.loc["o3", "main_category"] == "boots"
+
+
+def test_many_cutoffs_in_one_query_equal_one_query_per_cutoff(wh: Warehouse, bare: Warehouse) -> None:
+    """The training frames' LATERAL query gives, at every cutoff, exactly the one-cutoff features: around
+    rows edited after some cutoffs (read through their versions), facts arriving later, texts, a shop
+    without optional sources, and a different set of rows asked for at each cutoff."""
+    keep_versions(wh, at(-1000))
+    add_future(wh)
+    edit_after_cutoff(wh)
+    cutoffs = [at(d) for d in (-100, -9, -1.5, 0, 0.4, 1.5, 2.5, 5)]
+    for warehouse in (wh, bare):
+        for entity, key, one in (("order", "order_id", order_features), ("customer", "customer_id",
+                                                                           customer_features)):
+            everyone = sorted(one(warehouse, cutoffs[-1], validate=False)[key])
+            wanted = pd.concat([pd.DataFrame({key: [*everyone[i % 3::1 + i % 2], "nobody"], CUTOFF: c})
+                                for i, c in enumerate(cutoffs)], ignore_index=True)
+            many = features_at_cutoffs(warehouse, entity, wanted, Settings())
+            assert list(many.columns) == [CUTOFF, *one(warehouse, cutoffs[0], validate=False).columns]
+            assert list(many[CUTOFF].unique()) == cutoffs  # oldest first
+            for c in cutoffs:
+                ids = list(wanted.loc[wanted[CUTOFF] == c, key])
+                expected = one(warehouse, c, ids, validate=False)
+                found = many[many[CUTOFF] == c].drop(columns=CUTOFF).reset_index(drop=True)
+                for frame in (found, expected):  # levels are those of all the cutoffs; values must match
+                    for column in frame.select_dtypes("category"):
+                        frame[column] = frame[column].astype(str)
+                pd.testing.assert_frame_equal(found, expected, check_exact=True)
+            first_rows = first_source_rows(warehouse)
+            assert all(available_at(first_rows, c) == available_sources(warehouse, c) for c in cutoffs)
+            sizes = many.groupby(CUTOFF).size()
+            assert sizes.nunique() > 1 and "nobody" not in set(many[key])  # the rows asked for, and known, differ
 
 
 # ---- categories the model never saw -------------------------------------------------------------

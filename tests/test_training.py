@@ -315,5 +315,6 @@ def test_the_training_config_hash_ignores_how_fast_the_frame_is_built() -> None:
     base = training_config_hash(Settings(), rule, 0.0)
     assert training_config_hash(Settings(split={"frame_threads": 1}), rule, 0.0) == base
     assert training_config_hash(Settings(split={"frame_threads": 3}), rule, 0.0) == base
+    assert training_config_hash(Settings(split={"feature_batch_rows": 1}), rule, 0.0) == base
     other_grid = [BoosterConfig(max_depth=3, learning_rate=0.1)]
     assert training_config_hash(Settings(training={"grid": other_grid}), rule, 0.0) != base

@@ -39,7 +39,9 @@ from tasks.models.features import (
     categorical_features,
     categorize,
     customer_features,
+    cutoff_batches,
     feature_names,
+    features_at_cutoffs,
     order_features,
 )
 from tasks.models.labels import (
@@ -49,6 +51,7 @@ from tasks.models.labels import (
     key_columns,
     label_horizon_days,
     labels,
+    labels_at_cutoffs,
     population,
 )
 
@@ -62,9 +65,10 @@ def side_by_side(wh: Warehouse, jobs: Sequence[Callable[[Warehouse], T]], thread
     """``[job(wh) for job in jobs]``, run on ``threads`` threads (default: the cores), each with its own
     cursor on the database; results in the jobs' order.
 
-    Why: one cutoff's feature query is mostly DuckDB planning and small scans on one core; side by
-    side they use the others (800-customer shop, the return model's 120 cutoffs: 19.2 s -> 10.7 s on
-    2 cores, frames equal). In one thread inside a write transaction: other cursors would not see it.
+    Why: the training frame's batches of cutoffs (``cutoff_batches``: one on a small shop, several on a
+    large one) are independent queries; small ones leave cores idle, which the others use (when one
+    query per cutoff was the rule: 800-customer shop, 120 cutoffs, 19.2 s -> 10.7 s on 2 cores). In one
+    thread inside a write transaction: other cursors would not see it.
     """
     threads = min(threads or os.cpu_count() or 1, len(jobs))
     if threads <= 1 or wh.in_transaction:
@@ -344,9 +348,15 @@ def fill_training_cache(wh: Warehouse, plans: dict[ModelName, CutoffPlan], setti
         model_settings, widened = frame_settings(model, plan, base)
         label_keys = [label_cache_key(model, c, model_settings) for c in plan.cutoffs]
         missing = [key for key in label_keys if key not in cache]
-        found = side_by_side(wh, [partial(labels, model=model, cutoff=c, settings=model_settings)
-                                  for _, c in missing], threads)
-        cache.update(zip(missing, found, strict=True))
+        if missing:
+            batches = cutoff_batches(wh, [c for _, c in missing], model_settings)
+            found = pd.concat(side_by_side(wh, [partial(labels_at_cutoffs, model=model, cutoffs=batch,
+                                                        settings=model_settings) for batch in batches], threads),
+                              ignore_index=True)
+            parts = dict(list(found.groupby(CUTOFF, sort=False)))
+            for key in missing:
+                part = parts.get(key[1], found.iloc[:0])
+                cache[key] = part.drop(columns=CUTOFF).reset_index(drop=True)
         rows = {c: cache[key] for key, c in zip(label_keys, plan.cutoffs, strict=True)}
         total = sum(len(r) for r in rows.values())
         notes: list[str] = [widened] if widened else []
@@ -363,38 +373,46 @@ def fill_training_cache(wh: Warehouse, plans: dict[ModelName, CutoffPlan], setti
             key = (model, cutoff) if share == 1.0 else (f"{model}@{share:.6f}", cutoff)
             todo[model][cutoff] = (key, labelled)
         meta[model] = (model_settings, notes, total)
-    _share_order_passes(wh, todo, meta, cache, threads)
-    jobs = {key: partial(_frame_at, model=model, cutoff=cutoff, settings=meta[model][0], with_label=True,
-                         rows=labelled)
-            for model, cutoffs in todo.items() for cutoff, (key, labelled) in cutoffs.items() if key not in cache}
-    cache.update(zip(jobs, side_by_side(wh, list(jobs.values()), threads), strict=True))
+    _fill_features(wh, todo, meta, cache, threads)
     return todo, meta
 
 
-def _share_order_passes(wh: Warehouse, todo: Todo, meta: Meta, cache: FrameCache, threads: int | None) -> None:
-    """Fill the cache for cutoffs where two or more order models (with the same label settings) still
-    need rows: one ``order_features`` call on their union, each model's rows taken from it."""
-    order_models = [m for m in todo if MODEL_ENTITY[m] == "order"]
-    groups: dict[tuple[pd.Timestamp, str], list[ModelName]] = {}
-    for model in order_models:
-        for cutoff, (key, labelled) in todo[model].items():
-            if key not in cache and len(labelled):
-                groups.setdefault((cutoff, meta[model][0].labels.model_dump_json()), []).append(model)
-    shared_groups = [(cutoff, models) for (cutoff, _), models in groups.items() if len(models) > 1]
-    passes = []
-    for cutoff, models in shared_groups:
-        key_column = entity_key(models[0])
-        wanted = pd.concat([todo[m][cutoff][1][[key_column]] for m in models]).drop_duplicates(ignore_index=True)
-        passes.append(partial(order_features, cutoff=cutoff, orders=wanted, settings=meta[models[0]][0],
-                              validate=False))
-    for (cutoff, models), shared in zip(shared_groups, side_by_side(wh, passes, threads), strict=True):
-        key_column = entity_key(models[0])
-        for model in models:
-            key, labelled = todo[model][cutoff]
-            feats = shared[shared[key_column].isin(labelled[key_column])].reset_index(drop=True)
-            frame = feats.merge(labelled[[key_column, LABEL]], on=key_column, how="inner", validate="1:1")
-            frame.insert(len(key_columns(model)), CUTOFF, cutoff)
-            cache[key] = frame
+def _fill_features(wh: Warehouse, todo: Todo, meta: Meta, cache: FrameCache, threads: int | None) -> None:
+    """Every planned (model, cutoff) frame not yet in ``cache``, its features built many cutoffs to a
+    query (``features_at_cutoffs``, batches by ``cutoff_batches``, side by side on ``threads``).
+
+    Models of one entity with the same label settings share each query: it is asked for the union of
+    their rows at each cutoff (a subset narrows rows, never history), each model keeps its own.
+    """
+    groups: dict[tuple[str, str], list[tuple[ModelName, pd.Timestamp]]] = {}
+    for model, cutoffs in todo.items():
+        for cutoff, (key, labelled) in cutoffs.items():
+            if key in cache:
+                continue
+            if labelled.empty:
+                cache[key] = pd.DataFrame()
+                continue
+            group = (MODEL_ENTITY[model], meta[model][0].labels.model_dump_json())
+            groups.setdefault(group, []).append((model, cutoff))
+    for (entity, _), members in groups.items():
+        settings = meta[members[0][0]][0]
+        key_column = entity_key(members[0][0])
+        wanted = pd.concat([todo[m][c][1][[key_column]].assign(**{CUTOFF: c}) for m, c in members],
+                           ignore_index=True).drop_duplicates(ignore_index=True)
+        batches = cutoff_batches(wh, list(wanted[CUTOFF].unique()), settings)
+        jobs = [partial(features_at_cutoffs, entity=entity, wanted=wanted[wanted[CUTOFF].isin(batch)],
+                        settings=settings) for batch in batches]
+        features = pd.concat(side_by_side(wh, jobs, threads), ignore_index=True)
+        for model in dict.fromkeys(m for m, _ in members):
+            cutoffs = [c for m, c in members if m == model]
+            labelled = pd.concat([todo[model][c][1][[key_column, LABEL]].assign(**{CUTOFF: c}) for c in cutoffs],
+                                 ignore_index=True)
+            frame = features.merge(labelled, on=[CUTOFF, key_column], how="inner", validate="1:1")
+            frame = frame[[*key_columns(model), CUTOFF, *frame.columns.drop([*key_columns(model), CUTOFF])]]
+            parts = dict(list(frame.groupby(CUTOFF, sort=False)))
+            for cutoff in cutoffs:
+                part = parts.get(cutoff, frame.iloc[:0])
+                cache[todo[model][cutoff][0]] = part.reset_index(drop=True) if len(part) else pd.DataFrame()
 
 
 def build_training_set(

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 
 from schemas.derived import (
+    CUTOFF,
     ENTITY_KEY,
     FEATURE_MODELS,
     MOMENTS,
@@ -158,13 +159,14 @@ def ago(days: int, anchor: str = "$cutoff") -> str:
     return f"({anchor} - INTERVAL {int(days)} DAY)"
 
 
-def numeric_as_double(sql: str, text_columns: Sequence[str]) -> str:
-    """Cast all but ``text_columns`` to DOUBLE, rows ordered by the first text column (the key).
+def numeric_as_double(sql: str, text_columns: Sequence[str], order_by: int = 1) -> str:
+    """Cast all but ``text_columns`` to DOUBLE, rows ordered by the first ``order_by`` text columns (the key).
 
     Why: DuckDB sums are HUGEINT, which pandas reads slowly as Python objects.
     """
     keep = ", ".join(f'"{c}"' for c in text_columns)
-    return f"SELECT {keep}, CAST(COLUMNS(* EXCLUDE ({keep})) AS DOUBLE) FROM ({sql}) ORDER BY 1"
+    order = ", ".join(str(i) for i in range(1, order_by + 1))
+    return f"SELECT {keep}, CAST(COLUMNS(* EXCLUDE ({keep})) AS DOUBLE) FROM ({sql}) ORDER BY {order}"
 
 
 def run_sql(wh: Warehouse, sql: str, params: dict[str, Any]) -> pd.DataFrame:
@@ -340,6 +342,27 @@ def available_sources(wh: Warehouse, cutoff: pd.Timestamp, tables: set[str] | No
     known = _tables_with_rows(wh, {table: f'SELECT 1 FROM "{table}" WHERE "{column}" <= $cutoff'
                                    for table, column in asked.items()}, cutoff)
     return {table: table in known for table in (*OPTIONAL_SOURCE_TIME, *DERIVED_SOURCE_TIME)}
+
+
+def first_source_rows(wh: Warehouse, tables: set[str] | None = None) -> dict[str, pd.Timestamp | None]:
+    """When each optional source's first row happened (None: never), in one query: a source is
+    available at a cutoff exactly when its first row is at or before it (``available_at``).
+
+    Why: ``available_sources`` per cutoff took 6.5 ms each, 1.6 s of a 5,000-customer shop's frames.
+    """
+    tables = tables if tables is not None else wh.table_names()
+    asked = OPTIONAL_SOURCE_TIME | {
+        table: column for table, column in DERIVED_SOURCE_TIME.items()
+        if (has_text_insights(wh, tables) if table == TEXT_INSIGHTS_TABLE else table in tables)}
+    firsts = ", ".join(f'(SELECT min("{column}") FROM "{table}") AS "{table}"' for table, column in asked.items())
+    row = wh.query(f"SELECT {firsts}").iloc[0]
+    return {table: None if pd.isna(row[table]) else pd.Timestamp(row[table]) for table in asked}
+
+
+def available_at(first_rows: Mapping[str, pd.Timestamp | None], cutoff: pd.Timestamp) -> dict[str, bool]:
+    """``available_sources`` at ``cutoff`` from ``first_source_rows``."""
+    return {table: first_rows.get(table) is not None and first_rows[table] <= cutoff
+            for table in (*OPTIONAL_SOURCE_TIME, *DERIVED_SOURCE_TIME)}
 
 
 @contextmanager
@@ -749,6 +772,74 @@ def customer_features(
     return finish_features(raw, "customer", available_sources(wh, cutoff, tables), validate)
 
 
+# ---- many cutoffs in one query -----------------------------------------------------------------
+AT_CUTOFF = "_at_cutoff"
+
+
+def at_each_cutoff(sql: str, cutoffs: str) -> str:
+    """``sql`` (one cutoff's query, ``$cutoff`` its parameter) at every cutoff of the relation ``cutoffs``
+    (column ``cutoff``), as one LATERAL join, the cutoff first in each row as ``AT_CUTOFF``.
+
+    Why: DuckDB decorrelates the join into one plan over all the cutoffs. One cutoff's query on a
+    small shop is mostly planning (57 of 137 ms on a 150-customer shop) and the fixed cost of ~280
+    operators; a training frame asked it at each of 26 cutoffs (return model: 3.9 s; one query: 0.3 s).
+    """
+    return f"SELECT k.cutoff AS {AT_CUTOFF}, f.* FROM {cutoffs} k, LATERAL ({sql.replace('$cutoff', 'k.cutoff')}) f"
+
+
+def cutoff_batches(wh: Warehouse, cutoffs: Sequence[pd.Timestamp], settings: Settings) -> list[list[pd.Timestamp]]:
+    """The cutoffs, oldest first, in groups one query builds: cutoffs x the largest source table's rows
+    stay under ``split.feature_batch_rows`` (each cutoff of a LATERAL join holds its own copy of the
+    history it reads), one cutoff at least."""
+    ordered = sorted(set(cutoffs))
+    largest = max((wh.row_count(table) for table in TABLES), default=0)
+    size = max(1, settings.split.feature_batch_rows // max(1, largest))
+    return [ordered[i:i + size] for i in range(0, len(ordered), size)]
+
+
+def features_at_cutoffs(wh: Warehouse, entity: Entity, wanted: pd.DataFrame, settings: Settings | None = None,
+                        windows: FeatureWindows = WINDOWS) -> pd.DataFrame:
+    """``order_features`` / ``customer_features`` (unvalidated) at each cutoff of ``wanted`` (columns
+    ``cutoff`` and the entity key: the rows asked for at that cutoff), in one query: ``cutoff`` first,
+    then those functions' columns, rows ordered by cutoff and key.
+
+    Equal value for value to the one-cutoff functions (tests/test_features.py compares them); the
+    categories' levels are those of all the cutoffs together. Table versions are read as the oldest
+    cutoff needs (a key edited after it is read through its versions at every cutoff: the same rows).
+    """
+    settings = settings or get_settings()
+    key = ENTITY_KEY[entity]
+    tables = wh.table_names()
+    texts = has_text_insights(wh, tables)
+    name = f"_cutoff_rows_{uuid.uuid4().hex}"
+    rows = pd.DataFrame({CUTOFF: pd.to_datetime(wanted[CUTOFF]).astype("datetime64[us]"),
+                         key: wanted[key].astype(str)})
+    stamps = sorted(as_timestamp(c) for c in rows[CUTOFF].unique())
+    sources = as_of_sources(wh, stamps[0], tables) if stamps else ""
+    wh.register(name, rows)
+    try:
+        subset = f'(SELECT DISTINCT s."{key}" FROM "{name}" s WHERE s."{CUTOFF}" = k.cutoff)'
+        cutoffs = f'(SELECT DISTINCT "{CUTOFF}" AS cutoff FROM "{name}")'
+        if entity == "order":
+            one = _order_features_sql(subset, windows, texts, settings.labels, sources)
+        else:
+            one = _customer_features_sql(subset, windows, texts, settings.labels, sources)
+        sql = numeric_as_double(at_each_cutoff(one, cutoffs), [AT_CUTOFF, *_text_columns(entity)], order_by=2)
+        raw = run_sql(wh, sql, {"m": windows.smoothing_strength, "mc": windows.customer_smoothing_strength,
+                                "bad": settings.labels.negative_review_max_score})
+    finally:
+        wh.unregister(name)
+    at = pd.to_datetime(raw.pop(AT_CUTOFF)).astype("datetime64[ns]")
+    out = finish_features(raw, entity, {}, validate=False)
+    first_rows = first_source_rows(wh, tables)
+    for stamp in stamps:
+        unknown = unknown_features(entity, available_at(first_rows, stamp))
+        if unknown:
+            out.loc[(at == stamp).to_numpy(), unknown] = float("nan")
+    out.insert(0, CUTOFF, at.to_numpy())
+    return out
+
+
 def _text_columns(entity: Entity) -> list[str]:
     """Keys and categorical features: the columns that stay text."""
     keys = [c for c in FEATURE_MODELS[entity].to_schema().columns if c not in feature_names(entity)]
@@ -767,6 +858,12 @@ def categorize(values: pd.Series, fixed: Sequence[str] = ()) -> pd.Series:
     return pd.Series(pd.Categorical.from_codes(codes, categories=levels), index=values.index, name=values.name)
 
 
+def unknown_features(entity: Entity, available: dict[str, bool]) -> list[str]:
+    """The numeric features that need a source without a row by the cutoff: unknown (NaN), not zero."""
+    return [f.name for f in feature_registry(entity)
+            if f.kind != "categorical" and any(not available.get(s, True) for s in f.needs)]
+
+
 def finish_features(raw: pd.DataFrame, entity: Entity, available: dict[str, bool],
                     validate: bool = True) -> pd.DataFrame:
     """Null features of absent optional sources, set categories and dtypes, validate the contract.
@@ -777,7 +874,7 @@ def finish_features(raw: pd.DataFrame, entity: Entity, available: dict[str, bool
     registry, model = feature_registry(entity), FEATURE_MODELS[entity]
     columns = list(model.to_schema().columns)
     numeric = [f.name for f in registry if f.kind != "categorical"]
-    unknown = [f.name for f in registry if f.kind != "categorical" and any(not available.get(s, True) for s in f.needs)]
+    unknown = unknown_features(entity, available)
     values = raw[numeric]
     if any(dtype != "float64" for dtype in values.dtypes):
         values = values.apply(pd.to_numeric, errors="coerce")

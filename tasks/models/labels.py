@@ -30,15 +30,17 @@ of its day, so an order on the cutoff's own day is in no feature and still in th
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
 
-from schemas.derived import ENTITY_KEY, LABEL, MODEL_ENTITY, ModelName
+from schemas.derived import CUTOFF, ENTITY_KEY, LABEL, MODEL_ENTITY, ModelName
 from schemas.settings import LabelSettings, Settings, get_settings
 from schemas.sources import Orders, Returns, Reviews
 from tasks.data.warehouse import Warehouse
-from tasks.models.features import ago, as_of_sources, as_timestamp, orders_as_of_sql, run_sql
+from tasks.models.features import AT_CUTOFF, ago, as_of_sources, as_timestamp, at_each_cutoff, orders_as_of_sql, run_sql
 
 MODELS: tuple[ModelName, ...] = ("return", "negative_review", "churn")
 
@@ -177,6 +179,16 @@ def _label_sql(model: ModelName, labels: LabelSettings, sources: str = "") -> st
     return f"SELECT {keys}, ({outcome})::INTEGER AS {LABEL} FROM ({pop}) p ORDER BY p.{key_columns(model)[0]}"
 
 
+def require_matured(wh: Warehouse, model: ModelName, cutoff: Any, settings: Settings) -> None:
+    """Raise unless the labels at ``cutoff`` have matured: an immature window would read "nothing
+    happened yet" as a negative."""
+    if not label_matured(wh, model, cutoff, settings):
+        raise ValueError(
+            f"{model} labels at {as_timestamp(cutoff):%Y-%m-%d} have not matured: the data must reach "
+            f"{label_horizon_days(model, settings.labels)} days past the cutoff"
+        )
+
+
 def labels(wh: Warehouse, model: ModelName, cutoff: Any, settings: Settings | None = None) -> pd.DataFrame:
     """The population at ``cutoff`` with its ``label`` (keys as in ``population``).
 
@@ -185,15 +197,39 @@ def labels(wh: Warehouse, model: ModelName, cutoff: Any, settings: Settings | No
     """
     settings = settings or get_settings()
     check_label_settings(settings.labels)
-    if not label_matured(wh, model, cutoff, settings):
-        raise ValueError(
-            f"{model} labels at {as_timestamp(cutoff):%Y-%m-%d} have not matured: the data must reach "
-            f"{label_horizon_days(model, settings.labels)} days past the cutoff"
-        )
+    require_matured(wh, model, cutoff, settings)
     cutoff = as_timestamp(cutoff)
     out = run_sql(wh, _label_sql(model, settings.labels, as_of_sources(wh, cutoff)),
                   {"cutoff": cutoff, "bad": settings.labels.negative_review_max_score})
     return out.astype({LABEL: "int64"})
+
+
+def labels_at_cutoffs(wh: Warehouse, model: ModelName, cutoffs: Sequence[Any],
+                      settings: Settings | None = None) -> pd.DataFrame:
+    """``labels`` at each of ``cutoffs`` in one query (``at_each_cutoff``): ``cutoff`` first, then the
+    keys and ``label``, rows by cutoff and key. Raises as ``labels`` does if the newest has not matured.
+
+    Table versions are read as the oldest cutoff needs (the same rows at the newer ones).
+    """
+    settings = settings or get_settings()
+    check_label_settings(settings.labels)
+    stamps = sorted({as_timestamp(c) for c in cutoffs})
+    if not stamps:
+        return pd.DataFrame({CUTOFF: pd.Series(dtype="datetime64[ns]"),
+                             **{k: pd.Series(dtype=object) for k in key_columns(model)},
+                             LABEL: pd.Series(dtype="int64")})
+    require_matured(wh, model, stamps[-1], settings)  # the newest: maturity only grows further back
+    name = f"_label_cutoffs_{uuid.uuid4().hex}"
+    wh.register(name, pd.DataFrame({"cutoff": pd.Series(stamps, dtype="datetime64[us]")}))
+    try:
+        one = _label_sql(model, settings.labels, as_of_sources(wh, stamps[0]))
+        sql = f"SELECT * FROM ({at_each_cutoff(one, f'(SELECT cutoff FROM {name})')}) ORDER BY 1, 2"
+        out = run_sql(wh, sql, {"bad": settings.labels.negative_review_max_score})
+    finally:
+        wh.unregister(name)
+    out = out.rename(columns={AT_CUTOFF: CUTOFF}).astype({LABEL: "int64"})
+    out[CUTOFF] = pd.to_datetime(out[CUTOFF]).astype("datetime64[ns]")
+    return out
 
 
 def entity_key(model: ModelName) -> str:

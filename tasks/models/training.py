@@ -999,14 +999,15 @@ def score_window(trained: TrainedModel, baselines: Baselines | None, X_test: pd.
 def training_config_hash(settings: Settings, rule: RuleSpec | None, calibration_share: float) -> str:
     """Hash of the settings that change the fitted model (seed, booster grid, calibration, rule, split).
 
-    ``split.as_of`` is left out: it changes the data, which the data hash covers; so is
-    ``split.frame_threads``, which changes how fast the frame is built, not what it holds.
+    ``split.as_of`` is left out: it changes the data, which the data hash covers; so are
+    ``split.frame_threads`` and ``split.feature_batch_rows``, which change how fast the frame is
+    built, not what it holds.
     """
     # an allow-list: settings added later (plots, samples, other models' rules) must not split reruns
     relevant = settings.training.model_dump(mode="json", include={
         "seed", "xgb", "grid", "max_rounds", "selection_metric", "calibration", "isotonic_min_positives",
         "calibration_decay", "class_weighting", "logistic_max_rows"})
-    relevant["split"] = settings.split.model_dump(mode="json", exclude={"as_of", "frame_threads"})
+    relevant["split"] = settings.split.model_dump(mode="json", exclude={"as_of", "frame_threads", "feature_batch_rows"})
     relevant["rule"] = None if rule is None else [rule.column, rule.higher_is_riskier]
     relevant["calibration_share"] = calibration_share
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
