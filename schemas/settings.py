@@ -135,7 +135,7 @@ class SplitSettings(BaseModel):
         None, ge=1, description="batches of cutoffs (split.feature_batch_rows) whose labels and features are "
         "built side by side, each on its own DuckDB cursor; default: the machine's cores")
     feature_batch_rows: int = Field(
-        20_000_000, ge=1, description="cutoffs whose labels or features one query builds (a LATERAL join "
+        5_000_000, ge=1, description="cutoffs whose labels or features one query builds (a LATERAL join "
         "DuckDB plans once): as many as keep cutoffs x the largest source table's rows under this, one at least")
 
 

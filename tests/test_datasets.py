@@ -472,6 +472,9 @@ def test_many_cutoffs_to_a_query_equal_one_query_per_cutoff(wh: Warehouse, plann
     pairs = S.model_copy(update={"split": S.split.model_copy(update={"feature_batch_rows": 2 * largest + 1})})
     assert {len(batch) for batch in cutoff_batches(wh, plan.cutoffs, pairs)[:-1]} == {2}
     assert len(cutoff_batches(wh, plan.cutoffs, S)) == 1
-    batched = build_training_frames(wh, {m: plan_cutoffs(wh, m, pairs) for m in MODELS}, pairs, cache={})
-    for model in MODELS:
-        pd.testing.assert_frame_equal(batched[model], planned[model], check_exact=False, rtol=1e-12, atol=0)
+    singles = S.model_copy(update={"split": S.split.model_copy(update={"feature_batch_rows": 1})})
+    assert {len(batch) for batch in cutoff_batches(wh, plan.cutoffs, singles)} == {1}
+    for settings in (pairs, singles):
+        batched = build_training_frames(wh, {m: plan_cutoffs(wh, m, settings) for m in MODELS}, settings, cache={})
+        for model in MODELS:
+            pd.testing.assert_frame_equal(batched[model], planned[model], check_exact=False, rtol=1e-12, atol=0)

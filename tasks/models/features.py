@@ -815,6 +815,11 @@ def features_at_cutoffs(wh: Warehouse, entity: Entity, wanted: pd.DataFrame, set
     rows = pd.DataFrame({CUTOFF: pd.to_datetime(wanted[CUTOFF]).astype("datetime64[us]"),
                          key: wanted[key].astype(str)})
     stamps = sorted(as_timestamp(c) for c in rows[CUTOFF].unique())
+    if len(stamps) == 1:  # a parameter, not a join: DuckDB prunes row groups by it (a large shop's batches)
+        one_cutoff = order_features if entity == "order" else customer_features
+        alone = one_cutoff(wh, stamps[0], rows[[key]], settings, windows, validate=False)
+        alone.insert(0, CUTOFF, pd.Series([stamps[0]] * len(alone), dtype="datetime64[ns]"))
+        return alone
     sources = as_of_sources(wh, stamps[0], tables) if stamps else ""
     wh.register(name, rows)
     try:

@@ -218,6 +218,10 @@ def labels_at_cutoffs(wh: Warehouse, model: ModelName, cutoffs: Sequence[Any],
         return pd.DataFrame({CUTOFF: pd.Series(dtype="datetime64[ns]"),
                              **{k: pd.Series(dtype=object) for k in key_columns(model)},
                              LABEL: pd.Series(dtype="int64")})
+    if len(stamps) == 1:  # a parameter, not a join: DuckDB prunes row groups by it (a large shop's batches)
+        alone = labels(wh, model, stamps[0], settings)
+        alone.insert(0, CUTOFF, pd.Series([stamps[0]] * len(alone), dtype="datetime64[ns]"))
+        return alone
     require_matured(wh, model, stamps[-1], settings)  # the newest: maturity only grows further back
     name = f"_label_cutoffs_{uuid.uuid4().hex}"
     wh.register(name, pd.DataFrame({"cutoff": pd.Series(stamps, dtype="datetime64[us]")}))
