@@ -452,11 +452,12 @@ def test_cutoffs_built_side_by_side_equal_those_built_one_after_another(
 
 
 def test_many_cutoffs_to_a_query_equal_one_query_per_cutoff(wh: Warehouse, planned: dict[str, pd.DataFrame]) -> None:
-    """The training frames (features of many cutoffs per LATERAL query, all of them here, then two at
-    a time) equal the frames built one cutoff and one query at a time, row for row."""
+    """The training frames (labels and features of many cutoffs per LATERAL query, all of them here,
+    then two at a time) equal the frames built one cutoff and one query at a time, row for row."""
+    singles = S.model_copy(update={"split": S.split.model_copy(update={"feature_batch_rows": 1})})
     for model in MODELS:
         plan = plan_cutoffs(wh, model, S)
-        one_by_one = build_training_set(wh, model, list(plan.cutoffs), frame_settings(model, plan, S)[0])
+        one_by_one = build_training_set(wh, model, list(plan.cutoffs), frame_settings(model, plan, singles)[0])
         assert len(one_by_one) > 0 and len(plan.cutoffs) > 2
         pd.testing.assert_frame_equal(planned[model], one_by_one, check_exact=False, rtol=1e-12, atol=0)
         many = labels_at_cutoffs(wh, model, plan.cutoffs, S)
@@ -472,7 +473,6 @@ def test_many_cutoffs_to_a_query_equal_one_query_per_cutoff(wh: Warehouse, plann
     pairs = S.model_copy(update={"split": S.split.model_copy(update={"feature_batch_rows": 2 * largest + 1})})
     assert {len(batch) for batch in cutoff_batches(wh, plan.cutoffs, pairs)[:-1]} == {2}
     assert len(cutoff_batches(wh, plan.cutoffs, S)) == 1
-    singles = S.model_copy(update={"split": S.split.model_copy(update={"feature_batch_rows": 1})})
     assert {len(batch) for batch in cutoff_batches(wh, plan.cutoffs, singles)} == {1}
     for settings in (pairs, singles):
         batched = build_training_frames(wh, {m: plan_cutoffs(wh, m, settings) for m in MODELS}, settings, cache={})

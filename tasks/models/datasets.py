@@ -335,6 +335,18 @@ Todo = dict[ModelName, dict[pd.Timestamp, tuple[tuple[str, pd.Timestamp], pd.Dat
 Meta = dict[ModelName, tuple[Settings, list[str], int]]
 
 
+def labels_by_cutoff(wh: Warehouse, model: ModelName, cutoffs: Sequence[pd.Timestamp], settings: Settings,
+                     threads: int | None) -> dict[pd.Timestamp, pd.DataFrame]:
+    """``labels`` at each cutoff (in the order given), built in batches (``cutoff_batches``) side by side."""
+    if not cutoffs:
+        return {}
+    batches = cutoff_batches(wh, cutoffs, settings)
+    found = pd.concat(side_by_side(wh, [partial(labels_at_cutoffs, model=model, cutoffs=batch, settings=settings)
+                                        for batch in batches], threads), ignore_index=True)
+    parts = dict(list(found.groupby(CUTOFF, sort=False)))
+    return {c: parts.get(c, found.iloc[:0]).drop(columns=CUTOFF).reset_index(drop=True) for c in cutoffs}
+
+
 def fill_training_cache(wh: Warehouse, plans: dict[ModelName, CutoffPlan], settings: Settings | None,
                         cache: FrameCache) -> tuple[Todo, Meta]:
     """Every planned (model, cutoff) frame in ``cache``, with the key each is kept under; the order
@@ -348,15 +360,8 @@ def fill_training_cache(wh: Warehouse, plans: dict[ModelName, CutoffPlan], setti
         model_settings, widened = frame_settings(model, plan, base)
         label_keys = [label_cache_key(model, c, model_settings) for c in plan.cutoffs]
         missing = [key for key in label_keys if key not in cache]
-        if missing:
-            batches = cutoff_batches(wh, [c for _, c in missing], model_settings)
-            found = pd.concat(side_by_side(wh, [partial(labels_at_cutoffs, model=model, cutoffs=batch,
-                                                        settings=model_settings) for batch in batches], threads),
-                              ignore_index=True)
-            parts = dict(list(found.groupby(CUTOFF, sort=False)))
-            for key in missing:
-                part = parts.get(key[1], found.iloc[:0])
-                cache[key] = part.drop(columns=CUTOFF).reset_index(drop=True)
+        found = labels_by_cutoff(wh, model, [c for _, c in missing], model_settings, threads)
+        cache.update(zip(missing, found.values(), strict=True))
         rows = {c: cache[key] for key, c in zip(label_keys, plan.cutoffs, strict=True)}
         total = sum(len(r) for r in rows.values())
         notes: list[str] = [widened] if widened else []
@@ -425,8 +430,13 @@ def build_training_set(
     settings = settings or get_settings()
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}")
-    frames = [_frame_at(wh, model, as_timestamp(c), settings, with_label=True) for c in sorted(set(cutoffs))]
-    frames = [f for f in frames if len(f)]
+    stamps = sorted({as_timestamp(c) for c in cutoffs})
+    threads = settings.split.frame_threads
+    todo: Todo = {model: {c: ((model, c), rows) for c, rows in
+                          labels_by_cutoff(wh, model, stamps, settings, threads).items()}}
+    cache: FrameCache = {}
+    _fill_features(wh, todo, {model: (settings, [], 0)}, cache, threads)
+    frames = [cache[(model, c)] for c in stamps if len(cache[(model, c)])]
     out = _assemble(frames, model, training_set_schema(model))
     out.attrs["model"] = model
     return out
