@@ -329,16 +329,21 @@ def _text_features_sql(alias: str, prefix: str) -> str:
         {complaints}"""
 
 
+def _source_times(wh: Warehouse, tables: set[str] | None) -> dict[str, str]:
+    """The optional sources (and the derived ones that exist) with the column that dates their rows."""
+    tables = tables if tables is not None else wh.table_names()
+    return OPTIONAL_SOURCE_TIME | {
+        table: column for table, column in DERIVED_SOURCE_TIME.items()
+        if (has_text_insights(wh, tables) if table == TEXT_INSIGHTS_TABLE else table in tables)}
+
+
 def available_sources(wh: Warehouse, cutoff: pd.Timestamp, tables: set[str] | None = None) -> dict[str, bool]:
     """Which optional sources had any row by the cutoff (point-in-time, so later loads change nothing).
 
     Also the derived ``text_insights``: False when it does not exist (yet) or has no text by then.
     One query for all of them (asked at every cutoff of a training frame).
     """
-    tables = tables if tables is not None else wh.table_names()
-    asked = OPTIONAL_SOURCE_TIME | {
-        table: column for table, column in DERIVED_SOURCE_TIME.items()
-        if (has_text_insights(wh, tables) if table == TEXT_INSIGHTS_TABLE else table in tables)}
+    asked = _source_times(wh, tables)
     known = _tables_with_rows(wh, {table: f'SELECT 1 FROM "{table}" WHERE "{column}" <= $cutoff'
                                    for table, column in asked.items()}, cutoff)
     return {table: table in known for table in (*OPTIONAL_SOURCE_TIME, *DERIVED_SOURCE_TIME)}
@@ -350,10 +355,7 @@ def first_source_rows(wh: Warehouse, tables: set[str] | None = None) -> dict[str
 
     Why: ``available_sources`` per cutoff took 6.5 ms each, 1.6 s of a 5,000-customer shop's frames.
     """
-    tables = tables if tables is not None else wh.table_names()
-    asked = OPTIONAL_SOURCE_TIME | {
-        table: column for table, column in DERIVED_SOURCE_TIME.items()
-        if (has_text_insights(wh, tables) if table == TEXT_INSIGHTS_TABLE else table in tables)}
+    asked = _source_times(wh, tables)
     firsts = ", ".join(f'(SELECT min("{column}") FROM "{table}") AS "{table}"' for table, column in asked.items())
     row = wh.query(f"SELECT {firsts}").iloc[0]
     return {table: None if pd.isna(row[table]) else pd.Timestamp(row[table]) for table in asked}
@@ -375,10 +377,17 @@ def _subset_view(wh: Warehouse, ids: str | pd.DataFrame | Sequence[str] | None, 
         yield f"({ids})"
         return
     frame = ids[[key]] if isinstance(ids, pd.DataFrame) else pd.DataFrame({key: list(ids)})
-    name = f"_subset_{uuid.uuid4().hex}"
-    wh.register(name, frame.astype({key: str}))
-    try:
+    with registered(wh, frame.astype({key: str}), "subset") as name:
         yield f'(SELECT DISTINCT "{key}" FROM "{name}")'
+
+
+@contextmanager
+def registered(wh: Warehouse, frame: pd.DataFrame, prefix: str) -> Iterator[str]:
+    """``frame`` visible to this connection's SQL under a fresh name for the block, then gone."""
+    name = f"_{prefix}_{uuid.uuid4().hex}"
+    wh.register(name, frame)
+    try:
+        yield name
     finally:
         wh.unregister(name)
 
@@ -811,7 +820,6 @@ def features_at_cutoffs(wh: Warehouse, entity: Entity, wanted: pd.DataFrame, set
     key = ENTITY_KEY[entity]
     tables = wh.table_names()
     texts = has_text_insights(wh, tables)
-    name = f"_cutoff_rows_{uuid.uuid4().hex}"
     rows = pd.DataFrame({CUTOFF: pd.to_datetime(wanted[CUTOFF]).astype("datetime64[us]"),
                          key: wanted[key].astype(str)})
     stamps = sorted(as_timestamp(c) for c in rows[CUTOFF].unique())
@@ -821,8 +829,7 @@ def features_at_cutoffs(wh: Warehouse, entity: Entity, wanted: pd.DataFrame, set
         alone.insert(0, CUTOFF, pd.Series([stamps[0]] * len(alone), dtype="datetime64[ns]"))
         return alone
     sources = as_of_sources(wh, stamps[0], tables) if stamps else ""
-    wh.register(name, rows)
-    try:
+    with registered(wh, rows, "cutoff_rows") as name:
         subset = f'(SELECT DISTINCT s."{key}" FROM "{name}" s WHERE s."{CUTOFF}" = k.cutoff)'
         cutoffs = f'(SELECT DISTINCT "{CUTOFF}" AS cutoff FROM "{name}")'
         if entity == "order":
@@ -832,8 +839,6 @@ def features_at_cutoffs(wh: Warehouse, entity: Entity, wanted: pd.DataFrame, set
         sql = numeric_as_double(at_each_cutoff(one, cutoffs), [AT_CUTOFF, *_text_columns(entity)], order_by=2)
         raw = run_sql(wh, sql, {"m": windows.smoothing_strength, "mc": windows.customer_smoothing_strength,
                                 "bad": settings.labels.negative_review_max_score})
-    finally:
-        wh.unregister(name)
     at = pd.to_datetime(raw.pop(AT_CUTOFF)).astype("datetime64[ns]")
     out = finish_features(raw, entity, {}, validate=False)
     first_rows = first_source_rows(wh, tables)

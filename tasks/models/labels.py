@@ -30,7 +30,6 @@ of its day, so an order on the cutoff's own day is in no feature and still in th
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +39,16 @@ from schemas.derived import CUTOFF, ENTITY_KEY, LABEL, MODEL_ENTITY, ModelName
 from schemas.settings import LabelSettings, Settings, get_settings
 from schemas.sources import Orders, Returns, Reviews
 from tasks.data.warehouse import Warehouse
-from tasks.models.features import AT_CUTOFF, ago, as_of_sources, as_timestamp, at_each_cutoff, orders_as_of_sql, run_sql
+from tasks.models.features import (
+    AT_CUTOFF,
+    ago,
+    as_of_sources,
+    as_timestamp,
+    at_each_cutoff,
+    orders_as_of_sql,
+    registered,
+    run_sql,
+)
 
 MODELS: tuple[ModelName, ...] = ("return", "negative_review", "churn")
 
@@ -223,14 +231,10 @@ def labels_at_cutoffs(wh: Warehouse, model: ModelName, cutoffs: Sequence[Any],
         alone.insert(0, CUTOFF, pd.Series([stamps[0]] * len(alone), dtype="datetime64[ns]"))
         return alone
     require_matured(wh, model, stamps[-1], settings)  # the newest: maturity only grows further back
-    name = f"_label_cutoffs_{uuid.uuid4().hex}"
-    wh.register(name, pd.DataFrame({"cutoff": pd.Series(stamps, dtype="datetime64[us]")}))
-    try:
-        one = _label_sql(model, settings.labels, as_of_sources(wh, stamps[0]))
+    one = _label_sql(model, settings.labels, as_of_sources(wh, stamps[0]))
+    with registered(wh, pd.DataFrame({"cutoff": pd.Series(stamps, dtype="datetime64[us]")}), "label_cutoffs") as name:
         sql = f"SELECT * FROM ({at_each_cutoff(one, f'(SELECT cutoff FROM {name})')}) ORDER BY 1, 2"
         out = run_sql(wh, sql, {"bad": settings.labels.negative_review_max_score})
-    finally:
-        wh.unregister(name)
     out = out.rename(columns={AT_CUTOFF: CUTOFF}).astype({LABEL: "int64"})
     out[CUTOFF] = pd.to_datetime(out[CUTOFF]).astype("datetime64[ns]")
     return out
