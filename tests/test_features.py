@@ -659,6 +659,27 @@ def test_many_cutoffs_in_one_query_equal_one_query_per_cutoff(wh: Warehouse, bar
             assert sizes.nunique() > 1 and "nobody" not in set(many[key])  # the rows asked for, and known, differ
 
 
+
+def test_the_rows_asked_for_narrow_the_rows_never_the_history(wh: Warehouse, bare: Warehouse) -> None:
+    """Scoring asks for one day's orders and active customers, and the queries read only those
+    customers' own histories: every asked-for row must equal its row among everyone's features (shop
+    rates, product and carrier rates, basket medians and ranks still come from all of the history)."""
+    keep_versions(wh, at(-1000))
+    add_future(wh)
+    edit_after_cutoff(wh)
+    for warehouse in (wh, bare):
+        for cutoff in (at(-9), at(0.4), at(5)):
+            for key, one in (("order_id", order_features), ("customer_id", customer_features)):
+                everyone = one(warehouse, cutoff, validate=False).set_index(key)
+                ids = list(everyone.index)
+                for asked in (ids[:1], ids[1::3], ids[-2:]):
+                    part = one(warehouse, cutoff, asked, validate=False).set_index(key)
+                    expected = everyone.loc[sorted(asked)]
+                    for frame in (part, expected):  # levels may differ with the rows; values must not
+                        for column in frame.select_dtypes("category"):
+                            frame[column] = frame[column].astype(str)
+                    pd.testing.assert_frame_equal(part.sort_index(), expected, check_exact=True)
+
 # ---- categories the model never saw -------------------------------------------------------------
 def test_map_unseen_levels_sends_new_values_to_unknown() -> None:
     from tasks.models.features import map_unseen_levels, unseen_levels

@@ -403,12 +403,17 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
                         labels: LabelSettings | None = None, sources: str = "") -> str:
     pre = ago(w.pre_purchase_days, "t.ordered_at")
     subset_filter = f"WHERE order_id IN (SELECT order_id FROM {subset})" if subset else ""
+    # per-customer parts read only the target orders' customers (without a subset: every customer)
+    def of_targets(column: str = "customer_id") -> str:
+        return f"{column} IN (SELECT customer_id FROM tgt)" if subset else "TRUE"
+
     return f"""
     WITH {sources}ord AS ({orders_as_of_sql(labels)}),
     tgt AS (SELECT * FROM ord {subset_filter}),
-    items AS (
+    items AS (  -- lines of the orders placed by the cutoff, with their order's state (read once)
         SELECT i.order_id, i.product_id, i.quantity, i.unit_price, i.discount_amount, i.size,
-               coalesce(p.category, '{UNKNOWN}') AS category, coalesce(p.size_sensitive, FALSE) AS size_sensitive
+               coalesce(p.category, '{UNKNOWN}') AS category, coalesce(p.size_sensitive, FALSE) AS size_sensitive,
+               o.cancelled AS order_cancelled, {_settled("o")} AS order_settled
         FROM order_items i JOIN ord o ON o.order_id = i.order_id
         LEFT JOIN products p ON p.product_id = i.product_id),
     ret AS (SELECT order_id, product_id FROM returns WHERE requested_at <= $cutoff),
@@ -417,10 +422,11 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
     ret_line AS (SELECT DISTINCT order_id, product_id FROM ret WHERE product_id IS NOT NULL),
     hist AS (  -- lines of settled orders, flagged if returned (or the order cancelled) by the cutoff
         SELECT it.product_id, it.category,
-               (o.cancelled OR rw.order_id IS NOT NULL OR rl.order_id IS NOT NULL)::INTEGER AS returned
-        FROM items it JOIN ord o ON o.order_id = it.order_id AND {_settled("o")}
+               (it.order_cancelled OR rw.order_id IS NOT NULL OR rl.order_id IS NOT NULL)::INTEGER AS returned
+        FROM items it
         LEFT JOIN ret_whole rw ON rw.order_id = it.order_id
-        LEFT JOIN ret_line rl ON rl.order_id = it.order_id AND rl.product_id = it.product_id),
+        LEFT JOIN ret_line rl ON rl.order_id = it.order_id AND rl.product_id = it.product_id
+        WHERE it.order_settled),
     shop AS (SELECT avg(returned) AS rate FROM hist),
     cat AS (SELECT h.category, (sum(h.returned) + $m * any_value(s.rate)) / (count(*) + $m) AS rate
             FROM hist h CROSS JOIN shop s GROUP BY h.category),
@@ -461,7 +467,7 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
         WHERE late IS NOT NULL AND carrier IS NOT NULL GROUP BY carrier),
     shop_late AS (SELECT sum(n_late) / nullif(sum(n), 0) AS rate FROM carrier_hist),
     ev AS (SELECT customer_id, event_type, product_id, occurred_at FROM events
-           WHERE occurred_at <= $cutoff AND customer_id IS NOT NULL),
+           WHERE occurred_at <= $cutoff AND customer_id IS NOT NULL AND {of_targets()}),
     ev_ord AS (
         SELECT t.order_id,
             count(*) FILTER (WHERE e.event_type = 'view_size_chart' AND e.occurred_at <= t.ordered_at) AS scb,
@@ -492,22 +498,25 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
     tk_cust AS (
         SELECT customer_id, count(*) AS n, sum(complaint::INTEGER) AS n_complaint,
                sum(escalated::INTEGER) AS n_escalated, sum(unresolved::INTEGER) AS n_open
-        FROM tk GROUP BY customer_id),
+        FROM tk WHERE {of_targets()} GROUP BY customer_id),
     rv AS (SELECT r.order_id, o.customer_id, r.score FROM reviews r JOIN ord o ON o.order_id = r.order_id
-           WHERE r.created_at <= $cutoff),
+           WHERE r.created_at <= $cutoff AND {of_targets("o.customer_id")}),
     rv_order AS (SELECT order_id, min(score) AS min_score FROM rv GROUP BY order_id),
     rv_cust AS (SELECT customer_id, count(*) AS n, sum((score <= $bad)::INTEGER) AS n_bad
                 FROM rv GROUP BY customer_id),
-    hist_ord AS (  -- every order: settled, returned (or cancelled) by the cutoff, its rank for the customer
-        SELECT o.order_id, o.customer_id, {_settled("o")} AS settled,
-               ({_settled("o")} AND (ro.order_id IS NOT NULL OR o.cancelled)) AS returned,
-               row_number() OVER (PARTITION BY o.customer_id ORDER BY o.ordered_at, o.order_id) - 1 AS prior
+    ord_state AS (  -- every order: settled, returned (or cancelled) by the cutoff
+        SELECT o.order_id, o.customer_id, o.ordered_at, {_settled("o")} AS settled,
+               ({_settled("o")} AND (ro.order_id IS NOT NULL OR o.cancelled)) AS returned
         FROM ord o LEFT JOIN ret_order ro ON ro.order_id = o.order_id),
-    shop_orders AS (SELECT avg(returned::INTEGER) FILTER (WHERE settled) AS rate FROM hist_ord),
+    shop_orders AS (SELECT avg(returned::INTEGER) FILTER (WHERE settled) AS rate FROM ord_state),
+    hist_ord AS (  -- the target customers' orders, each with its rank for the customer
+        SELECT order_id, customer_id, settled, returned,
+               row_number() OVER (PARTITION BY customer_id ORDER BY ordered_at, order_id) - 1 AS prior
+        FROM ord_state WHERE {of_targets()}),
     cust_hist AS (
         SELECT customer_id, sum(settled::INTEGER) AS n_deliv, sum(returned::INTEGER) AS n_ret
         FROM hist_ord GROUP BY customer_id),
-    cust_first AS (SELECT customer_id, min(ordered_at) AS first_at FROM ord GROUP BY customer_id),
+    cust_first AS (SELECT customer_id, min(ordered_at) AS first_at FROM ord WHERE {of_targets()} GROUP BY customer_id),
     data_start AS (  -- where the shop's known history begins (orders, or sign-ups before them)
         SELECT least(min(ordered_at), (SELECT min(signup_at) FROM customers WHERE signup_at <= $cutoff)) AS at
         FROM ord),
@@ -649,6 +658,10 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = 
     recent, act = w.recent_days, w.activity_days
     earlier = f"ordered_at > {ago(2 * recent)} AND ordered_at <= {ago(recent)}"
     subset_filter = f"WHERE c.customer_id IN (SELECT customer_id FROM {subset})" if subset else ""
+
+    def of_subset(column: str = "customer_id") -> str:  # each customer's own history: only the asked-for ones
+        return f"{column} IN (SELECT customer_id FROM {subset})" if subset else "TRUE"
+
     return f"""
     WITH {sources}ord AS ({orders_as_of_sql(labels)}),
     ret_order AS (SELECT DISTINCT order_id FROM returns WHERE requested_at <= $cutoff),
@@ -660,7 +673,8 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = 
             ({_settled("o")} AND (r.order_id IS NOT NULL OR o.cancelled)) AS returned,
             CASE WHEN o.late THEN coalesce(o.delivered_at, o.promised_at) END AS late_at,
             lag(o.ordered_at) OVER (PARTITION BY o.customer_id ORDER BY o.ordered_at, o.order_id) AS prev_at
-        FROM ord o LEFT JOIN ret_order r ON r.order_id = o.order_id),
+        FROM ord o LEFT JOIN ret_order r ON r.order_id = o.order_id
+        WHERE {of_subset("o.customer_id")}),
     c AS (
         SELECT customer_id, max(ordered_at) AS last_at, min(ordered_at) AS first_at, count(*) AS orders_total,
             {freq},
@@ -685,7 +699,8 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = 
         FROM ord),
     prods AS (
         SELECT o.customer_id, count(DISTINCT i.product_id) AS n
-        FROM order_items i JOIN ord o ON o.order_id = i.order_id GROUP BY o.customer_id),
+        FROM order_items i JOIN ord o ON o.order_id = i.order_id
+        WHERE {of_subset("o.customer_id")} GROUP BY o.customer_id),
     tk AS ({_tickets_as_of_sql()}),
     tk_cust AS (
         SELECT customer_id, count(*) AS n, count(*) FILTER (WHERE opened_at > {ago(recent)}) AS n_recent,
@@ -693,14 +708,15 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = 
             sum(escalated::INTEGER) AS n_escalated, avg(satisfaction) AS satisfaction,
             avg({hours_between("opened_at", "first_response_at")}) AS response_hours,
             max(opened_at) FILTER (WHERE escalated) AS last_escalated_at
-        FROM tk GROUP BY customer_id),
+        FROM tk WHERE {of_subset()} GROUP BY customer_id),
     rv AS (
         SELECT o.customer_id, count(*) AS n, avg(r.score) AS mean_score, sum((r.score <= $bad)::INTEGER) AS n_bad,
             max(r.created_at) FILTER (WHERE r.score <= $bad) AS last_bad_at
         FROM reviews r JOIN ord o ON o.order_id = r.order_id
-        WHERE r.created_at <= $cutoff GROUP BY o.customer_id),
+        WHERE r.created_at <= $cutoff AND {of_subset("o.customer_id")} GROUP BY o.customer_id),
     ev AS (SELECT customer_id, session_id, event_type FROM events
-           WHERE occurred_at <= $cutoff AND occurred_at > {ago(act)} AND customer_id IS NOT NULL),
+           WHERE occurred_at <= $cutoff AND occurred_at > {ago(act)} AND customer_id IS NOT NULL
+                 AND {of_subset()}),
     ev_cust AS (
         SELECT customer_id, count(*) AS n, count(DISTINCT session_id) AS sessions,
             count(*) FILTER (WHERE event_type = 'add_to_cart') AS cart_adds
@@ -711,7 +727,7 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = 
             HAVING bool_or(event_type = 'add_to_cart') AND NOT bool_or(event_type = 'checkout'))
         GROUP BY customer_id),
     tx AS ({_texts_as_of_sql(texts)}),
-    tx_cust AS ({_text_counts_sql("customer_id")}),
+    tx_cust AS ({_text_counts_sql("customer_id", subset)}),
     cx AS (
         SELECT c.*, least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, c.first_at) AS start_at,
                least(CASE WHEN cu.signup_at <= $cutoff THEN cu.signup_at END, c.first_at)
