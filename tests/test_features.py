@@ -680,6 +680,7 @@ def test_the_rows_asked_for_narrow_the_rows_never_the_history(wh: Warehouse, bar
                             frame[column] = frame[column].astype(str)
                     pd.testing.assert_frame_equal(part.sort_index(), expected, check_exact=True)
 
+
 # ---- categories the model never saw -------------------------------------------------------------
 def test_map_unseen_levels_sends_new_values_to_unknown() -> None:
     from tasks.models.features import map_unseen_levels, unseen_levels
@@ -692,6 +693,31 @@ def test_map_unseen_levels_sends_new_values_to_unknown() -> None:
     assert list(mapped["carrier"].cat.categories) == ["dhl", "ups", UNKNOWN]
     assert mapped["x"].equals(frame["x"]) and frame["carrier"].iloc[1] == "JetLate"  # input untouched
     assert unseen_levels(mapped, trained) == {"carrier": 0}
+
+
+
+def test_unseen_levels_are_mapped_alike_from_every_column_type() -> None:
+    """The fast paths (a categorical's own levels, hashed objects) give what casting every row to text
+    and comparing gives, for categories, objects with numbers, strings and nulls of each kind."""
+    from tasks.models.features import map_unseen_levels
+    from tasks.models.training import to_model_input
+
+    trained = {"c": ["1", "2.5", "dhl", "ups"]}
+    raw = ["dhl", "JetLate", None, "ups", 1, 2.5, np.nan, "1", "unknown", 3]
+    columns = {"object": pd.Series(raw, dtype=object),
+               "string": pd.Series([None if v is None or v is np.nan else str(v) for v in raw], dtype="string"),
+               "category": pd.Series(pd.Categorical([None if v is None or v is np.nan else str(v) for v in raw])),
+               "numeric category": pd.Series(pd.Categorical([1, 2.5, None, 1, 7, 2.5, None, 1, None, 3])),
+               "empty category": pd.Series(pd.Categorical([None] * 3, categories=[]))}
+    for kind, values in columns.items():
+        frame = pd.DataFrame({"c": values})
+        text = values.astype("string").fillna(UNKNOWN)
+        plain = text.where(text.isin(trained["c"]), UNKNOWN).astype(object)
+        assert list(map_unseen_levels(frame, trained)["c"].astype(object)) == list(plain), kind
+        signed = to_model_input(frame, ["c"], trained)["c"]
+        expected = values.astype("string").astype(object)
+        assert list(signed) == [None if pd.isna(v) else v for v in expected], kind
+        assert signed.dtype == object
 
 
 def test_an_unseen_level_scores_like_the_trained_unknown_level() -> None:

@@ -935,13 +935,34 @@ def map_unseen_levels(frame: pd.DataFrame, trained_levels: Mapping[str, Sequence
     this value". The result keeps the trained levels (plus ``unknown``) as its categories; columns
     not in ``trained_levels`` pass through unchanged. Count what was mapped with ``unseen_levels``.
     """
-    out = frame.copy()
+    out = frame.copy(deep=False)  # copy-on-write: replacing a column never touches the caller's frame
     for column, levels in trained_levels.items():
         if column not in out.columns:
             continue
         known = [str(level) for level in levels]
-        values = out[column].astype("string").fillna(UNKNOWN)
-        mapped = values.where(values.isin(known), UNKNOWN)
         categories = known if UNKNOWN in known else [*known, UNKNOWN]
-        out[column] = pd.Categorical(mapped.astype(object), categories=categories)
+        codes = level_codes(out[column], categories)
+        codes[codes < 0] = categories.index(UNKNOWN)
+        out[column] = pd.Categorical.from_codes(codes, categories=categories)
     return out
+
+
+def level_codes(values: pd.Series, levels: list[str]) -> np.ndarray:
+    """Each value's position in ``levels`` compared as text (-1: not among them, or null).
+
+    Why: a scoring day has hundreds of thousands of rows and a handful of distinct values; matching
+    the column's own few levels (or hashing its objects) is ~10x faster than casting every row to
+    pandas' Arrow-backed strings first, and gives the same codes.
+    """
+    lookup = pd.Index(levels)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        own = lookup.get_indexer([str(level) for level in values.cat.categories])
+        codes = values.cat.codes.to_numpy()
+        return np.where(codes >= 0, own[np.maximum(codes, 0)] if len(own) else -1, -1).astype(np.int64)
+    if values.dtype == object:
+        codes = pd.Categorical(values, categories=levels).codes.astype(np.int64)
+        other = (codes < 0) & values.notna().to_numpy()  # a non-text value (1, 2.5) compared as its text
+        if other.any():
+            codes[other] = lookup.get_indexer([str(v) for v in values[other]])
+        return codes
+    return pd.Categorical(values.astype("string"), categories=levels).codes.astype(np.int64)
