@@ -412,7 +412,9 @@ def test_synthetic_shop_end_to_end(tmp_path: Path) -> None:
     for frame in (seen, rows):
         for col in frame.select_dtypes("category"):
             frame[col] = frame[col].astype(str)
-    pd.testing.assert_frame_equal(seen, rows, check_exact=True)
+    # DuckDB adds a group's doubles in whichever order its threads finish: 31.24 vs 31.240000000000002
+    # (mean_unit_price) once in a CI run. Skew would be far larger than the last bits
+    pd.testing.assert_frame_equal(seen, rows, check_exact=False, rtol=1e-12, atol=0)
 
 
 def test_training_set_contract_rejects_bad_rows(sets: dict[str, pd.DataFrame]) -> None:
