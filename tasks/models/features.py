@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -393,6 +393,12 @@ def registered(wh: Warehouse, frame: pd.DataFrame, prefix: str) -> Iterator[str]
 
 
 # ---- order features --------------------------------------------------------------------------
+def customers_in(relation: str | None, column: str = "customer_id") -> str:
+    """SQL: ``column`` is one of the customers of ``relation`` (TRUE without one: every customer), so a
+    per-customer part of a feature query reads only the histories of the rows asked for."""
+    return f"{column} IN (SELECT customer_id FROM {relation})" if relation else "TRUE"
+
+
 def _settled(alias: str) -> str:
     """SQL: the order's return outcome could have begun by the cutoff (delivered; in a shop without
     delivery dates, placed), so it counts in return histories."""
@@ -403,10 +409,7 @@ def _order_features_sql(subset: str | None, w: FeatureWindows, texts: bool = Fal
                         labels: LabelSettings | None = None, sources: str = "") -> str:
     pre = ago(w.pre_purchase_days, "t.ordered_at")
     subset_filter = f"WHERE order_id IN (SELECT order_id FROM {subset})" if subset else ""
-    # per-customer parts read only the target orders' customers (without a subset: every customer)
-    def of_targets(column: str = "customer_id") -> str:
-        return f"{column} IN (SELECT customer_id FROM tgt)" if subset else "TRUE"
-
+    of_targets = partial(customers_in, "tgt" if subset else None)  # the target orders' customers
     return f"""
     WITH {sources}ord AS ({orders_as_of_sql(labels)}),
     tgt AS (SELECT * FROM ord {subset_filter}),
@@ -658,10 +661,7 @@ def _customer_features_sql(subset: str | None, w: FeatureWindows, texts: bool = 
     recent, act = w.recent_days, w.activity_days
     earlier = f"ordered_at > {ago(2 * recent)} AND ordered_at <= {ago(recent)}"
     subset_filter = f"WHERE c.customer_id IN (SELECT customer_id FROM {subset})" if subset else ""
-
-    def of_subset(column: str = "customer_id") -> str:  # each customer's own history: only the asked-for ones
-        return f"{column} IN (SELECT customer_id FROM {subset})" if subset else "TRUE"
-
+    of_subset = partial(customers_in, subset)  # each customer's own history: only the asked-for ones
     return f"""
     WITH {sources}ord AS ({orders_as_of_sql(labels)}),
     ret_order AS (SELECT DISTINCT order_id FROM returns WHERE requested_at <= $cutoff),
