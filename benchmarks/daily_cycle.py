@@ -58,7 +58,6 @@ import argparse
 import contextlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -73,6 +72,7 @@ from typing import Any
 import pandas as pd
 import psutil
 
+from benchmarks._children import in_child
 from schemas.settings import Settings, reset_settings_cache
 
 TARGET_SECONDS = 300.0
@@ -208,17 +208,6 @@ def setup(cache: Path, customers: int, seed: int) -> None:
         print(f"setup  trained {model} v{out['version']} on {out['rows']['train']:,} rows in "
               f"{time.perf_counter() - started:.0f} s", flush=True)
     shutil.copyfile(settings.warehouse_path, cache / "warehouse.after-setup.duckdb")
-
-
-def in_child(target: Callable[..., None], *args: Any) -> float:
-    """Run ``target`` in a fresh process (its memory and threads stay out of the figures); wall seconds."""
-    started = time.perf_counter()
-    child = multiprocessing.get_context("spawn").Process(target=target, args=args)
-    child.start()
-    child.join()
-    if child.exitcode:
-        raise SystemExit(f"setup failed in a child process (exit code {child.exitcode})")
-    return time.perf_counter() - started
 
 
 # ---------------------------------------------------------------------------------- measuring

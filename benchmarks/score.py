@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import multiprocessing
 import os
 import resource
 import shutil
@@ -59,6 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks._children import SPAWN, in_child, with_parent
 from schemas.derived import MODEL_ENTITY
 from schemas.settings import Settings, reset_settings_cache
 from schemas.tasks import ScoredRows
@@ -114,15 +114,6 @@ def build_shop(home: Path, customers: int, seed: int, train: bool) -> None:
             raise SystemExit(f"{model} could not be trained: {out['skipped']}")
         print(f"setup  trained {model} v{out['version']} on {out['rows']['train']:,} rows "
               f"in {time.perf_counter() - started:.0f} s", flush=True)
-
-
-def in_child(target: Callable[..., None], *args: Any) -> None:
-    """Run setup in a fresh process so its memory and threads do not pollute the figures."""
-    child = multiprocessing.get_context("spawn").Process(target=target, args=args)
-    child.start()
-    child.join()
-    if child.exitcode:
-        raise SystemExit(f"setup failed in a child process (exit code {child.exitcode})")
 
 
 # ------------------------------------------------------------------------------- measuring
@@ -406,9 +397,9 @@ def run(settings: Settings, day: pd.Timestamp, feature_path: Path, feature_sourc
     groups = entity_groups(models)
     measured = {e: median([s[e] for s in seen]) for e in groups}
     print(f"features measured on {feature_source}; {load()}", flush=True)
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        probe = pool.apply(feature_probe, (str(feature_path), str(day.date()), str(settings.paths.home),
-                                           args.probe_memory))
+    with SPAWN.Pool(1) as pool:
+        probe = pool.apply(with_parent, (feature_probe, str(feature_path), str(day.date()),
+                                         str(settings.paths.home), args.probe_memory))
     linear = same_history = Took()
     for entity, members in groups.items():
         took, rows = measured[entity], sum(len(real[m]) for m in members)

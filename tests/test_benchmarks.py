@@ -8,14 +8,17 @@ speed targets are the scripts' own business.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+BENCHMARKS = sorted(p for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")
+                    if not p.name.startswith("_"))  # _children.py: a helper the scripts share
 # scripts whose smoke run has its own test asserting its figures (run once, not twice)
 OWN_SMOKE_TEST = {"ingest.py": "test_ingest_benchmark.py"}
 
@@ -42,3 +45,30 @@ def test_benchmark_runs_in_smoke_mode(script: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     assert "Traceback" not in done.stderr
     assert any(ch.isdigit() for ch in done.stdout), "a benchmark prints figures"
+
+
+def test_a_benchmarks_child_ends_with_its_parent() -> None:
+    """A benchmark killed mid-setup must not leave its spawned child training on the shared cores."""
+    psutil = pytest.importorskip("psutil")
+    root = Path(__file__).resolve().parents[1]
+    code = "import time; from benchmarks._children import in_child; in_child(time.sleep, 300)"
+    parent = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"PYTHONPATH": str(root)})
+    try:
+        spawned: list = []
+        for _ in range(600):  # the child is up once it runs spawn_main
+            spawned = [c for c in psutil.Process(parent.pid).children()
+                       if "spawn_main" in " ".join(c.cmdline())]
+            if spawned:
+                break
+            time.sleep(0.1)
+        assert spawned, "the parent never started its child"
+        time.sleep(1.0)  # the child is past its imports and sleeping in target
+        parent.kill()
+        parent.wait()
+        _, alive = psutil.wait_procs(spawned, timeout=30)
+        assert not alive, f"child {[c.pid for c in alive]} outlived its killed parent"
+    finally:
+        parent.kill()
+        for child in spawned:  # a failed run leaves no sleeper behind
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
