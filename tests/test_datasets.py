@@ -28,6 +28,8 @@ from tasks.models.datasets import (
     check_fold,
     feature_columns,
     frame_settings,
+    in_order,
+    join_one_to_one,
     origin_folds,
     plan_cutoffs,
     refit_rows,
@@ -480,3 +482,31 @@ def test_many_cutoffs_to_a_query_equal_one_query_per_cutoff(wh: Warehouse, plann
         batched = build_training_frames(wh, {m: plan_cutoffs(wh, m, settings) for m in MODELS}, settings, cache={})
         for model in MODELS:
             pd.testing.assert_frame_equal(batched[model], planned[model], check_exact=False, rtol=1e-12, atol=0)
+
+
+def test_join_one_to_one_is_the_validated_merge() -> None:
+    """The shortcut (same unique keys in the same order) returns what the merge returns, and every
+    other case still goes through the merge: reordered, missing or duplicated keys."""
+    feats = pd.DataFrame({"customer_id": ["a", "b", "c"], "x": [1.0, 2.0, np.nan],
+                          "region": pd.Categorical(["n", "s", None])})
+    rows = pd.DataFrame({"customer_id": ["a", "b", "c"], LABEL: pd.array([1, 0, 1], dtype="int64")})
+    cases = {"same order": rows, "reordered": rows.iloc[[2, 0, 1]].reset_index(drop=True),
+             "missing": rows.iloc[[0, 2]].reset_index(drop=True), "keys only": rows[["customer_id"]]}
+    for kind, other in cases.items():
+        expected = feats.merge(other, on="customer_id", how="inner", validate="1:1")
+        pd.testing.assert_frame_equal(join_one_to_one(feats, other, "customer_id"), expected, obj=kind)
+    twice = pd.concat([rows, rows.iloc[[0]]], ignore_index=True)
+    with pytest.raises(pd.errors.MergeError):
+        join_one_to_one(pd.concat([feats, feats.iloc[[0]]], ignore_index=True), twice, "customer_id")
+    joined = join_one_to_one(feats, rows, "customer_id")
+    joined.loc[0, "x"] = 99.0
+    assert feats.loc[0, "x"] == 1.0, "the caller's features are not written through"
+
+
+def test_in_order_says_when_a_sort_would_change_nothing() -> None:
+    day, other = pd.Timestamp("2026-01-01"), pd.Timestamp("2026-02-01")
+    assert in_order(pd.DataFrame({CUTOFF: [day] * 3, "k": ["a", "b", "b"]}), [CUTOFF, "k"])
+    assert not in_order(pd.DataFrame({CUTOFF: [day] * 3, "k": ["a", "c", "b"]}), [CUTOFF, "k"])
+    assert not in_order(pd.DataFrame({CUTOFF: [day, other], "k": ["a", "b"]}), [CUTOFF, "k"])
+    assert in_order(pd.DataFrame({CUTOFF: pd.Series(dtype="datetime64[ns]"), "k": pd.Series(dtype=str)}),
+                    [CUTOFF, "k"])

@@ -720,6 +720,27 @@ def test_unseen_levels_are_mapped_alike_from_every_column_type() -> None:
         assert signed.dtype == object
 
 
+def test_categorize_recodes_a_categorical_as_it_would_its_text() -> None:
+    """The categorical path (levels in use, recoded) gives exactly what casting each row to text gives:
+    unused levels dropped, nulls and blanks unknown, numbers as their text, fixed levels kept."""
+    from tasks.models.features import categorize
+
+    cases = {
+        "unused levels": pd.Categorical(["b", None, "a", "b"], categories=["z", "b", "a", "y"]),
+        "blanks": pd.Categorical([" ", "", "north", None, "north "]),
+        "numbers": pd.Categorical([1, 2.5, None, 1]),
+        "empty": pd.Categorical([None, None], categories=[]),
+        "unknown present": pd.Categorical([UNKNOWN, "x", None]),
+    }
+    for kind, values in cases.items():
+        series = pd.Series(values, name="c", index=[10 + i for i in range(len(values))])
+        for fixed in ((), ("west", "x")):
+            fast, plain = categorize(series, fixed), categorize(series.astype("string"), fixed)
+            assert list(fast.cat.categories) == list(plain.cat.categories), kind
+            assert fast.astype(object).tolist() == plain.astype(object).tolist(), kind
+            assert fast.index.equals(series.index) and fast.name == "c"
+
+
 def test_an_unseen_level_scores_like_the_trained_unknown_level() -> None:
     """The reproduction of issue 11.6 on a real booster: a new carrier must not take the missing branch."""
     import xgboost as xgb

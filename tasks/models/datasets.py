@@ -255,9 +255,30 @@ def _assemble(frames: list[pd.DataFrame], model: ModelName, schema: pa.DataFrame
         return schema.validate(empty, lazy=True)
     df = pd.concat(frames, ignore_index=True)
     for column in categorical_columns(model):
-        df[column] = categorize(df[column].astype("string"), FIXED_LEVELS.get(column, ()))
-    df = df.sort_values([CUTOFF, entity_key(model)], kind="stable").reset_index(drop=True)
+        df[column] = categorize(df[column], FIXED_LEVELS.get(column, ()))
+    if not in_order(df, [CUTOFF, entity_key(model)]):
+        df = df.sort_values([CUTOFF, entity_key(model)], kind="stable").reset_index(drop=True)
     return schema.validate(df[columns], lazy=True)
+
+
+def in_order(df: pd.DataFrame, by: list[str]) -> bool:
+    """True when a stable sort by ``by`` would leave ``df`` as it is: one value of the first column
+    and the second ascending (one cutoff's query comes back ordered by its key). A scoring frame of
+    a 1M-customer shop sorted its 482k ids again in 0.2 s."""
+    first, second = by
+    return bool(len(df) == 0 or (df[first].nunique(dropna=False) == 1 and df[second].is_monotonic_increasing))
+
+
+def join_one_to_one(feats: pd.DataFrame, rows: pd.DataFrame, key: str) -> pd.DataFrame:
+    """``feats.merge(rows, on=key, how="inner", validate="1:1")``, without the merge when both list
+    the same unique keys in the same order (a cutoff's features come back in its population's
+    order): the merge's key checks took 0.65 s of a 1M-customer shop's churn frame."""
+    if feats[key].equals(rows[key]) and feats.index.equals(rows.index) and rows[key].is_unique:
+        out = feats.copy(deep=False)
+        for column in rows.columns.drop(key):
+            out[column] = rows[column].array
+        return out
+    return feats.merge(rows, on=key, how="inner", validate="1:1")
 
 
 def _frame_at(wh: Warehouse, model: ModelName, cutoff: pd.Timestamp, settings: Settings,
@@ -269,7 +290,7 @@ def _frame_at(wh: Warehouse, model: ModelName, cutoff: pd.Timestamp, settings: S
     if rows.empty:
         return pd.DataFrame()
     feats = _features(wh, model, cutoff, rows[[key]], settings)
-    out = feats.merge(rows[[key, LABEL]] if with_label else rows[[key]], on=key, how="inner", validate="1:1")
+    out = join_one_to_one(feats, rows[[key, LABEL]] if with_label else rows[[key]], key)
     out.insert(len(key_columns(model)), CUTOFF, cutoff)
     return out
 
@@ -473,7 +494,7 @@ def scoring_frames(wh: Warehouse, models: list[ModelName], as_of: Any,
         if model in shared_models and len(shared_models) > 1:
             key = entity_key(model)
             feats = shared[shared[key].isin(rows[model][key])].reset_index(drop=True)
-            frame = feats.merge(rows[model][[key]], on=key, how="inner", validate="1:1")
+            frame = join_one_to_one(feats, rows[model][[key]].reset_index(drop=True), key)
             frame.insert(len(key_columns(model)), CUTOFF, day)
         else:
             frame = _frame_at(wh, model, day, settings, with_label=False, rows=rows[model])

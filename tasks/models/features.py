@@ -874,8 +874,14 @@ def _text_columns(entity: Entity) -> list[str]:
 
 # ---- shared finishing --------------------------------------------------------------------------
 def categorize(values: pd.Series, fixed: Sequence[str] = ()) -> pd.Series:
-    """A ``category`` series with sorted levels that always include ``unknown``; nulls → unknown."""
-    found = pd.Categorical(values.astype("string"))  # cleans each distinct value once, not each row
+    """A ``category`` series with sorted levels that always include ``unknown``; nulls → unknown.
+
+    A categorical input is recoded through its levels (the ones in use), not cast row by row to text.
+    """
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        found = values.array.remove_unused_categories()
+    else:
+        found = pd.Categorical(values.astype("string"))  # cleans each distinct value once, not each row
     cleaned = [str(level).strip() or UNKNOWN for level in found.categories]
     levels = sorted(set(cleaned) | set(fixed) | {UNKNOWN})
     position = {level: i for i, level in enumerate(levels)}
