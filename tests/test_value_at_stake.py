@@ -78,3 +78,34 @@ def test_without_amounts_the_candidates_are_the_most_likely() -> None:
     kept = list_candidates(scored, settings)
     assert len(kept) == 20
     assert kept["probability"].min() >= scored["probability"].nlargest(20).min()
+
+
+def test_candidates_are_each_risks_best_by_expected_gain() -> None:
+    """The positional ranking keeps exactly what sorting the whole frame kept: per risk the first
+    ``limit`` rows by probability x value (probability alone for a risk without amounts), ties in
+    row order, unlabelled index kept, the floor applied; every column of the kept rows unchanged."""
+    rng = np.random.default_rng(7)
+    n = 3_000
+    frame = pd.DataFrame({
+        "risk": rng.choice(["return", "churn", "negative_review"], n),
+        "probability": rng.choice([0.05, 0.2, 0.4, 0.4, 0.7, 0.9], n),  # many ties
+        "value_at_stake": rng.choice([0.0, 10.0, 55.5, np.nan], n),
+        "customer_id": [f"c{i}" for i in range(n)],
+        "region": pd.Categorical(rng.choice(["n", "s"], n)),
+    }, index=rng.permutation(np.arange(10_000, 10_000 + n)))
+    frame.loc[frame["risk"] == "negative_review", "value_at_stake"] = 0.0  # a risk without amounts
+    settings = S.model_copy(update={"scoring": S.scoring.model_copy(update={"min_probability": 0.3, "explain_headroom": 0.5})})
+    limit = int(settings.scoring.explain_headroom * sum(settings.scoring.queue_capacity.values()))
+    kept = list_candidates(frame, settings)
+
+    eligible = frame[frame["probability"] >= 0.3]
+    value = eligible["value_at_stake"].astype(float)
+    priced = value.gt(0).groupby(eligible["risk"]).transform("any").astype(bool)
+    gain = eligible["probability"] * value.where(priced, 1.0)
+    expected = (eligible.assign(_gain=gain).sort_values("_gain", ascending=False, kind="stable")
+                .groupby("risk", sort=False).head(limit).drop(columns="_gain"))
+    pd.testing.assert_frame_equal(kept, expected)
+    assert (kept.groupby("risk").size() == limit).all() and (eligible.groupby("risk").size() > limit).all()
+    assert kept["probability"].min() >= 0.3
+    empty = list_candidates(frame.assign(probability=0.0), settings)
+    assert empty.empty and list(empty.columns) == list(frame.columns)
