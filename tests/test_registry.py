@@ -15,6 +15,7 @@ from tasks.models.registry import (
     ModelNotFoundError,
     alias_history,
     alias_history_path,
+    ensure_experiment,
     list_models,
     log_training_run,
     promote,
@@ -121,6 +122,13 @@ def test_first_version_is_champion_and_challenger_and_rerun_is_not_duplicated(re
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.name == name, "experiment and registered model are spelled alike"
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert name in experiment.tags["mlflow.note.content"] and "Compare" in experiment.tags["mlflow.note.content"]
+    client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", "")  # a store from before
+    assert ensure_experiment(client, reg, MODEL) == experiment.experiment_id
+    assert name in client.get_experiment(experiment.experiment_id).tags["mlflow.note.content"]
+    client.set_experiment_tag(experiment.experiment_id, "mlflow.note.content", "ours: weekly retrains")
+    ensure_experiment(client, reg, MODEL)
+    assert client.get_experiment(experiment.experiment_id).tags["mlflow.note.content"] == "ours: weekly retrains"
     assert experiment.artifact_location.startswith(reg.artifact_location)
 
     # the registered pyfunc scores the signed input like the in-memory model, and explains

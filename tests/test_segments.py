@@ -166,6 +166,7 @@ def test_segments_flow_end_to_end(shop, settings: Settings, prefect_api: None) -
     assert "price_sensitive" not in report.split("<img")[0]  # people read labels, not identifiers
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     experiment = client.get_experiment_by_name("aftersales-segments")
+    assert experiment.tags["mlflow.note.content"].startswith("aftersales customer segments")  # not a risk model's
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 3 and all(r.data.params["criterion"] == "silhouette" for r in runs)
     assert {r.info.run_id for r in runs} >= {first["mlflow_run_id"], second["mlflow_run_id"]}

@@ -94,7 +94,8 @@ def test_candidates_are_each_risks_best_by_expected_gain() -> None:
         "region": pd.Categorical(rng.choice(["n", "s"], n)),
     }, index=rng.permutation(np.arange(10_000, 10_000 + n)))
     frame.loc[frame["risk"] == "negative_review", "value_at_stake"] = 0.0  # a risk without amounts
-    settings = S.model_copy(update={"scoring": S.scoring.model_copy(update={"min_probability": 0.3, "explain_headroom": 0.5})})
+    settings = S.model_copy(update={"scoring": S.scoring.model_copy(
+        update={"min_probability": 0.3, "explain_headroom": 0.5})})
     limit = int(settings.scoring.explain_headroom * sum(settings.scoring.queue_capacity.values()))
     kept = list_candidates(frame, settings)
 

@@ -53,6 +53,8 @@ from tasks.templates import markdown_table
 SEGMENT = CustomerTags.segment
 SEGMENT_NAME = CustomerTags.segment_name
 EXPERIMENT = "segments"
+EXPERIMENT_DESCRIPTION = ("aftersales customer segments: one run per clustering, with k, the silhouette of each k "
+                          "tried, segment sizes and profiles, and the segment report.")
 
 
 # ---- report helpers (shared by the analytics reports) ------------------------------------------------
@@ -359,7 +361,7 @@ def log_segmentation(seg: Segmentation, settings: Settings, report: str) -> str:
     """Log one run to MLflow (no global MLflow state is touched); returns the run id."""
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     cfg = settings.analytics.segments
-    run = client.create_run(ensure_experiment(client, settings, EXPERIMENT),
+    run = client.create_run(ensure_experiment(client, settings, EXPERIMENT, EXPERIMENT_DESCRIPTION),
                             run_name=f"segments {seg.run_date:%Y-%m-%d}", tags={"run_date": f"{seg.run_date:%Y-%m-%d}"})
     run_id = run.info.run_id
     try:

@@ -191,15 +191,26 @@ def experiment_name(settings: Settings, model: str) -> str:
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # classic ML: the UI opens on runs, not the GenAI overview
+DESCRIPTION_TAG = "mlflow.note.content"  # what the UI's experiment list shows as its description
 
 
-def ensure_experiment(client: MlflowClient, settings: Settings, model: str) -> str:
+def experiment_description(settings: Settings, model: str) -> str:
+    """The experiment list's description: an engineer who opens the UI sees what a run holds."""
+    return (f"aftersales {model.replace('_', ' ')} risk model, registered as {experiment_name(settings, model)}. "
+            "One run per training: test-window metrics, data windows and chosen parameters; its baselines "
+            "(logistic regression, rule) are child runs on the same rows: select them and Compare.")
+
+
+def ensure_experiment(client: MlflowClient, settings: Settings, model: str, description: str | None = None) -> str:
     """The model's experiment id, created with artifacts under ``settings.artifact_location``.
+
+    ``description``: what the UI lists for it (default: a risk model's, ``experiment_description``).
 
     An experiment of an older version spelled ``aftersales-negative_review`` is renamed, so its
     runs stay with the model's new ones.
     """
     name = experiment_name(settings, model)
+    description = description or experiment_description(settings, model)
     experiment = client.get_experiment_by_name(name)
     legacy = f"{settings.mlflow.experiment_prefix}-{model}"
     if experiment is None and legacy != name:
@@ -211,8 +222,8 @@ def ensure_experiment(client: MlflowClient, settings: Settings, model: str) -> s
     if experiment is None:
         location = f"{settings.artifact_location.rstrip('/')}/{name}"
         try:
-            experiment_id = client.create_experiment(name, artifact_location=location,
-                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            experiment_id = client.create_experiment(name, artifact_location=location, tags={
+                EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: description})
             return experiment_id
         except MlflowException:  # created concurrently by another run
             experiment = client.get_experiment_by_name(name)
@@ -223,6 +234,9 @@ def ensure_experiment(client: MlflowClient, settings: Settings, model: str) -> s
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         with contextlib.suppress(MlflowException):
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if not experiment.tags.get(DESCRIPTION_TAG):  # an engineer's own description is kept
+        with contextlib.suppress(MlflowException):
+            client.set_experiment_tag(experiment.experiment_id, DESCRIPTION_TAG, description)
     return experiment.experiment_id
 
 
