@@ -214,6 +214,7 @@ def test_backtest_rows_are_the_population_at_the_date(
     assert "labels need data up to" in dates[f"{too_late:%Y-%m-%d}"]["refusal"]
     client = configure(settings)
     experiment = client.get_experiment_by_name(f"{settings.mlflow.experiment_prefix}-backtest")
+    assert experiment.tags["mlflow.note.content"].startswith("aftersales backtests")  # not a risk model's
     run = client.get_run(result["runs"]["return"])
     assert run.info.experiment_id == experiment.experiment_id
     history = client.get_metric_history(run.info.run_id, "model_brier")  # AUC is NaN on a one-class day

@@ -727,7 +727,9 @@ def log_text_run(models: TextModels, settings: Settings) -> str:
     from tasks.models.registry import code_version, configure, ensure_experiment
 
     client = configure(settings)
-    experiment_id = ensure_experiment(client, settings, settings.text.experiment)
+    experiment_id = ensure_experiment(client, settings, settings.text.experiment, (
+        "aftersales review and ticket text: one run per training of the sentiment and complaint models, "
+        "with its settings, weak-label counts, metrics, both models, the lexicon and the evaluation rows."))
     cfg = settings.text
     name = f"text-{datetime.now(UTC):%Y%m%dT%H%M%S}"
     requirements = [f"scikit-learn=={sklearn.__version__}", f"pandas=={pd.__version__}", f"numpy=={np.__version__}"]

@@ -513,7 +513,9 @@ def log_backtest_run(model: str, results: Sequence[BacktestResult], settings: Se
     from tasks.models.registry import MODEL_TAG, configure, ensure_experiment
 
     client = configure(settings)
-    experiment_id = ensure_experiment(client, settings, "backtest")
+    experiment_id = ensure_experiment(client, settings, "backtest", (
+        "aftersales backtests: one run per model and date grid, each date's metrics as steps for the "
+        "model, its logistic regression and the rule on the same rows, with the paired differences."))
     days = [r.run_date for r in results]
     name = f"backtest-{model}-{min(days):%Y%m%d}-{max(days):%Y%m%d}" if days else f"backtest-{model}"
     table = metrics_table(results, pooled_intervals(results, settings))

@@ -52,6 +52,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
+from schemas.derived import MODEL_ENTITY
 from schemas.settings import Settings
 from tasks.locks import hold
 
@@ -204,13 +205,14 @@ def experiment_description(settings: Settings, model: str) -> str:
 def ensure_experiment(client: MlflowClient, settings: Settings, model: str, description: str | None = None) -> str:
     """The model's experiment id, created with artifacts under ``settings.artifact_location``.
 
-    ``description``: what the UI lists for it (default: a risk model's, ``experiment_description``).
+    ``description``: what the UI lists for it (a risk model's by default, ``experiment_description``).
 
     An experiment of an older version spelled ``aftersales-negative_review`` is renamed, so its
     runs stay with the model's new ones.
     """
     name = experiment_name(settings, model)
-    description = description or experiment_description(settings, model)
+    if description is None and model in MODEL_ENTITY:
+        description = experiment_description(settings, model)
     experiment = client.get_experiment_by_name(name)
     legacy = f"{settings.mlflow.experiment_prefix}-{model}"
     if experiment is None and legacy != name:
@@ -222,8 +224,8 @@ def ensure_experiment(client: MlflowClient, settings: Settings, model: str, desc
     if experiment is None:
         location = f"{settings.artifact_location.rstrip('/')}/{name}"
         try:
-            experiment_id = client.create_experiment(name, artifact_location=location, tags={
-                EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, DESCRIPTION_TAG: description})
+            tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND} | ({DESCRIPTION_TAG: description} if description else {})
+            experiment_id = client.create_experiment(name, artifact_location=location, tags=tags)
             return experiment_id
         except MlflowException:  # created concurrently by another run
             experiment = client.get_experiment_by_name(name)
@@ -234,7 +236,7 @@ def ensure_experiment(client: MlflowClient, settings: Settings, model: str, desc
     if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
         with contextlib.suppress(MlflowException):
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    if not experiment.tags.get(DESCRIPTION_TAG):  # an engineer's own description is kept
+    if description and not experiment.tags.get(DESCRIPTION_TAG):  # an engineer's own description is kept
         with contextlib.suppress(MlflowException):
             client.set_experiment_tag(experiment.experiment_id, DESCRIPTION_TAG, description)
     return experiment.experiment_id
