@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 
 from benchmarks._children import SPAWN, in_child, with_parent
-from schemas.derived import MODEL_ENTITY
+from schemas.derived import ENTITY_KEY, MODEL_ENTITY
 from schemas.settings import Settings, reset_settings_cache
 from schemas.tasks import ScoredRows
 
@@ -247,10 +247,9 @@ def entity_groups(models: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def distinct_rows(frames: list[pd.DataFrame]) -> int:
+def distinct_rows(frames: list[pd.DataFrame], entity: str) -> int:
     """Rows one shared pass computes: the union of the models' populations."""
-    key = "order_id" if "order_id" in frames[0] else "customer_id"
-    return int(pd.concat([f[key] for f in frames]).nunique())
+    return int(pd.concat([f[ENTITY_KEY[entity]] for f in frames]).nunique())
 
 
 @dataclass
@@ -403,7 +402,7 @@ def run(settings: Settings, day: pd.Timestamp, feature_path: Path, feature_sourc
     linear = same_history = Took()
     for entity, members in groups.items():
         took, rows = measured[entity], sum(len(real[m]) for m in members)
-        n = distinct_rows([real[m] for m in members])  # what the pass computed
+        n = distinct_rows([real[m] for m in members], entity)  # what the pass computed
         want_rows = sum(target_rows(m, args.open_orders, args.scored_customers) for m in members)
         want = want_rows * n / rows  # the target populations overlap as the real ones do
         n_all, all_took = probe[entity]

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 BENCHMARKS = sorted(p for p in (Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py")
@@ -49,7 +50,6 @@ def test_benchmark_runs_in_smoke_mode(script: Path, tmp_path: Path) -> None:
 
 def test_a_benchmarks_child_ends_with_its_parent() -> None:
     """A benchmark killed mid-setup must not leave its spawned child training on the shared cores."""
-    psutil = pytest.importorskip("psutil")
     root = Path(__file__).resolve().parents[1]
     code = "import time; from benchmarks._children import in_child; in_child(time.sleep, 300)"
     parent = subprocess.Popen([sys.executable, "-c", code], env=os.environ | {"PYTHONPATH": str(root)})

@@ -288,12 +288,12 @@ def list_candidates(scored: pd.DataFrame, settings: Settings) -> pd.DataFrame:
     eligible = np.flatnonzero((scored["probability"] >= cfg.min_probability).to_numpy())
     # ranked by positions, and only the kept rows of the wide frame copied: sorting all 500k rows of
     # ~70 columns to keep a few thousand took most of this step
-    risk = scored["risk"].iloc[eligible].reset_index(drop=True)
-    value = scored["value_at_stake"].iloc[eligible].astype(float).reset_index(drop=True)
-    priced = value.gt(0).groupby(risk).transform("any").astype(bool)
-    gain = scored["probability"].iloc[eligible].reset_index(drop=True) * value.where(priced, 1.0)  # no amounts
-    ranked = gain.sort_values(ascending=False, kind="stable")  # for a risk: its probability ranks
-    kept = ranked.groupby(risk.iloc[ranked.index].to_numpy(), sort=False).head(limit).index
+    ranking = scored[["risk", "probability", "value_at_stake"]].iloc[eligible].reset_index(drop=True)
+    value = ranking["value_at_stake"].astype(float)
+    priced = value.gt(0).groupby(ranking["risk"]).transform("any").astype(bool)
+    gain = ranking["probability"] * value.where(priced, 1.0)  # no amounts for a risk: its probability ranks
+    ranked = gain.sort_values(ascending=False, kind="stable")
+    kept = ranked.groupby(ranking["risk"], sort=False).head(limit).index
     return scored.iloc[eligible[kept]]
 
 
