@@ -189,3 +189,23 @@ def test_report_without_any_product_over_the_minimum_does_not_crash(tmp_path: Pa
     words = visible_text(report.read_text(encoding="utf-8"))
     assert "too thin: only" in words  # tiny windows say so instead of showing big swings
     assert "none is ranked" in words or "none is compared" in words
+
+
+def test_a_shop_without_delivery_dates_says_so_instead_of_none_in_the_period(tmp_path: Path) -> None:
+    """A receipt log (Complete Journey) has no delivery dates: the carriers section said "No
+    deliveries in the period", which reads as zero deliveries; a shop with dates still says that."""
+    import pandas as pd
+    from small_shops import ingest_shop, write_shop
+
+    data = write_shop(tmp_path / "data", weeks=12, returns=False)
+    orders = pd.read_csv(data / "orders.csv")
+    orders.drop(columns=["promised_at", "shipped_at", "delivered_at", "carrier", "status"]).to_csv(
+        data / "orders.csv", index=False)
+    wh = Warehouse(ingest_shop(data, tmp_path / "wh.duckdb"), read_only=True)
+    try:
+        assert wh.scalar("SELECT count(delivered_at) FROM orders") == 0
+        report, _ = build_report(wh, Settings(), out=tmp_path / "report.html")
+    finally:
+        wh.close()
+    carriers = visible_text(report.read_text(encoding="utf-8")).split("Late deliveries by delivery company")[1][:200]
+    assert "This shop exports no deliveries" in carriers and "No deliveries in the period" not in carriers

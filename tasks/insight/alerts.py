@@ -54,7 +54,8 @@ METRIC_WORDS = {"return_rate": "return rate", "negative_review_rate": "negative-
 
 # ---- the data's clock ----------------------------------------------------------------------------
 SOURCE_TIME = {"orders": "ordered_at", "reviews": "created_at", "returns": "requested_at", "tickets": "opened_at"}
-SOURCE_WORDS = {"orders": "orders", "reviews": "reviews", "returns": "returns", "tickets": "support tickets"}
+SOURCE_WORDS = {"orders": "orders", "reviews": "reviews", "returns": "returns", "tickets": "support tickets",
+                "deliveries": "deliveries"}  # deliveries: the orders' delivery dates, not a table of its own
 
 
 @dataclass(frozen=True)
