@@ -315,3 +315,21 @@ def test_task_risks_are_replaced_when_a_day_is_rewritten(day):
     assert query(settings, f"SELECT count(*) AS n FROM {TASK_RISKS_TABLE}")["n"][0] == first
     leads = query(settings, f"SELECT task_id, count(*) AS n FROM {TASK_RISKS_TABLE} WHERE lead GROUP BY 1")
     assert len(leads) == len(tasks) and (leads["n"] == 1).all()
+
+
+def test_a_named_segment_reads_in_the_customers_language(settings):
+    """The task list showed "Loyal high spenders" beside Chinese tags: the segments run names
+    segments in one language; the list words a pattern's name in each customer's, as it does tags."""
+    wording = Wording.from_settings(settings)
+    assert wording.segment_words("Loyal high spenders", "zh") == "忠诚高消费客户"
+    assert wording.segment_words("忠诚高消费客户", "en") == "Loyal high spenders"
+    assert wording.segment_words("High value, frequent buyer", "zh") == "High value, frequent buyer"  # traits stay
+    assert wording.segment_words(None, "zh") == ""
+    from tasks.care.export import localise
+
+    task = {"task_id": "t1", "run_date": pd.Timestamp("2026-11-02"), "rank": 1, "queue": "vip", "queue_rank": 1,
+            "due_by": pd.Timestamp("2026-11-02 04:00"), "customer_id": "C1", "order_id": None,
+            "risk_code": "churn", "action_id": "none", "action": "call", "channel": "phone", "why": "",
+            "other_risks": "", "related_orders": None, "segment": "Loyal high spenders", "tags": "high_value"}
+    (row,) = localise([task], [], {"C1": "zh"}, wording)
+    assert row["segment"] == "忠诚高消费客户" and re.search(r"[\u4e00-\u9fff]", row["tags"])

@@ -144,6 +144,12 @@ class Wording:
             return ", ".join(t.replace("_", " ") for t in names)
         return ", ".join(self.tag_book.label(t, language) for t in names)
 
+    def segment_words(self, name: Any, language: Language) -> str:
+        """The segment's name in the customer's language (the run named it in the shop's language)."""
+        if not isinstance(name, str):
+            return ""
+        return name if self.tag_book is None else self.tag_book.segment_label(name, language)
+
     def tag_service(self, tags: Any, language: Language) -> list[str]:
         """The service each of the customer's tags promises ("Dedicated channel and fast response")."""
         if self.tag_book is None or not isinstance(tags, str):
@@ -301,7 +307,7 @@ def localise(tasks: pd.DataFrame | list[dict[str, Any]], risks: list[dict[str, A
             "message": phrases.messages.get(t[TaskList.action_id], ""),
             "other_risks": other_risk_words(others, wording, lang) if rows else (t.get(TaskList.other_risks) or ""),
             "related_orders": t[TaskList.related_orders] if isinstance(t[TaskList.related_orders], str) else "",
-            "segment": t[TaskList.segment] if isinstance(t[TaskList.segment], str) else "",
+            "segment": wording.segment_words(t[TaskList.segment], lang),
             "tags": wording.tag_words(t[TaskList.tags], lang),
             # for the board
             "language_code": lang, "risk_code": t[TaskList.risk_code], "action_id": t[TaskList.action_id],

@@ -119,6 +119,10 @@ class TagBook(BaseModel):
     def label(self, tag: str, language: Language = "en") -> str:
         return next((t.label(language) for t in self.tags if t.name == tag), tag.replace("_", " "))
 
+    def segment_label(self, name: str, language: Language = "en") -> str:
+        """A segment named from ``segment_names`` in the reader's language; names made of traits stay."""
+        return next((getattr(p, language) for p in self.segment_names if name in (p.en, p.zh)), name)
+
     def feature_label(self, feature: str, language: Language = "en") -> str:
         return next((f.label(language) for f in self.segment_features if f.feature == feature),
                     feature.replace("_", " "))
